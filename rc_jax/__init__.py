@@ -1,0 +1,1 @@
+"""rc_jax: Reasoning Cache in JAX."""

@@ -1,0 +1,1 @@
+"""Test helpers (tiny, offline artifacts) for rc_jax."""

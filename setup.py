@@ -1,0 +1,20 @@
+"""rc_jax: Reasoning Cache (RC) decoding and RC reinforcement learning in JAX."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+
+def _requirements(name: str) -> list[str]:
+    lines = Path(__file__).with_name(name).read_text().splitlines()
+    return [l.strip() for l in lines if l.strip() and not l.startswith("#")]
+
+
+setup(
+    name="rc_jax",
+    version="0.1.0",
+    description="Reasoning Cache: iterative summary-conditioned decoding and short-horizon RL in JAX",
+    packages=find_packages(include=["rc_jax", "rc_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=_requirements("requirements.txt"),
+    extras_require={"test": _requirements("requirements-test.txt")},
+)
