@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -137,7 +138,11 @@ def ensure_demo_model(cache_dir: str | os.PathLike | None = None) -> Path:
 
         gguf_file = demo_gguf_path(root)
         tmp = cache.fresh_tmp_dir(model_dir)
-        convert_gguf_to_hf(gguf_file, tmp)
+        try:
+            convert_gguf_to_hf(gguf_file, tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return cache.publish_dir(tmp, model_dir, {**expected, "source": PIP_SPEC})
 
 

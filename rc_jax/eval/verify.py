@@ -1,0 +1,97 @@
+"""math-verify equivalence check and the grading worker process loop.
+
+This module is what a grading worker process imports (it is pre-loaded by the
+fork server so fresh workers start in milliseconds). ``verify_answer`` calls
+math-verify with its own signal-based timeouts *disabled*: those use
+``signal.alarm``, which only works in a main thread, takes whole seconds and
+cannot interrupt a long computation inside C code. The hard wall-clock limit is
+enforced instead by the parent, which kills a worker that overruns
+(see ``rc_jax.eval.grading``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+from multiprocessing.connection import Connection
+
+from math_verify import parse, verify
+
+from rc_jax.eval.extract import extract_boxed
+
+# math-verify logs a warning every time its timeout is disabled; that is intended here.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+def as_boxed(text: str) -> str:
+    """Wrap ``text`` in ``\\boxed{}`` unless it already contains a box."""
+    return text if "\\boxed" in text or "\\fbox" in text else "\\boxed{" + text + "}"
+
+
+def verify_answer(answer: str, gold: str) -> bool:
+    """math-verify equivalence of an extracted answer and a gold answer.
+
+    No timeout: call it only in a process that can be killed (a grading worker)
+    or on trusted, small inputs.
+    """
+    gold_parsed = parse(as_boxed(gold), parsing_timeout=None)
+    answer_parsed = parse(as_boxed(answer), parsing_timeout=None)
+    if not gold_parsed or not answer_parsed:
+        return False
+    return bool(verify(gold_parsed, answer_parsed, timeout_seconds=None))
+
+
+def _limit_memory(extra_mb: int | None) -> None:
+    """Cap the worker's address space at its current size plus ``extra_mb``.
+
+    A runaway computation then fails with MemoryError instead of exhausting the
+    host. Relative to the current size so that large imports do not trip it.
+    """
+    if not extra_mb:
+        return
+    with open("/proc/self/statm") as f:
+        current = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    limit = current + extra_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _warm_up() -> None:
+    """First math-verify call builds parsers lazily; do it before reporting ready."""
+    verify_answer("\\frac{1}{2}", "0.5")
+    extract_boxed("\\boxed{1}")
+
+
+def worker_main(conn: Connection, memory_limit_mb: int | None) -> None:
+    """Loop: receive ``(task_id, answer, gold)``, reply ``(task_id, correct, error)``.
+
+    Runs in the worker's main thread. ``None`` from the parent means exit. The
+    worker ignores SIGINT so that Ctrl-C reaches only the parent, which then
+    shuts the pool down in order.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _warm_up()
+        _limit_memory(memory_limit_mb)
+    except Exception as exc:  # report start-up failure instead of dying silently
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return  # parent is gone
+        if msg is None:
+            return
+        task_id, answer, gold = msg
+        try:
+            correct, error = verify_answer(answer, gold), None
+        except MemoryError:
+            correct, error = False, "MemoryError"
+        except Exception as exc:  # a grading error is an incorrect answer, not a crash
+            correct, error = False, f"{type(exc).__name__}: {exc}"[:500]
+        try:
+            conn.send((task_id, correct, error))
+        except (EOFError, OSError):
+            return

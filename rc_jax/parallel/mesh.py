@@ -1,0 +1,86 @@
+"""Mesh construction and logical-axis -> `NamedSharding` helpers."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rc_jax.parallel.rules import LOGICAL_AXIS_RULES, MESH_AXES, check_rules
+
+
+def parse_mesh_shape(spec: str | Mapping[str, int]) -> dict[str, int]:
+    """'data:2,fsdp:4,tensor:1' or a mapping -> {axis: size}; sizes may be -1 (the rest)."""
+    if isinstance(spec, str):
+        out = {}
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            name, _, size = part.partition(":")
+            if name not in MESH_AXES or not size.lstrip("-").isdigit():
+                raise ValueError(f"mesh: bad entry {part!r}; expected e.g. 'data:2,fsdp:-1'")
+            out[name] = int(size)
+        return out
+    return dict(spec)
+
+
+def make_mesh(shape: str | Mapping[str, int] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A Mesh over axes ('data', 'fsdp', 'tensor'). Missing axes get size 1; one axis may
+    be -1 to take all remaining devices. Default: everything on 'data'."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = {"data": -1, "fsdp": 1, "tensor": 1} if not shape else {
+        a: 1 for a in MESH_AXES} | parse_mesh_shape(shape)
+    unknown = [a for a in sizes if a not in MESH_AXES]
+    if unknown:
+        raise ValueError(f"mesh: unknown axis {unknown[0]!r}; axes are {MESH_AXES}")
+    free = [a for a, s in sizes.items() if s == -1]
+    if len(free) > 1:
+        raise ValueError(f"mesh: only one axis may be -1, got {free}")
+    fixed = int(np.prod([s for s in sizes.values() if s != -1]))
+    if free:
+        if len(devices) % fixed:
+            raise ValueError(f"mesh: {len(devices)} devices do not divide by {fixed}")
+        sizes[free[0]] = len(devices) // fixed
+    total = int(np.prod(list(sizes.values())))
+    if total != len(devices):
+        raise ValueError(f"mesh: axes {sizes} need {total} devices, have {len(devices)}")
+    grid = np.asarray(devices).reshape([sizes[a] for a in MESH_AXES])
+    return Mesh(grid, MESH_AXES)
+
+
+def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                    rules=LOGICAL_AXIS_RULES) -> PartitionSpec:
+    """Mesh PartitionSpec for one array. A dimension that the mapped mesh axes do not
+    divide evenly is replicated instead (e.g. 2 KV heads on a tensor axis of 4), and a
+    mesh axis is used at most once per array."""
+    check_rules(rules)
+    table = dict(rules)
+    used: set[str] = set()
+    spec = []
+    for name, size in zip(logical, shape):
+        target = table.get(name) if name is not None else None
+        axes = tuple(a for a in (target if isinstance(target, tuple) else (target,))
+                     if a is not None and mesh.shape.get(a, 1) > 1 and a not in used)
+        n = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+        if not axes or size % n:
+            spec.append(None)
+            continue
+        used.update(axes)
+        spec.append(axes if len(axes) > 1 else axes[0])
+    return PartitionSpec(*spec)
+
+
+def tree_shardings(logical_tree: Any, shapes_tree: Any, mesh: Mesh,
+                   rules=LOGICAL_AXIS_RULES) -> Any:
+    """NamedShardings for a pytree, from a matching tree of logical PartitionSpecs."""
+    return jax.tree.map(
+        lambda logical, shape: NamedSharding(
+            mesh, logical_to_spec(tuple(logical), shape.shape, mesh, rules)),
+        logical_tree, shapes_tree, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def param_shardings(config, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> Any:
+    """NamedShardings for the model's params pytree on `mesh`."""
+    from rc_jax.models import qwen3
+    return tree_shardings(qwen3.param_logical_axes(config), qwen3.param_shapes(config), mesh,
+                          rules)

@@ -1,0 +1,214 @@
+"""Device-side sampling: token selection, prefill, and the `lax.while_loop` decode.
+
+Everything here is traceable and shape-static, so it can be used both by the batched
+`generate` API and inside bigger jitted programs (the RC engine runs these functions for
+both of its phases inside one `while_loop`).
+
+Shapes: B rows, P prompt bucket, N output buffer length, V vocabulary, C = P + N cache.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rc_jax.models import qwen3
+from rc_jax.models.config import ModelConfig
+
+_NEG_INF = -jnp.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """How the next token is drawn.
+
+    temperature 0 means greedy (argmax). top_k 0 and top_p 1 and min_p 0 disable
+    truncation, and the sort of the vocabulary is then skipped entirely.
+    """
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+
+    def __post_init__(self):
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0 or int(self.top_k) != self.top_k:
+            raise ValueError(f"top_k must be a non-negative integer, got {self.top_k}")
+        if not 0 <= self.min_p < 1:
+            raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def truncates(self) -> bool:
+        return self.top_p < 1 or self.top_k > 0 or self.min_p > 0
+
+    def static_key(self) -> tuple[bool, bool]:
+        """What changes the program; the numeric values are traced arguments."""
+        return (self.greedy, self.truncates)
+
+    def values(self) -> dict[str, jax.Array]:
+        return {"temperature": jnp.float32(max(self.temperature, 1e-6)),
+                "top_p": jnp.float32(self.top_p), "top_k": jnp.int32(self.top_k),
+                "min_p": jnp.float32(self.min_p)}
+
+
+def truncate_logits(logits: jax.Array, top_p: jax.Array, top_k: jax.Array,
+                    min_p: jax.Array) -> jax.Array:
+    """Masks (to -inf) tokens outside the top-k / nucleus / min-p set. logits: [B, V].
+
+    The nucleus keeps the smallest prefix of tokens (by probability) whose mass reaches
+    top_p; the most likely token is always kept. Tokens tied with the threshold logit are
+    kept too.
+    """
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    rank = jnp.arange(logits.shape[-1])[None]
+    keep = mass_before < top_p
+    keep &= (top_k <= 0) | (rank < top_k)
+    keep &= probs >= min_p * probs[:, :1]
+    keep = keep.at[:, 0].set(True)
+    threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits >= threshold, logits, _NEG_INF)
+
+
+class TokenChoice(NamedTuple):
+    token: jax.Array          # [B] int32
+    logprob: jax.Array        # [B] log-prob under the sampling distribution
+    model_logprob: jax.Array  # [B] log-prob under the unmodified model (temperature 1)
+
+
+def choose_tokens(logits: jax.Array, key: jax.Array, values: dict[str, jax.Array], *,
+                  greedy: bool, truncates: bool) -> TokenChoice:
+    """Picks one token per row from float32 logits [B, V]."""
+    model_logprobs = jax.nn.log_softmax(logits, axis=-1)
+    if greedy:
+        token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        logprob = jnp.zeros(token.shape, jnp.float32)  # the greedy distribution is one-hot
+    else:
+        scaled = logits / values["temperature"]
+        if truncates:
+            scaled = truncate_logits(scaled, values["top_p"], values["top_k"], values["min_p"])
+        token = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+        logprob = _take(jax.nn.log_softmax(scaled, axis=-1), token)
+    return TokenChoice(token, logprob, _take(model_logprobs, token))
+
+
+def _take(table: jax.Array, index: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(table, index[:, None], axis=-1)[:, 0]
+
+
+class Decoded(NamedTuple):
+    """Result of `decode`: fixed-size buffers, valid up to `lengths` per row."""
+    tokens: jax.Array          # [B, N] int32 (pad_id after the end)
+    lengths: jax.Array         # [B] int32, stop token included
+    stopped: jax.Array         # [B] bool: ended on a stop token (else: budget)
+    logprobs: jax.Array        # [B, N] float32, sampling distribution
+    model_logprobs: jax.Array  # [B, N] float32, unmodified model
+
+
+def prefill(params: Any, config: ModelConfig, tokens: jax.Array, mask: jax.Array,
+            cache_length: int) -> tuple[jax.Array, qwen3.KVCache]:
+    """Runs left-padded prompts [B, P] through the model into a fresh cache of cache_length.
+
+    Returns the logits of each row's last prompt token [B, V] and the cache (index P).
+    """
+    cache = qwen3.init_cache(config, tokens.shape[0], cache_length)
+    positions = qwen3.positions_from_mask(mask)
+    logits, cache = qwen3.forward(params, config, tokens, positions, cache, token_mask=mask)
+    return logits[:, -1], cache
+
+
+def repeat_rows(tree: Any, n: int, axis_of: Any) -> Any:
+    """Repeats every row n times (row i -> rows i*n .. i*n+n-1)."""
+    return jax.tree.map(lambda x, a: jnp.repeat(x, n, axis=a), tree, axis_of)
+
+
+def repeat_cache(cache: qwen3.KVCache, n: int) -> qwen3.KVCache:
+    if n == 1:
+        return cache
+    return qwen3.KVCache(k=jnp.repeat(cache.k, n, axis=1), v=jnp.repeat(cache.v, n, axis=1),
+                         valid=jnp.repeat(cache.valid, n, axis=0), index=cache.index)
+
+
+def decode(params: Any, config: ModelConfig, cache: qwen3.KVCache, last_logits: jax.Array,
+           next_positions: jax.Array, rng: jax.Array, max_new_tokens: jax.Array,
+           stop_ids: jax.Array, values: dict[str, jax.Array], *, buffer_length: int,
+           greedy: bool, truncates: bool, pad_id: int = 0,
+           active: jax.Array | None = None) -> Decoded:
+    """Autoregressive decoding as one `lax.while_loop` (no host round trip per token).
+
+    Args:
+      cache: the prefilled cache; must have room for `buffer_length` more tokens.
+      last_logits: [B, V] logits predicting each row's first new token.
+      next_positions: [B] rotary position of the first new token (= prompt length).
+      rng: PRNG key; step t uses fold_in(rng, t), so results do not depend on batching
+        order of the loop.
+      max_new_tokens: [] traced budget (<= buffer_length): changing it never recompiles.
+      stop_ids: [S] int32 ids that end a row (padded with -1).
+      active: optional [B] bool; inactive rows (batch padding) are done from the start.
+    """
+    b = last_logits.shape[0]
+    done0 = jnp.zeros((b,), bool) if active is None else ~active
+    zeros_f = jnp.zeros((b, buffer_length), jnp.float32)
+    init = dict(t=jnp.int32(0), cache=cache, logits=last_logits, done=done0,
+                stopped=jnp.zeros((b,), bool), lengths=jnp.zeros((b,), jnp.int32),
+                tokens=jnp.full((b, buffer_length), pad_id, jnp.int32),
+                logprobs=zeros_f, model_logprobs=zeros_f)
+    budget = jnp.minimum(max_new_tokens, buffer_length)
+
+    def cond(c):
+        return (c["t"] < budget) & ~jnp.all(c["done"])
+
+    def body(c):
+        t = c["t"]
+        choice = choose_tokens(c["logits"], jax.random.fold_in(rng, t), values,
+                               greedy=greedy, truncates=truncates)
+        live = ~c["done"]
+        token = jnp.where(live, choice.token, pad_id)
+        hit_stop = live & jnp.any(token[:, None] == stop_ids[None, :], axis=-1)
+        tokens = jax.lax.dynamic_update_slice(c["tokens"], token[:, None], (0, t))
+        logprobs = jax.lax.dynamic_update_slice(
+            c["logprobs"], jnp.where(live, choice.logprob, 0.0)[:, None], (0, t))
+        model_logprobs = jax.lax.dynamic_update_slice(
+            c["model_logprobs"], jnp.where(live, choice.model_logprob, 0.0)[:, None], (0, t))
+        positions = (next_positions + t)[:, None]
+        logits, cache = qwen3.forward(params, config, token[:, None], positions, c["cache"],
+                                      token_mask=live[:, None])
+        return dict(t=t + 1, cache=cache, logits=logits[:, 0], done=c["done"] | hit_stop,
+                    stopped=c["stopped"] | hit_stop, lengths=c["lengths"] + live,
+                    tokens=tokens, logprobs=logprobs, model_logprobs=model_logprobs)
+
+    out = jax.lax.while_loop(cond, body, init)
+    return Decoded(out["tokens"], out["lengths"], out["stopped"], out["logprobs"],
+                   out["model_logprobs"])
+
+
+def sample(params: Any, config: ModelConfig, tokens: jax.Array, mask: jax.Array,
+           rng: jax.Array, max_new_tokens: jax.Array, stop_ids: jax.Array,
+           values: dict[str, jax.Array], *, buffer_length: int, greedy: bool,
+           truncates: bool, num_samples: int = 1, pad_id: int = 0,
+           active: jax.Array | None = None) -> Decoded:
+    """Prefill left-padded prompts [B, P] once, then decode `num_samples` rows per prompt.
+
+    Output rows are ordered prompt-major: row i*num_samples + j is sample j of prompt i.
+    """
+    last_logits, cache = prefill(params, config, tokens, mask,
+                                 tokens.shape[1] + buffer_length)
+    next_positions = jnp.sum(mask, axis=-1).astype(jnp.int32)
+    if num_samples > 1:
+        cache = repeat_cache(cache, num_samples)
+        last_logits = jnp.repeat(last_logits, num_samples, axis=0)
+        next_positions = jnp.repeat(next_positions, num_samples, axis=0)
+        active = None if active is None else jnp.repeat(active, num_samples, axis=0)
+    return decode(params, config, cache, last_logits, next_positions, rng, max_new_tokens,
+                  stop_ids, values, buffer_length=buffer_length, greedy=greedy,
+                  truncates=truncates, pad_id=pad_id, active=active)
