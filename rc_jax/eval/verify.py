@@ -1,7 +1,8 @@
 """math-verify equivalence check and the grading worker process loop.
 
-This module is what a grading worker process imports (it is pre-loaded by the
-fork server so fresh workers start in milliseconds). ``verify_answer`` calls
+Grading workers run this module as a program (``python -m rc_jax.eval.verify
+READ_FD WRITE_FD MEMORY_MB``); ``rc_jax.eval.grading`` starts and kills them.
+``verify_answer`` calls
 math-verify with its own signal-based timeouts *disabled*: those use
 ``signal.alarm``, which only works in a main thread, takes whole seconds and
 cannot interrupt a long computation inside C code. The hard wall-clock limit is
@@ -14,6 +15,7 @@ import logging
 import os
 import resource
 import signal
+import sys
 from multiprocessing.connection import Connection
 
 from math_verify import parse, verify
@@ -62,24 +64,24 @@ def _warm_up() -> None:
     extract_boxed("\\boxed{1}")
 
 
-def worker_main(conn: Connection, memory_limit_mb: int | None) -> None:
+def worker_main(tasks: Connection, results: Connection, memory_limit_mb: int | None) -> None:
     """Loop: receive ``(task_id, answer, gold)``, reply ``(task_id, correct, error)``.
 
-    Runs in the worker's main thread. ``None`` from the parent means exit. The
-    worker ignores SIGINT so that Ctrl-C reaches only the parent, which then
-    shuts the pool down in order.
+    Runs in the worker's main thread. ``None`` (or a closed pipe) from the parent
+    means exit. The worker ignores SIGINT so that Ctrl-C reaches only the parent,
+    which then shuts the pool down in order.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _warm_up()
         _limit_memory(memory_limit_mb)
     except Exception as exc:  # report start-up failure instead of dying silently
-        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        results.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", os.getpid()))
+    results.send(("ready", os.getpid()))
     while True:
         try:
-            msg = conn.recv()
+            msg = tasks.recv()
         except (EOFError, OSError):
             return  # parent is gone
         if msg is None:
@@ -92,6 +94,17 @@ def worker_main(conn: Connection, memory_limit_mb: int | None) -> None:
         except Exception as exc:  # a grading error is an incorrect answer, not a crash
             correct, error = False, f"{type(exc).__name__}: {exc}"[:500]
         try:
-            conn.send((task_id, correct, error))
+            results.send((task_id, correct, error))
         except (EOFError, OSError):
             return
+
+
+def _main(argv: list[str]) -> None:
+    read_fd, write_fd, memory_mb = int(argv[1]), int(argv[2]), int(argv[3])
+    tasks = Connection(read_fd, readable=True, writable=False)
+    results = Connection(write_fd, readable=False, writable=True)
+    worker_main(tasks, results, memory_mb if memory_mb > 0 else None)
+
+
+if __name__ == "__main__":
+    _main(sys.argv)

@@ -86,9 +86,13 @@ class TokenChoice(NamedTuple):
     model_logprob: jax.Array  # [B] log-prob under the unmodified model (temperature 1)
 
 
-def choose_tokens(logits: jax.Array, key: jax.Array, values: dict[str, jax.Array], *,
+def choose_tokens(logits: jax.Array, keys: jax.Array, values: dict[str, jax.Array], *,
                   greedy: bool, truncates: bool) -> TokenChoice:
-    """Picks one token per row from float32 logits [B, V]."""
+    """Picks one token per row from float32 logits [B, V] with per-row PRNG keys [B, 2].
+
+    One key per row makes every row's draw independent of the batch it sits in, so
+    results do not depend on batch size, padding, sharding or resume order.
+    """
     model_logprobs = jax.nn.log_softmax(logits, axis=-1)
     if greedy:
         token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -97,7 +101,7 @@ def choose_tokens(logits: jax.Array, key: jax.Array, values: dict[str, jax.Array
         scaled = logits / values["temperature"]
         if truncates:
             scaled = truncate_logits(scaled, values["top_p"], values["top_k"], values["min_p"])
-        token = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+        token = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
         logprob = _take(jax.nn.log_softmax(scaled, axis=-1), token)
     return TokenChoice(token, logprob, _take(model_logprobs, token))
 
@@ -140,7 +144,7 @@ def repeat_cache(cache: qwen3.KVCache, n: int) -> qwen3.KVCache:
 
 
 def decode(params: Any, config: ModelConfig, cache: qwen3.KVCache, last_logits: jax.Array,
-           next_positions: jax.Array, rng: jax.Array, max_new_tokens: jax.Array,
+           next_positions: jax.Array, row_keys: jax.Array, max_new_tokens: jax.Array,
            stop_ids: jax.Array, values: dict[str, jax.Array], *, buffer_length: int,
            greedy: bool, truncates: bool, pad_id: int = 0,
            active: jax.Array | None = None) -> Decoded:
@@ -150,8 +154,7 @@ def decode(params: Any, config: ModelConfig, cache: qwen3.KVCache, last_logits: 
       cache: the prefilled cache; must have room for `buffer_length` more tokens.
       last_logits: [B, V] logits predicting each row's first new token.
       next_positions: [B] rotary position of the first new token (= prompt length).
-      rng: PRNG key; step t uses fold_in(rng, t), so results do not depend on batching
-        order of the loop.
+      row_keys: [B, 2] one PRNG key per row; token t of a row uses fold_in(key, t).
       max_new_tokens: [] traced budget (<= buffer_length): changing it never recompiles.
       stop_ids: [S] int32 ids that end a row (padded with -1).
       active: optional [B] bool; inactive rows (batch padding) are done from the start.
@@ -170,7 +173,8 @@ def decode(params: Any, config: ModelConfig, cache: qwen3.KVCache, last_logits: 
 
     def body(c):
         t = c["t"]
-        choice = choose_tokens(c["logits"], jax.random.fold_in(rng, t), values,
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, t)
+        choice = choose_tokens(c["logits"], keys, values,
                                greedy=greedy, truncates=truncates)
         live = ~c["done"]
         token = jnp.where(live, choice.token, pad_id)
@@ -193,13 +197,14 @@ def decode(params: Any, config: ModelConfig, cache: qwen3.KVCache, last_logits: 
 
 
 def sample(params: Any, config: ModelConfig, tokens: jax.Array, mask: jax.Array,
-           rng: jax.Array, max_new_tokens: jax.Array, stop_ids: jax.Array,
+           row_keys: jax.Array, max_new_tokens: jax.Array, stop_ids: jax.Array,
            values: dict[str, jax.Array], *, buffer_length: int, greedy: bool,
            truncates: bool, num_samples: int = 1, pad_id: int = 0,
            active: jax.Array | None = None) -> Decoded:
     """Prefill left-padded prompts [B, P] once, then decode `num_samples` rows per prompt.
 
     Output rows are ordered prompt-major: row i*num_samples + j is sample j of prompt i.
+    row_keys: [B * num_samples, 2], one PRNG key per output row.
     """
     last_logits, cache = prefill(params, config, tokens, mask,
                                  tokens.shape[1] + buffer_length)
@@ -209,6 +214,6 @@ def sample(params: Any, config: ModelConfig, tokens: jax.Array, mask: jax.Array,
         last_logits = jnp.repeat(last_logits, num_samples, axis=0)
         next_positions = jnp.repeat(next_positions, num_samples, axis=0)
         active = None if active is None else jnp.repeat(active, num_samples, axis=0)
-    return decode(params, config, cache, last_logits, next_positions, rng, max_new_tokens,
+    return decode(params, config, cache, last_logits, next_positions, row_keys, max_new_tokens,
                   stop_ids, values, buffer_length=buffer_length, greedy=greedy,
                   truncates=truncates, pad_id=pad_id, active=active)

@@ -110,8 +110,8 @@ def _program(config: ModelConfig, buffer_length: int, greedy: bool, truncates: b
                            greedy=greedy, truncates=truncates, num_samples=num_samples,
                            pad_id=pad_id)
 
-    def run(params, tokens, mask, active, rng, max_new, stops, values):
-        return fn(params, tokens=tokens, mask=mask, rng=rng, max_new_tokens=max_new,
+    def run(params, tokens, mask, active, row_keys, max_new, stops, values):
+        return fn(params, tokens=tokens, mask=mask, row_keys=row_keys, max_new_tokens=max_new,
                   stop_ids=stops, values=values, active=active)
 
     if mesh is None:
@@ -120,7 +120,7 @@ def _program(config: ModelConfig, buffer_length: int, greedy: bool, truncates: b
     repl = NamedSharding(mesh, P())
     params_sh = param_shardings_key.value if param_shardings_key is not None else repl
     out = core.Decoded(rows, rows, rows, rows, rows)
-    return jax.jit(run, in_shardings=(params_sh, rows, rows, rows, repl, repl, repl, repl),
+    return jax.jit(run, in_shardings=(params_sh, rows, rows, rows, rows, repl, repl, repl),
                    out_shardings=out)
 
 
@@ -141,15 +141,16 @@ def generate(params: Any, config: ModelConfig, prompts: Sequence[Sequence[int]],
              sampling: SamplingParams, rng: jax.Array, max_new_tokens: int,
              stop_ids: Sequence[int], *, num_samples: int = 1, pad_id: int = 0,
              buckets: Buckets = Buckets(), mesh: Mesh | None = None,
-             data_axes: tuple[str, ...] = ("data",), param_shardings: Any = None
-             ) -> GenerationResult:
+             data_axes: tuple[str, ...] = ("data",), param_shardings: Any = None,
+             row_keys: np.ndarray | None = None) -> GenerationResult:
     """Samples up to `max_new_tokens` tokens for each prompt, `num_samples` times each.
 
     Args:
       params, config: the model.
       prompts: token id lists (no padding), any lengths.
       sampling: temperature / top-p / top-k / min-p (temperature 0 = greedy).
-      rng: a `jax.random.PRNGKey`.
+      rng: a `jax.random.PRNGKey`; output row r uses fold_in(rng, r) unless `row_keys`
+        ([rows, 2], one key per output row) is given.
       max_new_tokens: per-row budget; the buffer is bucketed, the budget itself is traced.
       stop_ids: ids that end a row (EOS, `<|im_end|>`, user ids); the stop token is kept.
       num_samples: rows per prompt; they share one prefill (the cache is replicated).
@@ -169,7 +170,15 @@ def generate(params: Any, config: ModelConfig, prompts: Sequence[Sequence[int]],
     program = _program(config, buckets.new_tokens(max_new_tokens), sampling.greedy,
                        sampling.truncates, num_samples, pad_id, mesh, tuple(data_axes),
                        None if param_shardings is None else _Hashable(param_shardings))
-    out = program(params, tokens, mask, active, rng, jnp.int32(max_new_tokens),
+    total = batch * num_samples
+    keys = np.asarray(jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(total)))
+    if row_keys is not None:
+        row_keys = np.asarray(row_keys, np.uint32)
+        if row_keys.shape != (len(prompts) * num_samples, 2):
+            raise ValueError(f"row_keys must have shape ({len(prompts) * num_samples}, 2), "
+                             f"got {row_keys.shape}")
+        keys[:len(row_keys)] = row_keys
+    out = program(params, tokens, mask, active, keys, jnp.int32(max_new_tokens),
                   stop_array(stop_ids), sampling.values())
     out = jax.device_get(out)
     rows = len(prompts) * num_samples

