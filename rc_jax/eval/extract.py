@@ -22,7 +22,10 @@ Rules (documented because accuracy depends on them):
 """
 from __future__ import annotations
 
-_COMMANDS = ("\\boxed", "\\fbox")
+import re
+
+# A box command; the name must end at a non-letter (`\boxedfoo` is another macro).
+_COMMAND_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 # Characters that end a `\boxed 42` style token.
 _TOKEN_STOP = set(" \t\r\n$")
 _TRAILING_PUNCT = ".,;:"
@@ -50,18 +53,9 @@ def _match_brace(text: str, open_pos: int) -> int | None:
 
 def _find_command(text: str, start: int) -> tuple[int, int] | None:
     """First box command at or after ``start``: (command start, index after name)."""
-    best: tuple[int, int] | None = None
-    for cmd in _COMMANDS:
-        pos = text.find(cmd, start)
-        while pos != -1:
-            end = pos + len(cmd)
-            # `\boxedfoo` is a different macro; a real box command ends at a non-letter.
-            if end >= len(text) or not text[end].isalpha():
-                break
-            pos = text.find(cmd, pos + 1)
-        if pos != -1 and (best is None or pos < best[0]):
-            best = (pos, pos + len(cmd))
-    return best
+    # One regex search per box keeps the whole scan linear in len(text).
+    m = _COMMAND_RE.search(text, start)
+    return (m.start(), m.end()) if m else None
 
 
 def _single_token(text: str, pos: int) -> tuple[str, int]:

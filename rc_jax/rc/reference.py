@@ -10,6 +10,8 @@ import dataclasses
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from rc_jax.models.config import ModelConfig
 from rc_jax.rc.engine import RCSettings
@@ -25,9 +27,10 @@ class TextRollout:
     """Per step: the exact prompt strings, the cleaned texts, and token counts."""
     reasoning_prompts: list[str] = dataclasses.field(default_factory=list)
     summary_prompts: list[str] = dataclasses.field(default_factory=list)
-    reasoning: list[str] = dataclasses.field(default_factory=list)
-    summaries: list[str] = dataclasses.field(default_factory=list)
+    reasoning_text: list[str] = dataclasses.field(default_factory=list)
+    summary_text: list[str] = dataclasses.field(default_factory=list)
     prompt_tokens: list[int] = dataclasses.field(default_factory=list)
+    summary_prompt_tokens: list[int] = dataclasses.field(default_factory=list)
     reasoning_tokens: list[int] = dataclasses.field(default_factory=list)
     summary_tokens: list[int] = dataclasses.field(default_factory=list)
     reasoning_finish: list[str] = dataclasses.field(default_factory=list)
@@ -55,22 +58,28 @@ def summary_prompt(tokenizer: Tokenizer, settings: RCSettings, problem: str, sum
 
 def run_text_reference(params: Any, config: ModelConfig, tokenizer: Tokenizer,
                        settings: RCSettings, sampling: SamplingParams,
-                       problems: Sequence[str], rng: jax.Array, *,
+                       problems: Sequence[str], keys: np.ndarray, *,
                        buckets: Buckets = Buckets(),
                        summarizer: tuple[Any, ModelConfig] | None = None) -> list[TextRollout]:
-    """RC for each problem (one rollout each), following DESIGN §1 on strings."""
+    """RC for each problem (one rollout each), following DESIGN §1 on strings.
+
+    keys: [len(problems), 2] per-row PRNG keys; phase p of step t samples with
+    fold_in(key, 2t + p), the same scheme as the device engine.
+    """
     s_params, s_config = summarizer or (params, config)
     summaries = [""] * len(problems)
     outs = [TextRollout() for _ in problems]
+    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
 
-    def sample(p, cfg, prompts, budget, key):
+    def sample(p, cfg, prompts, budget, phase_keys):
         ids = [tokenizer.encode(x) for x in prompts]
-        res = generate(p, cfg, ids, sampling, key, budget, tokenizer.eos_ids,
-                       pad_id=tokenizer.pad_id, buckets=buckets)
+        res = generate(p, cfg, ids, sampling, jax.random.PRNGKey(0), budget, tokenizer.eos_ids,
+                       pad_id=tokenizer.pad_id, buckets=buckets, row_keys=phase_keys)
         return res, [tokenizer.decode(t, skip_special_tokens=True) for t in res.tokens], ids
 
+    keys = jnp.asarray(keys, jnp.uint32)
     for step in range(settings.num_steps):
-        k_r, k_s = jax.random.split(jax.random.fold_in(rng, step))
+        k_r, k_s = np.asarray(fold(keys, 2 * step)), np.asarray(fold(keys, 2 * step + 1))
         # 1. Reason from (problem, summary).
         prompts = [reasoning_prompt(tokenizer, settings, p, s) for p, s in zip(problems, summaries)]
         res, texts, ids = sample(params, config, prompts, settings.max_reasoning_tokens, k_r)
@@ -78,20 +87,21 @@ def run_text_reference(params: Any, config: ModelConfig, tokenizer: Tokenizer,
         for o, prompt, r, n, raw, fin in zip(outs, prompts, reasoning, ids, res.tokens,
                                              res.finish_reasons):
             o.reasoning_prompts.append(prompt)
-            o.reasoning.append(r)
+            o.reasoning_text.append(r)
             o.prompt_tokens.append(len(n))
             o.reasoning_tokens.append(len(raw))
             o.reasoning_finish.append(fin)
         # 2. Summarize (problem, summary, reasoning) into the new summary.
         prompts = [summary_prompt(tokenizer, settings, p, s, r)
                    for p, s, r in zip(problems, summaries, reasoning)]
-        res, texts, _ = sample(s_params, s_config, prompts, settings.max_summary_tokens, k_s)
+        res, texts, ids = sample(s_params, s_config, prompts, settings.max_summary_tokens, k_s)
         summaries = [clean_summary(t) for t in texts]
         # 3. The reasoning is discarded: only `summaries` carries over.
-        for o, prompt, s, raw, fin in zip(outs, prompts, summaries, res.tokens,
-                                          res.finish_reasons):
+        for o, prompt, s, n, raw, fin in zip(outs, prompts, summaries, ids, res.tokens,
+                                             res.finish_reasons):
             o.summary_prompts.append(prompt)
-            o.summaries.append(s)
+            o.summary_prompt_tokens.append(len(n))
+            o.summary_text.append(s)
             o.summary_tokens.append(len(raw))
             o.summary_finish.append(fin)
     return outs

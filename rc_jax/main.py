@@ -1,0 +1,165 @@
+"""Entry point: `python -m rc_jax.main --config=experiments/hmmt.py [--config.x.y=...]`.
+
+Loads problems and the model, runs the configured method for every (problem, sample)
+not already in `<output_dir>/results.jsonl`, appends results as batches finish, and
+finally grades everything and writes the per-step report (`rc_jax.eval`).
+"""
+from __future__ import annotations
+
+import os
+
+# The project never uses PyTorch; stop `transformers` from importing it (it would if
+# installed), which also makes start-up faster.
+os.environ.setdefault("USE_TORCH", "0")
+
+import time  # noqa: E402
+from typing import Any, Sequence  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from rc_jax.config import config_hash, validate  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+
+
+def load_problem_set(config) -> list:
+    from rc_jax.data import demo_problems_path, load_problems
+    d = config.data
+    source = str(demo_problems_path()) if d.source == "builtin:demo" else d.source
+    return load_problems(source, problem_field=d.problem_field or None,
+                         answer_field=d.answer_field or None, id_field=d.id_field or None,
+                         split=d.split or None, limit=d.limit or None)
+
+
+def load_model(path: str, dtype: str, mesh=None):
+    """(config, params, shardings) from an HF directory, sharded on `mesh` if given."""
+    from rc_jax.models import ModelConfig, load_hf_checkpoint
+    shardings = None
+    if mesh is not None:
+        from rc_jax.parallel import param_shardings
+        cfg = ModelConfig.from_pretrained(path, dtype=dtype, param_dtype=dtype)
+        shardings = param_shardings(cfg, mesh)
+    config, params = load_hf_checkpoint(path, dtype=dtype, shardings=shardings)
+    return config, params, shardings
+
+
+def build_record(problem, sample_id: int, rollout, method: str, wall: float,
+                 chash: str) -> dict[str, Any]:
+    """One results line: the authors' fields plus rc_jax's token counts and timings."""
+    return {
+        "problem": problem.problem, "label": problem.answer,
+        "problem_id": problem.problem_id, "sample_id": sample_id, "method": method,
+        "reasoning_store": rollout.reasoning_text,
+        "summarization_store": rollout.summary_text,
+        "token_counts": {"prompt": rollout.prompt_tokens,
+                         "reasoning": rollout.reasoning_tokens,
+                         "summary_prompt": rollout.summary_prompt_tokens,
+                         "summary": rollout.summary_tokens},
+        "finish_reasons": {"reasoning": rollout.reasoning_finish,
+                           "summary": rollout.summary_finish},
+        "wall_time_s": round(wall, 3), "config_hash": chash,
+    }
+
+
+def run(config) -> dict[str, Any] | None:
+    """Runs a configured job end to end; returns the evaluation metrics (if evaluated)."""
+    validate(config)
+    import jax
+    import numpy as np
+    from tqdm import tqdm
+
+    from rc_jax.outputs import ResultsFile
+    from rc_jax.rc.engine import RCEngine, RCSettings, row_key
+    from rc_jax.sampling import Buckets, SamplingParams
+    from rc_jax.tokenizer import load_tokenizer
+    from rc_jax.tools.builtin_models import resolve_model_path
+
+    problems = load_problem_set(config)
+    chash = config_hash(config)
+    results = ResultsFile(config.output_dir, config.to_dict(), chash)
+    todo = [(p, j) for p in problems for j in range(config.num_samples)
+            if (p.problem_id, j) not in results.done]
+    logging.info("%d problems x %d samples; %d already done, %d to run",
+                 len(problems), config.num_samples, len(results.done), len(todo))
+    print(f"rc_jax: method={config.method} model={config.model.path} "
+          f"problems={len(problems)} samples={config.num_samples} steps={config.rc.num_steps} "
+          f"H_R={config.rc.max_reasoning_tokens} H_S={config.rc.max_summary_tokens} "
+          f"-> {results.path} ({len(todo)} rollouts to run)")
+    if todo:
+        model_dir = resolve_model_path(config.model.path)
+        tokenizer = load_tokenizer(config.tokenizer.path or model_dir)
+        mesh = None
+        if config.mesh:
+            from rc_jax.parallel import make_mesh
+            mesh = make_mesh(config.mesh)
+        model_config, params, shardings = load_model(str(model_dir), config.model.dtype, mesh)
+        summarizer = None
+        if config.summarizer.model.path:
+            s_cfg, s_params, _ = load_model(config.summarizer.model.path, config.model.dtype,
+                                            mesh)
+            summarizer = (s_params, s_cfg)
+        settings = RCSettings(
+            num_steps=config.rc.num_steps, max_reasoning_tokens=config.rc.max_reasoning_tokens,
+            max_summary_tokens=config.rc.max_summary_tokens,
+            reasoning_template=config.rc.reasoning_template,
+            summary_template=config.rc.summary_template, use_think_tags=config.rc.use_think_tags)
+        sampling = SamplingParams(config.sampling.temperature, config.sampling.top_p,
+                                  config.sampling.top_k, config.sampling.min_p)
+        buckets = Buckets(max_cache_length=config.model.max_cache_length)
+        run_batch = _batch_runner(config, params, model_config, tokenizer, settings, sampling,
+                                  buckets, mesh, shardings, summarizer)
+        bar = tqdm(total=len(todo), desc="rollouts", unit="rollout")
+        tokens = 0
+        start = time.time()
+        for i in range(0, len(todo), config.batch_size):
+            chunk = todo[i:i + config.batch_size]
+            keys = np.stack([row_key(config.sampling.seed, p.problem_id, j) for p, j in chunk])
+            t0 = time.time()
+            rollouts = run_batch([p.problem for p, _ in chunk], keys)
+            wall = time.time() - t0
+            results.append(build_record(p, j, r, config.method, wall, chash)
+                           for (p, j), r in zip(chunk, rollouts))
+            tokens += sum(sum(r.reasoning_tokens) + sum(r.summary_tokens) for r in rollouts)
+            bar.update(len(chunk))
+            bar.set_postfix(tok_s=f"{tokens / (time.time() - start):.1f}")
+        bar.close()
+        jax.effects_barrier()
+    if not config.evaluate:
+        return None
+    from rc_jax.eval.report import evaluate_files
+    metrics = evaluate_files([results.path], config.output_dir,
+                             timeout_s=config.grading_timeout)
+    print(f"report: {config.output_dir}/report.md, plot and metrics.json in {config.output_dir}")
+    return metrics
+
+
+def _batch_runner(config, params, model_config, tokenizer, settings, sampling, buckets, mesh,
+                  shardings, summarizer):
+    """A function problems, keys -> rollouts for the configured engine."""
+    from rc_jax.rc.engine import RCEngine
+    if config.rc.engine == "device":
+        engine = RCEngine(params, model_config, tokenizer, settings, sampling, buckets=buckets,
+                          mesh=mesh, param_shardings=shardings, summarizer=summarizer)
+        return engine.run
+    from rc_jax.rc.reference import run_text_reference
+
+    def run_reference(problems: Sequence[str], keys):
+        return run_text_reference(params, model_config, tokenizer, settings, sampling,
+                                           problems, keys, buckets=buckets,
+                                           summarizer=summarizer)
+    return run_reference
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config=experiments/<name>.py is required")
+    run(config)
+
+
+if __name__ == "__main__":
+    app.run(main)
