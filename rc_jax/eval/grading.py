@@ -37,6 +37,7 @@ from rc_jax.eval.normalize import strings_match
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MEMORY_LIMIT_MB = 4096
+_MAX_STARTUP_DEATHS = 5
 _WORKER_MODULE = "rc_jax.eval.verify"  # run as `python -m` in each worker
 
 
@@ -111,6 +112,7 @@ class _TaskOutcome:
     correct: bool
     timed_out: bool
     error: str | None
+    crashed: bool = False
 
 
 def _stop_workers(workers: list[_Worker]) -> None:
@@ -152,6 +154,7 @@ class WorkerPool:
         self.memory_limit_mb = memory_limit_mb
         self.start_timeout_s = start_timeout_s
         self.replaced = 0  # workers killed and replaced (timeouts + crashes)
+        self._startup_deaths = 0  # consecutive deaths before "ready"
         self._env = _worker_env()
         self._workers: list[_Worker] = []
         # Kill the workers even if the owner forgets close() (e.g. on exceptions).
@@ -236,10 +239,15 @@ class WorkerPool:
 
         while remaining:
             now = time.monotonic()
-            for w in self._workers:
+            for w in list(self._workers):
                 if w.ready and w.task is None and pending:
                     i = pending.popleft()
-                    w.tasks.send((i, *tasks[i]))
+                    try:
+                        w.tasks.send((i, *tasks[i]))
+                    except OSError:  # the idle worker died (e.g. OOM-killed): requeue, replace
+                        pending.appendleft(i)
+                        self._replace(w)
+                        continue
                     w.task, w.task_started_at = i, now
             deadlines = [
                 w.task_started_at + timeout_s if w.ready else w.spawned_at + self.start_timeout_s
@@ -266,13 +274,18 @@ class WorkerPool:
             except subprocess.TimeoutExpired:
                 code = None
             if not w.ready:
-                raise RuntimeError(f"grading worker died during start-up (exit code {code})")
-            if w.task is not None:
-                finish(w.task, _TaskOutcome(False, False, f"grading worker crashed (exit code {code})"))
+                # Killed while starting (e.g. by the OOM killer): retry a few times,
+                # but a worker that can never start must not loop forever.
+                self._startup_deaths += 1
+                if self._startup_deaths > _MAX_STARTUP_DEATHS:
+                    raise RuntimeError(f"grading workers keep dying during start-up (last exit code {code})")
+            elif w.task is not None:
+                finish(w.task, _TaskOutcome(False, False, f"grading worker crashed (exit code {code})", crashed=True))
             self._replace(w)
             return
         if msg[0] == "ready":
             w.ready = True
+            self._startup_deaths = 0
         elif msg[0] == "failed":
             raise RuntimeError(f"grading worker failed to start: {msg[1]}")
         elif msg[0] == w.task:
@@ -382,42 +395,54 @@ class MathVerifyGrader:
 
     def _grade_locked(self, pairs, progress: bool, timeout_s: float) -> list[GradeResult]:
         self.stats["graded"] += len(pairs)
+        batch: dict[tuple[str, str], _CacheEntry] = {}  # this batch's answers
         todo: dict[tuple[str, str], None] = {}  # ordered set of keys for the pool
         for answer, gold in pairs:
             if answer is None:
                 continue
             key = (answer, str(gold))
+            if key in batch or key in todo:
+                continue
             entry = self._cache.get(key)
             if entry is not None and not (entry.timed_out and timeout_s > entry.timeout_s):
                 self.stats["cache_hits"] += 1
+                batch[key] = entry
             elif strings_match(answer, gold_answer_text(key[1])):
-                self._cache[key] = _CacheEntry(True, False, None, timeout_s)
+                batch[key] = self._cache[key] = _CacheEntry(True, False, None, timeout_s)
                 self.stats["string_matches"] += 1
             else:
                 todo[key] = None
         if todo:
-            self._verify_in_pool(list(todo), progress, timeout_s)
-        return [self._result(answer, str(gold)) for answer, gold in pairs]
+            batch.update(self._verify_in_pool(list(todo), progress, timeout_s))
+        return [_result(answer, batch.get((answer, str(gold)))) for answer, gold in pairs]
 
-    def _verify_in_pool(self, keys: list[tuple[str, str]], progress: bool, timeout_s: float) -> None:
+    def _verify_in_pool(
+        self, keys: list[tuple[str, str]], progress: bool, timeout_s: float
+    ) -> dict[tuple[str, str], _CacheEntry]:
         from tqdm.auto import tqdm
 
         pool = self._ensure_pool()
+        out: dict[tuple[str, str], _CacheEntry] = {}
         with tqdm(total=len(keys), desc="grading", unit="ans", disable=not progress, leave=False) as bar:
 
             def on_done(i: int, outcome: _TaskOutcome) -> None:
-                self._cache[keys[i]] = _CacheEntry(outcome.correct, outcome.timed_out, outcome.error, timeout_s)
+                entry = _CacheEntry(outcome.correct, outcome.timed_out, outcome.error, timeout_s)
+                out[keys[i]] = entry
+                # A crashed worker (e.g. OOM-killed) may be transient: do not cache it.
+                if not outcome.crashed:
+                    self._cache[keys[i]] = entry
                 bar.update(1)
 
-            outcomes = pool.run(keys, timeout_s, on_done)
+            pool.run(keys, timeout_s, on_done)
         self.stats["verified"] += len(keys)
-        self.stats["timeouts"] += sum(o.timed_out for o in outcomes)
+        self.stats["timeouts"] += sum(e.timed_out for e in out.values())
+        return out
 
-    def _result(self, answer: str | None, gold: str) -> GradeResult:
-        if answer is None:
-            return GradeResult(extracted=None, correct=False)
-        e = self._cache[(answer, gold)]
-        return GradeResult(extracted=answer, correct=e.correct, timed_out=e.timed_out, error=e.error)
+
+def _result(answer: str | None, entry: _CacheEntry | None) -> GradeResult:
+    if answer is None or entry is None:
+        return GradeResult(extracted=answer, correct=False)
+    return GradeResult(extracted=answer, correct=entry.correct, timed_out=entry.timed_out, error=entry.error)
 
 
 class StringMatchGrader:

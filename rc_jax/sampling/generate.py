@@ -171,7 +171,7 @@ def generate(params: Any, config: ModelConfig, prompts: Sequence[Sequence[int]],
                        sampling.truncates, num_samples, pad_id, mesh, tuple(data_axes),
                        None if param_shardings is None else _Hashable(param_shardings))
     total = batch * num_samples
-    keys = np.asarray(jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(total)))
+    keys = np.array(jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(total)))
     if row_keys is not None:
         row_keys = np.asarray(row_keys, np.uint32)
         if row_keys.shape != (len(prompts) * num_samples, 2):
