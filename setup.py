@@ -14,7 +14,9 @@ setup(
     version="0.1.0",
     description="Reasoning Cache: iterative summary-conditioned decoding and short-horizon RL in JAX",
     packages=find_packages(include=["rc_jax", "rc_jax.*"]),
+    package_data={"rc_jax.data": ["demo_problems.jsonl"]},
     python_requires=">=3.10",
     install_requires=_requirements("requirements.txt"),
-    extras_require={"test": _requirements("requirements-test.txt")},
+    extras_require={"test": _requirements("requirements-test.txt"),
+                    "tfds": ["tensorflow-datasets", "tensorflow"]},
 )

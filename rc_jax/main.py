@@ -65,6 +65,9 @@ def build_record(problem, sample_id: int, rollout, method: str, wall: float,
 
 def run(config) -> dict[str, Any] | None:
     """Runs a configured job end to end; returns the evaluation metrics (if evaluated)."""
+    if config.method == "train":  # RC reinforcement learning (rc_jax.rl)
+        from rc_jax.rl.train import run_training
+        return run_training(config)
     validate(config)
     import jax
     import numpy as np

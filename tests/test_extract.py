@@ -87,3 +87,11 @@ def test_strings_match():
     assert not strings_match("1,001", "1000")
     assert not strings_match(None, "5")
     assert not strings_match("", "")
+
+
+def test_normalize_is_bounded_on_pathological_nesting():
+    nested = r"\text{" * 3000 + "x" + "}" * 3000
+    start = time.perf_counter()
+    assert normalize_answer(nested) == nested  # too long to normalise: compared verbatim
+    assert normalize_answer(r"\text{\text{\textbf{Yes}}}") == "yes"
+    assert time.perf_counter() - start < 1.0

@@ -143,7 +143,7 @@ def test_pathological_input_times_out_and_pool_recovers(grader):
     assert [r.correct for r in res] == [False, False]
     assert "timed out" in res[0].error
     # Two workers run the two cases in parallel: both hit the limit at about the same time.
-    assert elapsed < TIMEOUT_S + 1.0, elapsed
+    assert elapsed < TIMEOUT_S + 1.5, elapsed
     assert grader.workers_replaced == replaced_before + 2
     # The pool keeps working after its hung workers were killed.
     after = grader.grade_batch([(r"\boxed{\frac{6}{8}}", "0.75"), (r"\boxed{7}", "8")])

@@ -25,7 +25,11 @@ def _ks(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rc_jax.eval", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m rc_jax.eval",
+        description="Grade RC results per step and write a report: table, accuracy-vs-tokens plot, "
+        "metrics.json and graded.jsonl.",
+    )
     p.add_argument("inputs", nargs="+", help="results files: rc_jax JSONL or the authors' JSON list")
     p.add_argument("--output_dir", required=True, help="directory for report.md, metrics.json, graded.jsonl, plots")
     p.add_argument("--tokenizer", default=None, help="tokenizer path to count tokens when files lack token_counts")

@@ -16,6 +16,9 @@ _SIZING_RE = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])")
 _DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°")
 _PERCENT_RE = re.compile(r"\\?%")
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+# Unwrapping nested `\text{}` takes one pass per nesting level; real answers are
+# short, so longer strings are compared as they are to keep this bounded.
+MAX_NORMALIZE_CHARS = 5000
 
 
 def _strip_math_delimiters(s: str) -> str:
@@ -42,10 +45,13 @@ def normalize_answer(answer: str | None) -> str | None:
     Removes math delimiters, text wrappers, spacing/sizing commands, degree and
     percent signs, dollar signs, thousands separators, whitespace and a trailing
     period; maps `\\dfrac`/`\\tfrac` to `\\frac`; lower-cases. Returns None for
-    None or an answer that is empty after normalisation.
+    None or an answer that is empty after normalisation. Answers longer than
+    ``MAX_NORMALIZE_CHARS`` are only stripped.
     """
     if answer is None:
         return None
+    if len(answer) > MAX_NORMALIZE_CHARS:
+        return answer.strip() or None
     s = _strip_math_delimiters(answer)
     s = _unwrap_text_commands(s)
     s = _SPACING_RE.sub(" ", s)

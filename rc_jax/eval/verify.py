@@ -2,8 +2,8 @@
 
 Grading workers run this module as a program (``python -m rc_jax.eval.verify
 READ_FD WRITE_FD MEMORY_MB``); ``rc_jax.eval.grading`` starts and kills them.
-``verify_answer`` calls
-math-verify with its own signal-based timeouts *disabled*: those use
+
+``verify_answer`` calls math-verify with its own signal-based timeouts *disabled*: those use
 ``signal.alarm``, which only works in a main thread, takes whole seconds and
 cannot interrupt a long computation inside C code. The hard wall-clock limit is
 enforced instead by the parent, which kills a worker that overruns
@@ -38,7 +38,8 @@ def verify_answer(answer: str, gold: str) -> bool:
     or on trusted, small inputs.
     """
     gold_parsed = parse(as_boxed(gold), parsing_timeout=None)
-    answer_parsed = parse(as_boxed(answer), parsing_timeout=None)
+    # The answer is already a box's content: always wrap it, even if it contains a box.
+    answer_parsed = parse("\\boxed{" + answer + "}", parsing_timeout=None)
     if not gold_parsed or not answer_parsed:
         return False
     return bool(verify(gold_parsed, answer_parsed, timeout_seconds=None))

@@ -10,8 +10,12 @@ E hidden size, H query heads, K key/value heads, G = H // K, D head dim, I MLP w
 V vocabulary.
 
 Decoder layers are stacked along a leading `layers` axis and run with `nn.scan`, so
-compile time does not grow with depth. Numerics follow the HF implementations:
-RMSNorm, softmax and logits are computed in float32 whatever the activation dtype.
+compile time does not grow with depth. `unstack_layers` turns the parameters (and
+`unstack_cache` the cache) into one entry per layer, which `forward` then runs as an
+unrolled Python loop: no per-step slicing of stacked weights, which XLA:CPU otherwise
+copies before every matmul (see `rc_jax.sampling.core.decode`). Numerics follow the HF
+implementations: RMSNorm, softmax and logits are computed in float32 whatever the
+activation dtype.
 """
 from __future__ import annotations
 
@@ -33,27 +37,53 @@ class KVCache:
     """Preallocated key/value cache, shared write position for all rows.
 
     Attributes:
-      k, v: [L, B, C, K, D] keys/values (rotary already applied to keys).
+      k: [L, B, K, D, C] keys, rotary already applied, stored transposed (head dim before
+        slots) so that query . keys is a plain matmul with no relayout of the cache.
+      v: [L, B, K, C, D] values.
       valid: [B, C] bool, True where a slot holds a real (non-padding) token.
       index: [] int32, the next slot to write (same for every row: prompts are
         left-padded so that rows stay aligned).
+
+    `unstack_cache` turns k and v into tuples of L per-layer arrays ([B, K, D, C] and
+    [B, K, C, D]); `forward` accepts and returns either form.
     """
-    k: jax.Array
-    v: jax.Array
+    k: Any
+    v: Any
     valid: jax.Array
     index: jax.Array
 
     @property
     def length(self) -> int:
-        return self.k.shape[2]
+        return self.valid.shape[1]
 
 
 def init_cache(config: ModelConfig, batch: int, length: int, dtype: Any = None) -> KVCache:
-    """An empty cache of `length` slots per row."""
+    """An empty (stacked) cache of `length` slots per row."""
     dtype = dtype or config.jnp_dtype
-    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
-    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+    l, k, d = config.num_layers, config.num_kv_heads, config.head_dim
+    return KVCache(k=jnp.zeros((l, batch, k, d, length), dtype),
+                   v=jnp.zeros((l, batch, k, length, d), dtype),
                    valid=jnp.zeros((batch, length), bool), index=jnp.zeros((), jnp.int32))
+
+
+def cache_is_unstacked(cache: KVCache) -> bool:
+    return isinstance(cache.k, (tuple, list))
+
+
+def unstack_cache(cache: KVCache) -> KVCache:
+    """Cache with k/v as tuples of per-layer arrays (a copy when traced; no-op if already)."""
+    if cache_is_unstacked(cache):
+        return cache
+    n = cache.k.shape[0]
+    return cache.replace(k=tuple(cache.k[i] for i in range(n)),
+                         v=tuple(cache.v[i] for i in range(n)))
+
+
+def stack_cache(cache: KVCache) -> KVCache:
+    """Inverse of `unstack_cache`."""
+    if not cache_is_unstacked(cache):
+        return cache
+    return cache.replace(k=jnp.stack(cache.k), v=jnp.stack(cache.v))
 
 
 # ----------------------------------------------------------------------------- layers
@@ -108,7 +138,10 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, layer_k, layer_v, ctx):
-        """x: [B, S, E]; layer_k/v: [B, C, K, D]. Returns (out [B,S,E], new k, new v)."""
+        """x: [B, S, E]; layer_k: [B, K, D, C]; layer_v: [B, K, C, D].
+
+        Returns (out [B, S, E], new layer_k, new layer_v).
+        """
         cfg = self.config
         e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         dt = cfg.jnp_dtype
@@ -133,18 +166,26 @@ class Attention(nn.Module):
             q, ("activation_batch", "activation_length", "activation_heads", None))
 
         # Write this chunk into the cache at the shared write index, then attend to all of it.
-        start = (0, ctx["write_index"], 0, 0)
-        layer_k = jax.lax.dynamic_update_slice(layer_k, kk.astype(layer_k.dtype), start)
-        layer_v = jax.lax.dynamic_update_slice(layer_v, vv.astype(layer_v.dtype), start)
-
         b, s = x.shape[:2]
-        qg = q.reshape(b, s, k, h // k, d)
-        scores = jnp.einsum("bskgd,bckd->bkgsc", qg, layer_k.astype(dt),
+        g, c = h // k, layer_v.shape[2]
+        index = ctx["write_index"]
+        layer_k = jax.lax.dynamic_update_slice(
+            layer_k, jnp.transpose(kk, (0, 2, 3, 1)).astype(layer_k.dtype), (0, 0, 0, index))
+        layer_v = jax.lax.dynamic_update_slice(
+            layer_v, jnp.transpose(vv, (0, 2, 1, 3)).astype(layer_v.dtype), (0, 0, index, 0))
+
+        # Queries grouped by kv head, [B, K, G*S, D]: both products are batched matmuls
+        # over (B, K) that read the cache in its stored layout.
+        qg = q.reshape(b, s, k, g, d).transpose(0, 2, 3, 1, 4).reshape(b, k, g * s, d)
+        scores = jnp.einsum("bkmd,bkdc->bkmc", qg, layer_k.astype(dt),
                             preferred_element_type=jnp.float32) * (d ** -0.5)
+        scores = scores.reshape(b, k, g, s, c)
         scores = jnp.where(ctx["mask"][:, None, None], scores, _MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        out = jnp.einsum("bkgsc,bckd->bskgd", probs, layer_v.astype(dt)).reshape(b, s, h, d)
-        y = jnp.einsum("bshd,hde->bse", out, wo.astype(dt))
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt).reshape(b, k, g * s, c)
+        out = jnp.einsum("bkmc,bkcd->bkmd", probs, layer_v.astype(dt))
+        out = out.reshape(b, k, g, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, h * d)
+        # One contracting dim: with (h, d) XLA:CPU may relayout the weight on every call.
+        y = jnp.einsum("bsf,fe->bse", out, wo.astype(dt).reshape(h * d, e))
         if cfg.o_bias:
             y += _param(self, "o_bias", (e,), ("embed",), nn.initializers.zeros).astype(dt)
         return y, layer_k, layer_v
@@ -191,12 +232,39 @@ _REMAT = {
 }
 
 
-class Decoder(nn.Module):
-    """Embeddings -> L decoder layers -> final norm -> logits."""
+def _layer_class(cfg: ModelConfig, scanned: bool):
+    if cfg.remat_policy == "none":
+        return DecoderLayer
+    return nn.remat(DecoderLayer, policy=_REMAT[cfg.remat_policy], prevent_cse=not scanned)
+
+
+class UnrolledLayers(nn.Module):
+    """The decoder layers as L separate parameter sets named '0'..'L-1', run by a Python
+    loop; each layer reads and writes its own cache arrays (tuples of L)."""
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens, cos, sin, mask, write_index, cache_k, cache_v):
+    def __call__(self, x, layer_kv, ctx):
+        cfg = self.config
+        ks, vs = list(layer_kv[0]), list(layer_kv[1])
+        layer_cls = _layer_class(cfg, scanned=False)
+        for i in range(cfg.num_layers):
+            x, (ks[i], vs[i]) = layer_cls(cfg, name=str(i))(x, (ks[i], vs[i]), ctx)
+        return x, (tuple(ks), tuple(vs))
+
+
+class Decoder(nn.Module):
+    """Embeddings -> L decoder layers -> final norm -> logits.
+
+    `unrolled` selects the per-layer parameter layout (see `unstack_layers`); the cache
+    k/v are then tuples of per-layer arrays, else stacked [L, ...] arrays.
+    """
+    config: ModelConfig
+    unrolled: bool = False
+
+    @nn.compact
+    def __call__(self, tokens, cos, sin, mask, write_index, cache_k, cache_v,
+                 last_only: bool = False):
         cfg = self.config
         embedding = _param(self, "embedding", (cfg.vocab_size, cfg.hidden_size),
                            ("vocab", "embed"), nn.initializers.normal(0.02))
@@ -205,12 +273,11 @@ class Decoder(nn.Module):
             x, ("activation_batch", "activation_length", "activation_embed"))
         ctx = {"cos": cos, "sin": sin, "mask": mask, "write_index": write_index}
 
-        layer_cls = DecoderLayer
-        if cfg.remat_policy != "none":
-            layer_cls = nn.remat(DecoderLayer, policy=_REMAT[cfg.remat_policy],
-                                 prevent_cse=not cfg.scan_layers)
-        if cfg.scan_layers:
-            stack = nn.scan(layer_cls, variable_axes={"params": 0},
+        if self.unrolled:
+            x, (cache_k, cache_v) = UnrolledLayers(cfg, name="layers")(
+                x, (cache_k, cache_v), ctx)
+        elif cfg.scan_layers:
+            stack = nn.scan(_layer_class(cfg, scanned=True), variable_axes={"params": 0},
                             split_rngs={"params": True}, in_axes=(0, nn.broadcast),
                             length=cfg.num_layers,
                             metadata_params={nn.PARTITION_NAME: "layers"})
@@ -219,6 +286,8 @@ class Decoder(nn.Module):
             raise NotImplementedError("scan_layers=False is not implemented; params are "
                                       "always stacked along the layer axis")
 
+        if last_only:
+            x = x[:, -1:]
         x = RMSNorm(cfg, cfg.hidden_size, "embed", name="final_norm")(x)
         if cfg.tie_word_embeddings:
             logits = jnp.einsum("bse,ve->bsv", x, embedding.astype(cfg.jnp_dtype),
@@ -233,6 +302,26 @@ class Decoder(nn.Module):
         return logits, cache_k, cache_v
 
 
+def layers_are_unstacked(params: Params) -> bool:
+    """True for the per-layer layout made by `unstack_layers`."""
+    return "0" in params["layers"]
+
+
+def unstack_layers(params: Params) -> Params:
+    """Parameters with `layers` split into per-layer sets {'0': ..., 'L-1': ...}.
+
+    `forward` runs these with an unrolled loop and no slicing of stacked weights (on CPU
+    the fastest decode). Inside `jit` this copies the layer weights once; a no-op when
+    already unstacked.
+    """
+    if layers_are_unstacked(params):
+        return params
+    layers = params["layers"]
+    n = jax.tree.leaves(layers)[0].shape[0]
+    return {**params, "layers": {str(i): jax.tree.map(lambda a, i=i: a[i], layers)
+                                 for i in range(n)}}
+
+
 # ------------------------------------------------------------------------- functional API
 def attention_mask(valid: jax.Array, write_index: jax.Array, chunk: int) -> jax.Array:
     """[B, S, C] bool: query s (at slot write_index+s) sees slot c iff c is valid and c <= it."""
@@ -243,24 +332,29 @@ def attention_mask(valid: jax.Array, write_index: jax.Array, chunk: int) -> jax.
 
 
 def forward(params: Params, config: ModelConfig, tokens: jax.Array, positions: jax.Array,
-            cache: KVCache | None = None, *, token_mask: jax.Array | None = None
-            ) -> tuple[jax.Array, KVCache | None]:
+            cache: KVCache | None = None, *, token_mask: jax.Array | None = None,
+            last_only: bool = False) -> tuple[jax.Array, KVCache | None]:
     """Runs the decoder on a chunk of tokens.
 
     Args:
-      params: the parameter pytree (as returned by `init_params` or `load_hf_checkpoint`).
+      params: the parameter pytree (as returned by `init_params` or `load_hf_checkpoint`),
+        or its per-layer form from `unstack_layers` (then the layers run unrolled).
       config: the model config (static).
       tokens: [B, S] int token ids (left padding allowed).
       positions: [B, S] int rotary positions (for left-padded rows, count from the first
         real token: padding positions are ignored).
-      cache: a `KVCache` to write this chunk into at `cache.index` (slots
-        index..index+S-1) and attend to; None runs a plain causal forward over the chunk.
+      cache: a `KVCache` (stacked or unstacked) to write this chunk into at `cache.index`
+        (slots index..index+S-1) and attend to; None runs a plain causal forward over
+        the chunk.
       token_mask: [B, S] bool, False on padding tokens; padding is never attended to.
         Defaults to all True.
+      last_only: compute logits for the last position only (prefill of left-padded
+        prompts); the vocabulary projection of the other positions is skipped.
 
     Returns:
-      logits [B, S, V] float32, and the updated cache (index advanced by S), or None when
-      no cache was given.
+      logits [B, S, V] float32 ([B, 1, V] with last_only), and the updated cache (index
+      advanced by S, same stacked/unstacked form as given), or None when no cache was
+      given.
     """
     b, s = tokens.shape
     if token_mask is None:
@@ -268,15 +362,20 @@ def forward(params: Params, config: ModelConfig, tokens: jax.Array, positions: j
     given_cache = cache is not None
     if cache is None:
         cache = init_cache(config, b, s)
+    unrolled = layers_are_unstacked(params)
+    given_unstacked = cache_is_unstacked(cache)
+    work = unstack_cache(cache) if unrolled else stack_cache(cache)
     valid = jax.lax.dynamic_update_slice(cache.valid, token_mask.astype(bool),
                                          (0, cache.index))
     mask = attention_mask(valid, cache.index, s)
     cos, sin = rope_tables(positions, config.head_dim, config.rope_theta)
-    logits, k, v = Decoder(config).apply({"params": params}, tokens, cos, sin, mask,
-                                         cache.index, cache.k, cache.v)
+    logits, k, v = Decoder(config, unrolled=unrolled).apply(
+        {"params": params}, tokens, cos, sin, mask, cache.index, work.k, work.v,
+        last_only=last_only)
     if not given_cache:
         return logits, None
-    return logits, KVCache(k=k, v=v, valid=valid, index=cache.index + s)
+    out = KVCache(k=k, v=v, valid=valid, index=cache.index + s)
+    return logits, (unstack_cache(out) if given_unstacked else stack_cache(out))
 
 
 def _abstract_boxed_params(config: ModelConfig):
