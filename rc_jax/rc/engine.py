@@ -95,9 +95,12 @@ class RCEngine:
                  buckets: Buckets = Buckets(), mesh: Mesh | None = None,
                  data_axes: tuple[str, ...] = ("data",), param_shardings: Any = None,
                  record_prompts: bool = False,
-                 summarizer: tuple[Any, ModelConfig] | None = None):
+                 summarizer: tuple[Any, ModelConfig] | None = None,
+                 stop_ids: Sequence[int] | None = None):
         """summarizer: optional (params, config) of a different model that writes the
-        summaries (it must share the tokenizer); by default the reasoning model does."""
+        summaries (it must share the tokenizer); by default the reasoning model does.
+        stop_ids: ids that end a phase (default: the tokenizer's eos ids; an empty list
+        makes every phase spend its whole budget, as benchmarks want)."""
         for cfg, role in ((config, "model"), (summarizer[1] if summarizer else config,
                                                "summarizer model")):
             if tokenizer.vocab_size > cfg.vocab_size:
@@ -109,6 +112,7 @@ class RCEngine:
         self.mesh, self.data_axes = mesh, tuple(data_axes)
         self.param_shardings = param_shardings
         self.record_prompts = record_prompts
+        self.stop_ids = tuple(tokenizer.eos_ids if stop_ids is None else stop_ids)
         self.reasoning_template: Template = load_template(settings.reasoning_template, "reasoning")
         self.summary_template: Template = load_template(settings.summary_template, "summary")
         think = settings.use_think_tags and tokenizer.think_start_id is not None
@@ -236,7 +240,7 @@ class RCEngine:
         self._records = []
         out = self._program(self.params, self.summarizer_params, problem_ids, lens, all_keys, active,
                             jnp.int32(num_steps), budgets,
-                            stop_array(self.tokenizer.eos_ids), self.sampling.values())
+                            stop_array(self.stop_ids), self.sampling.values())
         jax.block_until_ready(out)
         jax.effects_barrier()  # all io_callbacks have run
         return self._collect(len(problems), num_steps)
