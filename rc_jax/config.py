@@ -13,7 +13,7 @@ from pathlib import Path
 
 import ml_collections
 
-METHODS = ("rc",)
+METHODS = ("rc", "autoregressive", "self_refine", "self_verify", "budget_forcing", "rsa")
 ENGINES = ("device", "reference")
 DTYPES = ("float32", "bfloat16")
 BUILTIN_MODEL_PREFIX = "builtin:"
@@ -21,6 +21,20 @@ BUILTIN_MODEL_PREFIX = "builtin:"
 # Fields that do not change what a run computes: changing them keeps a run resumable.
 _NON_SEMANTIC = ("batch_size", "output_dir", "data.limit", "evaluate", "mesh",
                  "grading_timeout", "model.max_cache_length", "rc.engine")
+
+# Config sections that only some methods read. A run's resume hash leaves out the sections
+# its method does not read, so adding or changing another method's knobs never makes
+# existing results unresumable. (`rc` is read by every method: steps, budgets, think tags.)
+METHOD_SECTIONS = {
+    "rc": (),
+    "autoregressive": ("baselines", "autoregressive"),
+    "self_refine": ("baselines", "self_refine"),
+    "self_verify": ("baselines", "self_verify"),
+    "budget_forcing": ("baselines", "budget_forcing"),
+    "rsa": ("baselines", "rsa"),
+}
+# Methods that run a summarization phase (the only ones a summarizer model can serve).
+_SUMMARIZING = ("rc", "rsa")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -64,6 +78,41 @@ def default_config() -> ml_collections.ConfigDict:
     c.rc.summary_template = "math"
     c.rc.use_think_tags = False
     c.rc.engine = "device"
+
+    # Baselines and scaffolds (rc_jax.methods). self_refine / self_verify run rc.num_steps
+    # steps of at most rc.max_reasoning_tokens tokens; rsa gives every candidate
+    # rc.max_reasoning_tokens and every summary rc.max_summary_tokens; all wrap prompts
+    # like RC does (rc.use_think_tags).
+    c.baselines = ml_collections.ConfigDict()
+    c.baselines.solve_template = "math"   # first attempt ({problem}): math, science or a file
+
+    c.autoregressive = ml_collections.ConfigDict()
+    c.autoregressive.max_tokens = 131072  # one generation of at most this many tokens
+    c.autoregressive.checkpoint_tokens = 16384  # a "step" is read every this many tokens
+
+    c.self_refine = ml_collections.ConfigDict()
+    c.self_refine.template = "math"       # {problem}, {previous_attempt}
+    c.self_refine.max_context_tokens = 0  # previous attempt keeps its last N tokens; 0: all
+
+    c.self_verify = ml_collections.ConfigDict()
+    c.self_verify.template = "math"       # {problem}, {previous_attempt}
+    c.self_verify.max_context_tokens = 0
+
+    c.budget_forcing = ml_collections.ConfigDict()
+    c.budget_forcing.max_tokens = 32768   # total generated tokens, all continuations
+    c.budget_forcing.num_forcings = 4     # at most this many continuation cues (steps - 1)
+    c.budget_forcing.cue = "Wait"         # text appended where the model stopped
+    c.budget_forcing.stop_tokens = ""     # forcing stops besides EOS, comma-separated;
+    #                                       empty: </think> when rc.use_think_tags
+
+    c.rsa = ml_collections.ConfigDict()
+    c.rsa.population = 8                  # N candidates per (problem, sample)
+    c.rsa.k = 4                           # K candidates shown to each new candidate
+    c.rsa.generations = 4                 # G aggregation rounds after the first population
+    c.rsa.use_summaries = False           # show RC summaries of candidates, not full texts
+    c.rsa.max_candidate_tokens = 0        # each shown candidate keeps its last N tokens; 0: all
+    c.rsa.template = "math"               # {problem}, {candidates}
+    c.rsa.store_population = False        # also write every candidate's text (large)
 
     c.num_samples = 16
     c.batch_size = 64                 # rollouts per engine call
@@ -116,6 +165,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
             load_template(getattr(c.rc, name), kind)
         except (ValueError, FileNotFoundError) as e:
             _fail(f"rc.{name}", str(e))
+    _validate_methods(c)
     if c.num_samples <= 0:
         _fail("num_samples", f"must be a positive integer, got {c.num_samples}")
     if c.batch_size <= 0:
@@ -130,9 +180,71 @@ def validate(c: ml_collections.ConfigDict) -> None:
             _fail("mesh", str(e))
 
 
+def _positive(c: ml_collections.ConfigDict, field: str, minimum: int = 1) -> None:
+    node = c
+    for part in field.split("."):
+        node = getattr(node, part)
+    if isinstance(node, bool) or not isinstance(node, int) or node < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        _fail(field, f"must be {what}, got {node!r}")
+
+
+def _validate_methods(c: ml_collections.ConfigDict) -> None:
+    """The baseline / scaffold sections (every section is checked, whatever the method)."""
+    from rc_jax.methods.prompts import load_method_template
+
+    def template(field: str, kind: str) -> None:
+        section, name = field.split(".")
+        try:
+            load_method_template(getattr(getattr(c, section), name), kind)
+        except (ValueError, FileNotFoundError) as e:
+            _fail(field, str(e))
+
+    template("baselines.solve_template", "solve")
+    _positive(c, "autoregressive.max_tokens")
+    _positive(c, "autoregressive.checkpoint_tokens")
+    if c.autoregressive.checkpoint_tokens > c.autoregressive.max_tokens:
+        _fail("autoregressive.checkpoint_tokens",
+              f"must be <= autoregressive.max_tokens ({c.autoregressive.max_tokens}), got "
+              f"{c.autoregressive.checkpoint_tokens}")
+    for section, kind in (("self_refine", "refine"), ("self_verify", "verify")):
+        template(f"{section}.template", kind)
+        _positive(c, f"{section}.max_context_tokens", minimum=0)
+    _positive(c, "budget_forcing.max_tokens")
+    _positive(c, "budget_forcing.num_forcings", minimum=0)
+    if not c.budget_forcing.cue:
+        _fail("budget_forcing.cue", "must be non-empty text (e.g. 'Wait')")
+    _positive(c, "rsa.population")
+    _positive(c, "rsa.k")
+    if c.rsa.k > c.rsa.population:
+        _fail("rsa.k", f"must be <= rsa.population ({c.rsa.population}), got {c.rsa.k}")
+    _positive(c, "rsa.generations", minimum=0)
+    _positive(c, "rsa.max_candidate_tokens", minimum=0)
+    template("rsa.template", "aggregate")
+    if c.summarizer.model.path and c.method not in _SUMMARIZING:
+        _fail("summarizer.model.path", f"method {c.method!r} has no summarization phase; "
+              f"a summarizer model is used by {' and '.join(_SUMMARIZING)} only")
+    if c.summarizer.model.path and c.method == "rsa" and not c.rsa.use_summaries:
+        _fail("summarizer.model.path", "rsa only summarizes with rsa.use_summaries=True")
+
+
+def steps_per_record(c: ml_collections.ConfigDict) -> int:
+    """Number of steps every record of this run has (len(reasoning_store))."""
+    if c.method == "autoregressive":
+        return -(-c.autoregressive.max_tokens // c.autoregressive.checkpoint_tokens)
+    if c.method == "budget_forcing":
+        return c.budget_forcing.num_forcings + 1
+    if c.method == "rsa":
+        return c.rsa.generations + 1
+    return c.rc.num_steps
+
+
 def semantic_dict(c: ml_collections.ConfigDict) -> dict:
     """The config minus fields that do not change results (used for the resume hash)."""
     d = json.loads(c.to_json())
+    used = set(METHOD_SECTIONS.get(c.method, ()))
+    for section in {s for ss in METHOD_SECTIONS.values() for s in ss} - used:
+        d.pop(section, None)
     for dotted in _NON_SEMANTIC:
         parts = dotted.split(".")
         node = d

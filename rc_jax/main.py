@@ -18,7 +18,7 @@ from typing import Any, Sequence  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from rc_jax.config import config_hash, validate  # noqa: E402
+from rc_jax.config import config_hash, steps_per_record, validate  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -60,11 +60,20 @@ def build_record(problem, sample_id: int, rollout, method: str, wall: float,
         "finish_reasons": {"reasoning": rollout.reasoning_finish,
                            "summary": rollout.summary_finish},
         "wall_time_s": round(wall, 3), "config_hash": chash,
+        **(getattr(rollout, "extra", None) or {}),  # method-specific fields (rc_jax.methods)
     }
 
 
 def run(config) -> dict[str, Any] | None:
-    """Runs a configured job end to end; returns the evaluation metrics (if evaluated)."""
+    """Runs a configured job end to end; returns the evaluation metrics (if evaluated).
+
+    On a multi-process job (a TPU pod slice, several GPU hosts: see launch/) every process
+    runs this same function on the same data; only process 0 reads/writes the results
+    file, prints and evaluates, and the others return None.
+    """
+    from rc_jax.parallel.distributed import (broadcast_from_main, is_main_process,
+                                             maybe_initialize)
+    maybe_initialize()  # before any JAX computation; no-op on a single host
     if config.method == "train":  # RC reinforcement learning (rc_jax.rl)
         from rc_jax.rl.train import run_training
         return run_training(config)
@@ -81,27 +90,35 @@ def run(config) -> dict[str, Any] | None:
 
     problems = load_problem_set(config)
     chash = config_hash(config)
-    results = ResultsFile(config.output_dir, config.to_dict(), chash)
+    main_process = is_main_process()
+    if not main_process:
+        logging.set_verbosity(logging.WARNING)
+    # Only process 0 touches output_dir (workers may not share a disk); it tells the
+    # others what is already done so that every process runs the same batches.
+    results = ResultsFile(config.output_dir, config.to_dict(), chash) if main_process else None
+    done = broadcast_from_main(results.done if main_process else None)
     todo = [(p, j) for p in problems for j in range(config.num_samples)
-            if (p.problem_id, j) not in results.done]
+            if (p.problem_id, j) not in done]
     logging.info("%d problems x %d samples; %d already done, %d to run",
-                 len(problems), config.num_samples, len(results.done), len(todo))
-    print(f"rc_jax: method={config.method} model={config.model.path} "
-          f"problems={len(problems)} samples={config.num_samples} steps={config.rc.num_steps} "
-          f"H_R={config.rc.max_reasoning_tokens} H_S={config.rc.max_summary_tokens} "
-          f"-> {results.path} ({len(todo)} rollouts to run)")
+                 len(problems), config.num_samples, len(done), len(todo))
+    print_main = print if main_process else (lambda *a, **k: None)
+    print_main(f"rc_jax: method={config.method} model={config.model.path} "
+               f"problems={len(problems)} samples={config.num_samples} "
+               f"steps={steps_per_record(config)} "
+               f"H_R={config.rc.max_reasoning_tokens} H_S={config.rc.max_summary_tokens} "
+               f"-> {config.output_dir}/results.jsonl ({len(todo)} rollouts to run)")
     if todo:
         model_dir = resolve_model_path(config.model.path)
         tokenizer = load_tokenizer(config.tokenizer.path or model_dir)
         mesh = None
-        if config.mesh:
+        if config.mesh or jax.process_count() > 1:  # several hosts: one global mesh
             from rc_jax.parallel import make_mesh
-            mesh = make_mesh(config.mesh)
+            mesh = make_mesh(config.mesh or "data:-1")
         model_config, params, shardings = load_model(str(model_dir), config.model.dtype, mesh)
-        summarizer = None
+        summarizer = summarizer_shardings = None
         if config.summarizer.model.path:
-            s_cfg, s_params, _ = load_model(config.summarizer.model.path, config.model.dtype,
-                                            mesh)
+            s_cfg, s_params, summarizer_shardings = load_model(
+                config.summarizer.model.path, config.model.dtype, mesh)
             summarizer = (s_params, s_cfg)
         settings = RCSettings(
             num_steps=config.rc.num_steps, max_reasoning_tokens=config.rc.max_reasoning_tokens,
@@ -112,8 +129,10 @@ def run(config) -> dict[str, Any] | None:
                                   config.sampling.top_k, config.sampling.min_p)
         buckets = Buckets(max_cache_length=config.model.max_cache_length)
         run_batch = _batch_runner(config, params, model_config, tokenizer, settings, sampling,
-                                  buckets, mesh, shardings, summarizer)
-        bar = tqdm(total=len(todo), desc="rollouts", unit="rollout")
+                                  buckets, mesh, shardings, summarizer,
+                                  summarizer_shardings=summarizer_shardings)
+        bar = tqdm(total=len(todo), desc="rollouts", unit="rollout",
+                   disable=not main_process)
         tokens = 0
         start = time.time()
         for i in range(0, len(todo), config.batch_size):
@@ -122,14 +141,15 @@ def run(config) -> dict[str, Any] | None:
             t0 = time.time()
             rollouts = run_batch([p.problem for p, _ in chunk], keys)
             wall = time.time() - t0
-            results.append(build_record(p, j, r, config.method, wall, chash)
-                           for (p, j), r in zip(chunk, rollouts))
+            if main_process:
+                results.append(build_record(p, j, r, config.method, wall, chash)
+                               for (p, j), r in zip(chunk, rollouts))
             tokens += sum(sum(r.reasoning_tokens) + sum(r.summary_tokens) for r in rollouts)
             bar.update(len(chunk))
             bar.set_postfix(tok_s=f"{tokens / (time.time() - start):.1f}")
         bar.close()
         jax.effects_barrier()
-    if not config.evaluate:
+    if not config.evaluate or not main_process:
         return None
     from rc_jax.eval.report import evaluate_files
     metrics = evaluate_files([results.path], config.output_dir,
@@ -139,12 +159,21 @@ def run(config) -> dict[str, Any] | None:
 
 
 def _batch_runner(config, params, model_config, tokenizer, settings, sampling, buckets, mesh,
-                  shardings, summarizer):
-    """A function problems, keys -> rollouts for the configured engine."""
+                  shardings, summarizer, summarizer_shardings=None):
+    """A function problems, keys -> rollouts for the configured method / engine."""
+    if config.method != "rc":  # baselines and scaffolds (rc_jax.methods)
+        from rc_jax.methods import get_runner
+        from rc_jax.methods.base import MethodContext
+        runner = get_runner(config.method)
+        ctx = MethodContext(config, params, model_config, tokenizer, sampling, buckets=buckets,
+                            mesh=mesh, param_shardings=shardings, summarizer=summarizer,
+                            summarizer_shardings=summarizer_shardings)
+        return lambda problems, keys: runner(problems, keys, ctx)
     from rc_jax.rc.engine import RCEngine
     if config.rc.engine == "device":
         engine = RCEngine(params, model_config, tokenizer, settings, sampling, buckets=buckets,
-                          mesh=mesh, param_shardings=shardings, summarizer=summarizer)
+                          mesh=mesh, param_shardings=shardings, summarizer=summarizer,
+                          summarizer_shardings=summarizer_shardings)
         return engine.run
     from rc_jax.rc.reference import run_text_reference
 

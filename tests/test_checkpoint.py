@@ -388,3 +388,59 @@ def test_sharded_bfloat16_load(tmp_path):
     _, sharded = load_hf_checkpoint(tmp_path, dtype="bfloat16", shardings=shardings)
     _tree_equal(sharded, plain)
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(sharded))
+
+
+def test_sharded_load_reads_only_each_devices_slice(tmp_path, monkeypatch):
+    """Each device's callback touches only the HF tensors of its own layers and copies
+    exactly its shard out of the memory maps: layout transforms are views, never copies
+    of the whole tensor, so no host materialises a parameter it does not hold."""
+    from rc_jax.models import checkpoint as ckpt
+    config, _ = write_random_checkpoint(tmp_path, "qwen3", False, seed=3)
+    _, plain = load_hf_checkpoint(tmp_path)
+    mesh = _mesh()
+    # 'fsdp' (2 devices) lands on the stacked layer axis (2 layers): one layer per device.
+    shardings = jax.tree.map(lambda x: NamedSharding(mesh, _spec_for(x.shape)), plain)
+    assert shardings["layers"]["mlp"]["up_proj"].spec[0] == "fsdp"
+
+    touched: set[int] = set()
+    calls: list[dict] = []
+
+    class RecordingList(list):
+        def __getitem__(self, i):
+            touched.add(i)
+            return super().__getitem__(i)
+
+    real_place, real_make = ckpt._place, jax.make_array_from_callback
+
+    def spy_place(arrays, m, full_shape, dtype, sharding):
+        for a in arrays:  # the HF -> ours transform must not copy the memory map
+            assert np.shares_memory(m.to_ours(a), a), m.hf_name
+        return real_place(RecordingList(arrays), m, full_shape, dtype, sharding)
+
+    def spy_make(shape, sharding, callback):
+        def wrapped(index):
+            touched.clear()
+            out = callback(index)
+            calls.append(dict(shape=shape, index=index, touched=set(touched),
+                              got=out.shape, want=sharding.shard_shape(shape),
+                              nbytes=out.nbytes))
+            return out
+        return real_make(shape, sharding, wrapped)
+
+    monkeypatch.setattr(ckpt, "_place", spy_place)
+    monkeypatch.setattr(jax, "make_array_from_callback", spy_make)
+    _, sharded = load_hf_checkpoint(tmp_path, shardings=shardings)
+    _tree_equal(sharded, plain)
+
+    per_layer = 0
+    for c in calls:
+        assert c["got"] == c["want"]  # exactly the device's slice, nothing more
+        if len(c["shape"]) >= 2 and c["shape"][0] == config.num_layers and c["index"][0].stop:
+            layers = set(range(*c["index"][0].indices(config.num_layers)))
+            if len(layers) < config.num_layers:
+                assert c["touched"] == layers, c
+                per_layer += 1
+    assert per_layer >= 8 * 7  # every per-layer weight on every device read one layer
+    # Bytes copied = bytes the devices hold (no whole-tensor reads).
+    held = sum(s.data.nbytes for x in jax.tree.leaves(sharded) for s in x.addressable_shards)
+    assert sum(c["nbytes"] for c in calls) == held

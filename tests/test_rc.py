@@ -103,7 +103,9 @@ def test_cache_size_is_independent_of_steps(model, tiny_tokenizer):
     lowered = engine._program.lower(params, params, np.zeros((4, problem_bucket), np.int32),
                                     np.ones(4, np.int32), np.zeros((4, 2), np.uint32),
                                     np.ones(4, bool), 7, np.array([20, 10], np.int32),
-                                    np.full(8, -1, np.int32), engine.sampling.values())
+                                    np.full(8, -1, np.int32), engine.sampling.values(),
+                                    np.zeros((4, engine.summary_buffer), np.int32),
+                                    np.zeros(4, np.int32))
     text = lowered.as_text()
     kv_shapes = {f"{config.num_layers}x4x{n}x{config.num_kv_heads}x{config.head_dim}"
                  for n in (reason_cache, summary_cache)}

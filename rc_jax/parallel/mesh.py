@@ -84,3 +84,39 @@ def param_shardings(config, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> Any:
     from rc_jax.models import qwen3
     return tree_shardings(qwen3.param_logical_axes(config), qwen3.param_shapes(config), mesh,
                           rules)
+
+
+def batch_axes(mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> tuple[str, ...]:
+    """Mesh axes (of size > 1) that shard the batch of rows, from the `activation_batch`
+    rule: inputs and outputs of the sampler and RC engine are split over these, and
+    their batch is padded to a multiple of `batch_shards`."""
+    target = dict(rules).get("activation_batch")
+    axes = target if isinstance(target, tuple) else (target,)
+    return tuple(a for a in axes if a is not None and mesh.shape.get(a, 1) > 1)
+
+
+def batch_shards(mesh: Mesh | None, axes: Sequence[str] | None = None) -> int:
+    """How many ways the rows are split (1 without a mesh)."""
+    if mesh is None:
+        return 1
+    axes = batch_axes(mesh) if axes is None else axes
+    return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+# KV cache layout of `rc_jax.models.qwen3.KVCache` (stacked form), in logical names.
+KV_CACHE_LOGICAL_AXES = {
+    "k": ("cache_layers", "cache_batch", "cache_kv_heads", "cache_head_dim", "cache_length"),
+    "v": ("cache_layers", "cache_batch", "cache_kv_heads", "cache_length", "cache_head_dim"),
+    "valid": ("cache_batch", "cache_length"),
+    "index": (),
+}
+
+
+def kv_cache_shardings(config, mesh: Mesh, batch: int, length: int,
+                       rules=LOGICAL_AXIS_RULES) -> dict[str, NamedSharding]:
+    """NamedShardings of a stacked KV cache of `batch` rows x `length` slots, by field."""
+    from rc_jax.models import qwen3
+    shapes = jax.eval_shape(lambda: qwen3.init_cache(config, batch, length))
+    return {name: NamedSharding(mesh, logical_to_spec(axes, getattr(shapes, name).shape,
+                                                      mesh, rules))
+            for name, axes in KV_CACHE_LOGICAL_AXES.items()}

@@ -29,6 +29,8 @@ from jax.experimental import io_callback
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rc_jax.models.config import ModelConfig
+from rc_jax.parallel import (batch_axes, batch_shards, broadcast_from_main, put_global,
+                             sharding_context)
 from rc_jax.rc.prompts import Template, load_template
 from rc_jax.rc.tokens import PromptPlan, TokenTables, assemble, clean_generation, make_plan, token_tables
 from rc_jax.sampling import core
@@ -93,14 +95,19 @@ class RCEngine:
     def __init__(self, params: Any, config: ModelConfig, tokenizer: Tokenizer,
                  settings: RCSettings, sampling: SamplingParams, *,
                  buckets: Buckets = Buckets(), mesh: Mesh | None = None,
-                 data_axes: tuple[str, ...] = ("data",), param_shardings: Any = None,
+                 data_axes: tuple[str, ...] | None = None, param_shardings: Any = None,
                  record_prompts: bool = False,
                  summarizer: tuple[Any, ModelConfig] | None = None,
-                 stop_ids: Sequence[int] | None = None):
+                 stop_ids: Sequence[int] | None = None, summarizer_shardings: Any = None):
         """summarizer: optional (params, config) of a different model that writes the
         summaries (it must share the tokenizer); by default the reasoning model does.
         stop_ids: ids that end a phase (default: the tokenizer's eos ids; an empty list
-        makes every phase spend its whole budget, as benchmarks want)."""
+        makes every phase spend its whole budget, as benchmarks want).
+        mesh / data_axes / param_shardings: rows are sharded over `data_axes` (default:
+        the `activation_batch` rule's axes); params (and a summarizer's, which then
+        needs `summarizer_shardings`) are placed as given, else replicated. Works on a
+        mesh spanning several processes: every process calls `run` with the same
+        problems and gets the same rollouts."""
         for cfg, role in ((config, "model"), (summarizer[1] if summarizer else config,
                                                "summarizer model")):
             if tokenizer.vocab_size > cfg.vocab_size:
@@ -109,8 +116,15 @@ class RCEngine:
         self.params, self.config, self.tokenizer = params, config, tokenizer
         self.summarizer_params, self.summarizer_config = summarizer or (params, config)
         self.settings, self.sampling, self.buckets = settings, sampling, buckets
-        self.mesh, self.data_axes = mesh, tuple(data_axes)
+        self.mesh = mesh
+        self.data_axes = () if mesh is None else tuple(
+            batch_axes(mesh) if data_axes is None else data_axes)
         self.param_shardings = param_shardings
+        # Without a separate summarizer the program receives the params once (passing
+        # them twice would count them twice in per-device memory).
+        self.shared_summarizer = summarizer is None
+        self.summarizer_shardings = (param_shardings if self.shared_summarizer
+                                     else summarizer_shardings)
         self.record_prompts = record_prompts
         self.stop_ids = tuple(tokenizer.eos_ids if stop_ids is None else stop_ids)
         self.reasoning_template: Template = load_template(settings.reasoning_template, "reasoning")
@@ -166,8 +180,13 @@ class RCEngine:
         return ids, lengths
 
     def _rollout(self, params, summary_params, problem_ids, problem_lens, keys, active,
-                 num_steps, budgets, stops, values):
-        """problem_ids [B, Lp]; keys [B, 2]; active [B]; num_steps, budgets traced."""
+                 num_steps, budgets, stops, values, init_summary, init_summary_len):
+        """problem_ids [B, Lp]; keys [B, 2]; active [B]; num_steps, budgets traced;
+        init_summary [B, summary buffer] / init_summary_len [B]: the summary each row
+        starts from (length 0: the empty summary). summary_params is None when the
+        reasoning model also summarizes."""
+        if summary_params is None:
+            summary_params = params
         b = problem_ids.shape[0]
         problem = (problem_ids, problem_lens)
 
@@ -186,27 +205,55 @@ class RCEngine:
                 phase=SUMMARIZE, step=step, active=active)
             return step + 1, s_ids, s_len
 
-        init = (jnp.int32(0), jnp.zeros((b, self.summary_buffer), jnp.int32),
-                jnp.zeros((b,), jnp.int32))
+        init = (jnp.int32(0), init_summary.astype(jnp.int32),
+                init_summary_len.astype(jnp.int32))
         jax.lax.while_loop(lambda c: c[0] < num_steps, body, init)
         return jnp.int32(0)
+
+    def _input_shardings(self) -> tuple:
+        """Shardings of the program's inputs (see `_rollout`)."""
+        rows = NamedSharding(self.mesh, P(self.data_axes))
+        repl = NamedSharding(self.mesh, P())
+        params_sh = self.param_shardings if self.param_shardings is not None else repl
+        summary_sh = (self.summarizer_shardings if self.summarizer_shardings is not None
+                      and not self.shared_summarizer else repl)  # (None when shared)
+        return (params_sh, summary_sh, rows, rows, rows, rows, repl, repl, repl, repl, rows,
+                rows)
 
     def _build_program(self):
         fn = self._rollout
         if self.mesh is None:
             return jax.jit(fn)
-        rows = NamedSharding(self.mesh, P(self.data_axes))
-        repl = NamedSharding(self.mesh, P())
-        params_sh = self.param_shardings if self.param_shardings is not None else repl
-        return jax.jit(fn, in_shardings=(params_sh, repl, rows, rows, rows, rows, repl, repl,
-                                         repl, repl), out_shardings=repl)
+        return jax.jit(fn, in_shardings=self._input_shardings(),
+                       out_shardings=NamedSharding(self.mesh, P()))
+
+    def lower(self, batch: int, problem_tokens: int):
+        """The RC program for `batch` rows of problems up to `problem_tokens` tokens,
+        lowered from abstract inputs (the engine's params may be `jax.ShapeDtypeStruct`s):
+        `.compile().memory_analysis()` is its per-device memory plan (rc_jax.tools.plan).
+        """
+        rows = self.buckets.batch(batch, multiple=batch_shards(self.mesh, self.data_axes))
+        width = self.buckets.prompt(problem_tokens)
+        sds = jax.ShapeDtypeStruct
+        args = (self.params, None if self.shared_summarizer else self.summarizer_params,
+                sds((rows, width), jnp.int32), sds((rows,), jnp.int32),
+                sds((rows, 2), jnp.uint32), sds((rows,), jnp.bool_), sds((), jnp.int32),
+                sds((2,), jnp.int32), sds((8,), jnp.int32),
+                jax.tree.map(lambda v: sds(v.shape, v.dtype), self.sampling.values()),
+                sds((rows, self.summary_buffer), jnp.int32), sds((rows,), jnp.int32))
+        with sharding_context(self.mesh):
+            return self._program.lower(*args)
 
     # ------------------------------------------------------------------ host API
     def run(self, problems: Sequence[str], keys: np.ndarray, *,
-            num_steps: int | None = None) -> list[Rollout]:
+            num_steps: int | None = None,
+            initial_summaries: Sequence[Sequence[int]] | None = None) -> list[Rollout]:
         """Runs RC on `problems` (one row each; repeat a problem for more samples).
 
         keys: [len(problems), 2] per-row PRNG keys (see `row_key`).
+        initial_summaries: optional summary ids each row starts from instead of the empty
+          summary (RL's replay buffer seeds chains this way); at most `summary_buffer`
+          tokens each.
         Returns one `Rollout` per problem, texts decoded.
         """
         num_steps = self.settings.num_steps if num_steps is None else num_steps
@@ -216,8 +263,7 @@ class RCEngine:
         for i, x in enumerate(ids):
             if not x:
                 raise ValueError(f"problems[{i}] is empty")
-        shards = 1 if self.mesh is None else int(np.prod(
-            [self.mesh.shape[a] for a in self.data_axes]))
+        shards = batch_shards(self.mesh, self.data_axes)
         batch = self.buckets.batch(len(problems), multiple=shards)
         width = self.buckets.prompt(max(map(len, ids)))
         if max(self.cache_lengths(width)) > self.buckets.max_cache_length:
@@ -237,12 +283,31 @@ class RCEngine:
         all_keys[:len(problems)] = keys
         budgets = np.asarray([self.settings.max_reasoning_tokens,
                               self.settings.max_summary_tokens], np.int32)
+        init_summary = np.zeros((batch, self.summary_buffer), np.int32)
+        init_len = np.zeros((batch,), np.int32)
+        if initial_summaries is not None:
+            if len(initial_summaries) != len(problems):
+                raise ValueError(f"initial_summaries: {len(initial_summaries)} entries for "
+                                 f"{len(problems)} problems")
+            for i, x in enumerate(initial_summaries):
+                if len(x) > self.summary_buffer:
+                    raise ValueError(f"initial_summaries[{i}] has {len(x)} tokens, more than "
+                                     f"the summary buffer ({self.summary_buffer})")
+                init_summary[i, :len(x)] = x
+                init_len[i] = len(x)
         self._records = []
-        out = self._program(self.params, self.summarizer_params, problem_ids, lens, all_keys, active,
-                            jnp.int32(num_steps), budgets,
-                            stop_array(self.stop_ids), self.sampling.values())
+        args = (self.params, None if self.shared_summarizer else self.summarizer_params,
+                problem_ids, lens, all_keys, active, np.int32(num_steps), budgets,
+                stop_array(self.stop_ids), self.sampling.values(), init_summary, init_len)
+        with sharding_context(self.mesh):
+            if self.mesh is not None:  # global arrays: each process places its devices' rows
+                args = put_global(args, self._input_shardings())
+            out = self._program(*args)
         jax.block_until_ready(out)
         jax.effects_barrier()  # all io_callbacks have run
+        # The io_callback runs on the host of one device only (process 0 on a
+        # multi-process mesh); hand its records to every process.
+        self._records = broadcast_from_main(self._records, is_source=bool(self._records))
         return self._collect(len(problems), num_steps)
 
     def _collect(self, rows: int, num_steps: int) -> list[Rollout]:

@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rc_jax.models.config import ModelConfig
+from rc_jax.parallel import batch_axes, batch_shards, put_global, sharding_context, to_host
 from rc_jax.sampling import core
 from rc_jax.sampling.core import SamplingParams
 
@@ -117,11 +118,18 @@ def _program(config: ModelConfig, buffer_length: int, greedy: bool, truncates: b
     if mesh is None:
         return jax.jit(run)
     rows = NamedSharding(mesh, P(data_axes))
-    repl = NamedSharding(mesh, P())
-    params_sh = param_shardings_key.value if param_shardings_key is not None else repl
     out = core.Decoded(rows, rows, rows, rows, rows)
-    return jax.jit(run, in_shardings=(params_sh, rows, rows, rows, rows, repl, repl, repl),
-                   out_shardings=out)
+    return jax.jit(run, in_shardings=_input_shardings(
+        mesh, data_axes, None if param_shardings_key is None else param_shardings_key.value),
+        out_shardings=out)
+
+
+def _input_shardings(mesh: Mesh, data_axes: tuple[str, ...], param_shardings: Any) -> tuple:
+    """Shardings of (params, tokens, mask, active, row_keys, max_new, stops, values)."""
+    rows = NamedSharding(mesh, P(data_axes))
+    repl = NamedSharding(mesh, P())
+    params_sh = param_shardings if param_shardings is not None else repl
+    return (params_sh, rows, rows, rows, rows, repl, repl, repl)
 
 
 class _Hashable:
@@ -141,7 +149,7 @@ def generate(params: Any, config: ModelConfig, prompts: Sequence[Sequence[int]],
              sampling: SamplingParams, rng: jax.Array, max_new_tokens: int,
              stop_ids: Sequence[int], *, num_samples: int = 1, pad_id: int = 0,
              buckets: Buckets = Buckets(), mesh: Mesh | None = None,
-             data_axes: tuple[str, ...] = ("data",), param_shardings: Any = None,
+             data_axes: tuple[str, ...] | None = None, param_shardings: Any = None,
              row_keys: np.ndarray | None = None) -> GenerationResult:
     """Samples up to `max_new_tokens` tokens for each prompt, `num_samples` times each.
 
@@ -154,14 +162,20 @@ def generate(params: Any, config: ModelConfig, prompts: Sequence[Sequence[int]],
       max_new_tokens: per-row budget; the buffer is bucketed, the budget itself is traced.
       stop_ids: ids that end a row (EOS, `<|im_end|>`, user ids); the stop token is kept.
       num_samples: rows per prompt; they share one prefill (the cache is replicated).
-      mesh / data_axes: shard rows over these mesh axes (params replicated unless
-        `param_shardings` is given). Batch is padded to a multiple of their size.
+      mesh / data_axes: shard rows over these mesh axes (default: the axes of the
+        `activation_batch` rule, `rc_jax.parallel.batch_axes`); params are replicated
+        unless `param_shardings` is given. Batch is padded to a multiple of their size.
+        The program is traced under `sharding_context(mesh)`, so the model's activation
+        constraints apply. On a multi-process mesh every process passes the same
+        prompts and gets the full result.
 
     Returns:
       A `GenerationResult` with len(prompts) * num_samples rows.
     """
     validate_request(prompts, max_new_tokens, stop_ids, config.vocab_size, buckets)
-    shards = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in data_axes]))
+    data_axes = () if mesh is None else tuple(batch_axes(mesh) if data_axes is None
+                                              else data_axes)
+    shards = batch_shards(mesh, data_axes)
     # Rows are sharded after the n-fold repeat, so the prompt batch must divide by shards.
     batch = buckets.batch(len(prompts), multiple=shards)
     tokens, mask = left_pad(prompts, buckets.prompt(max(len(p) for p in prompts)), batch, pad_id)
@@ -178,9 +192,12 @@ def generate(params: Any, config: ModelConfig, prompts: Sequence[Sequence[int]],
             raise ValueError(f"row_keys must have shape ({len(prompts) * num_samples}, 2), "
                              f"got {row_keys.shape}")
         keys[:len(row_keys)] = row_keys
-    out = program(params, tokens, mask, active, keys, jnp.int32(max_new_tokens),
-                  stop_array(stop_ids), sampling.values())
-    out = jax.device_get(out)
+    args = (params, tokens, mask, active, keys, np.int32(max_new_tokens),
+            stop_array(stop_ids), sampling.values())
+    with sharding_context(mesh):
+        if mesh is not None:  # global arrays: each process places its devices' rows
+            args = put_global(args, _input_shardings(mesh, data_axes, param_shardings))
+        out = to_host(program(*args))
     rows = len(prompts) * num_samples
     lengths = out.lengths[:rows]
     return GenerationResult(
@@ -190,3 +207,29 @@ def generate(params: Any, config: ModelConfig, prompts: Sequence[Sequence[int]],
         model_logprobs=[out.model_logprobs[i, :n] for i, n in enumerate(lengths)],
         prompt_index=[i // num_samples for i in range(rows)],
     )
+
+
+def lower_generate(params: Any, config: ModelConfig, batch: int, prompt_length: int,
+                   max_new_tokens: int, sampling: SamplingParams, *, num_samples: int = 1,
+                   pad_id: int = 0, buckets: Buckets = Buckets(), mesh: Mesh | None = None,
+                   data_axes: tuple[str, ...] | None = None, param_shardings: Any = None):
+    """The program `generate` would run for `batch` prompts of up to `prompt_length`
+    tokens, lowered from abstract inputs (`params` may be `jax.ShapeDtypeStruct`s).
+
+    `.compile().memory_analysis()` of the result is the per-device memory plan
+    (`rc_jax.tools.plan`); nothing is allocated.
+    """
+    data_axes = () if mesh is None else tuple(batch_axes(mesh) if data_axes is None
+                                              else data_axes)
+    rows = buckets.batch(batch, multiple=batch_shards(mesh, data_axes))
+    width = buckets.prompt(prompt_length)
+    program = _program(config, buckets.new_tokens(max_new_tokens), sampling.greedy,
+                       sampling.truncates, num_samples, pad_id, mesh, data_axes,
+                       None if param_shardings is None else _Hashable(param_shardings))
+    sds = jax.ShapeDtypeStruct
+    values = jax.tree.map(lambda v: sds(v.shape, v.dtype), sampling.values())
+    args = (params, sds((rows, width), jnp.int32), sds((rows, width), jnp.bool_),
+            sds((rows,), jnp.bool_), sds((rows * num_samples, 2), jnp.uint32),
+            sds((), jnp.int32), sds((8,), jnp.int32), values)
+    with sharding_context(mesh):
+        return program.lower(*args)

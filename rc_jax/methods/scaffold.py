@@ -1,0 +1,141 @@
+"""Population scaffolds: rounds of candidate solutions built from the previous round.
+
+A scaffold keeps, per (problem, sample), a population of `population` candidates.
+Round 0 answers the solve prompt `population` times independently. Each later round
+builds every member's prompt from the previous round's *views* (the candidates' cleaned
+texts, or RC summaries of them when `use_summaries` is on, front-truncated to
+`max_view_tokens` when > 0) with the scaffold's own rule, `Scaffold.round_fields`, and
+samples all members of all rows in one sampler call. Summaries use RC's summarization
+prompt (`rc.summary_template`, existing summary empty) with the summarizer model if one
+is configured, at most `rc.max_summary_tokens` tokens; candidates get at most
+`rc.max_reasoning_tokens`. The last round is not summarized (nothing reads it).
+
+The interface a scaffold implements is one method: `round_fields(views, member, rng)`
+returns the template fields (besides `{problem}`) of one member's prompt plus a small
+JSON-able note (e.g. which candidates it saw); `rng` is a numpy Generator seeded from the
+row key, the round and the member, so choices never depend on batching. RSA
+(`rsa.py`) is one such class; a multi-agent debate (each agent sees the others' last
+answers) would be another.
+
+Record (one per (problem, sample); step g = round g): reasoning_store[g] is member 0's
+candidate (members are exchangeable, so its accuracy estimates the population's);
+token counts are summed over the whole population (the compute the round cost):
+prompt / reasoning / summary tokens of all members; summarization_store[g] is member 0's
+summary. Extra fields: `<name>_notes[g-1][m]` (rounds g >= 1) and, when
+`store_population` is on, `population_store[g][m]` (all candidates' texts) and, with
+summaries, `population_summary_store[g][m]` (empty for the last round).
+Keys: member m of round g samples with fold_in(fold_in(row key, g), m) folded with 0
+(candidate) or 1 (its summary).
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Sequence
+
+import numpy as np
+
+from rc_jax.methods.base import NO_SUMMARY, MethodContext, MethodRollout, fold, keep_last
+
+
+class Scaffold(abc.ABC):
+    """Subclass, set `name` and `kind` (the prompt kind of rounds >= 1, see
+    `rc_jax.methods.prompts.define_kind`) and implement `round_fields`."""
+
+    name: str = "scaffold"
+    kind: str = "aggregate"
+
+    def __init__(self, ctx: MethodContext, *, population: int, rounds: int, template: str,
+                 use_summaries: bool = False, max_view_tokens: int = 0,
+                 store_population: bool = False):
+        if population < 1 or rounds < 0:
+            raise ValueError(f"{self.name}: population must be >= 1 and rounds >= 0, got "
+                             f"{population}, {rounds}")
+        self.ctx = ctx
+        self.population, self.rounds, self.template = population, rounds, template
+        self.use_summaries, self.max_view_tokens = use_summaries, max_view_tokens
+        self.store_population = store_population
+
+    @abc.abstractmethod
+    def round_fields(self, views: Sequence[Sequence[int]], member: int,
+                     rng: np.random.Generator) -> tuple[dict[str, list[int]], Any]:
+        """Fields (name -> ids) of `member`'s prompt from the previous round's `views`
+        (one id list per member), and a note recorded for it."""
+
+
+def member_rng(key: np.ndarray, round_: int, member: int) -> np.random.Generator:
+    """The host RNG of one member's choices: depends only on (row key, round, member)."""
+    return np.random.default_rng([int(x) for x in np.asarray(key, np.uint32)]
+                                 + [round_, member])
+
+
+def run_scaffold(scaffold: Scaffold, problems: Sequence[str], keys: np.ndarray,
+                 ctx: MethodContext) -> list[MethodRollout]:
+    n, rows = scaffold.population, len(problems)
+    cfg = ctx.config.rc
+    first, later = ctx.solve_plan(), ctx.method_plan(scaffold.template, scaffold.kind)
+    summary_plan = ctx.rc_summary_plan() if scaffold.use_summaries else None
+    problem_ids = ctx.encode_problems(problems)
+    keys = np.asarray(keys, np.uint32)
+    row_of = np.repeat(np.arange(rows), n)         # flat index f = row * n + member
+    member_of = np.tile(np.arange(n), rows)
+    outs = [MethodRollout(extra={f"{scaffold.name}_notes": []}) for _ in problems]
+    if scaffold.store_population:
+        for r in outs:
+            r.extra["population_store"] = []
+            if scaffold.use_summaries:
+                r.extra["population_summary_store"] = []
+    views: list[list[int]] = []
+    for g in range(scaffold.rounds + 1):
+        prompts, notes = [], []
+        for f in range(rows * n):
+            i, m = int(row_of[f]), int(member_of[f])
+            if g == 0:
+                prompts.append(first.host_ids({"problem": problem_ids[i]}))
+                continue
+            fields, note = scaffold.round_fields(views[i * n:(i + 1) * n], m,
+                                                 member_rng(keys[i], g, m))
+            prompts.append(later.host_ids({"problem": problem_ids[i], **fields}))
+            notes.append(note)
+        member_keys = fold(keys[row_of], g, member_of)
+        res = ctx.generate(prompts, cfg.max_reasoning_tokens, fold(member_keys, 0))
+        cands = [ctx.clean(t, "before_think_end") for t in res.tokens]
+        summaries: list[list[int]] = [[] for _ in cands]
+        s_res = s_prompts = None
+        if summary_plan is not None and g < scaffold.rounds:
+            s_prompts = [summary_plan.host_ids({"problem": problem_ids[int(row_of[f])],
+                                                "existing_summary": [], "reasoning": c})
+                         for f, c in enumerate(cands)]
+            s_res = ctx.generate(s_prompts, cfg.max_summary_tokens, fold(member_keys, 1),
+                                 model="summarizer")
+            summaries = [ctx.clean(t, "after_think_end") for t in s_res.tokens]
+        base = summaries if summary_plan is not None else cands
+        views = [keep_last(v, scaffold.max_view_tokens) for v in base]
+        for i, r in enumerate(outs):
+            span = range(i * n, (i + 1) * n)
+            r.add_step(
+                ctx.decode(cands[i * n]), cands[i * n],
+                sum(len(prompts[f]) for f in span), sum(len(res.tokens[f]) for f in span),
+                res.finish_reasons[i * n],
+                summary=ctx.decode(summaries[i * n]) if s_res is not None else "",
+                summary_prompt_tokens=(sum(len(s_prompts[f]) for f in span)
+                                       if s_res is not None else 0),
+                summary_tokens=sum(len(s_res.tokens[f]) for f in span) if s_res is not None else 0,
+                summary_finish=s_res.finish_reasons[i * n] if s_res is not None else NO_SUMMARY)
+            if g > 0:
+                r.extra[f"{scaffold.name}_notes"].append(notes[i * n:(i + 1) * n])
+            if scaffold.store_population:
+                r.extra["population_store"].append([ctx.decode(cands[f]) for f in span])
+                if scaffold.use_summaries:  # the last round is not summarized: []
+                    r.extra["population_summary_store"].append(
+                        [ctx.decode(summaries[f]) for f in span] if s_res is not None else [])
+            if ctx.record_prompts:
+                r.prompts.append([prompts[f] for f in span])
+                r.summary_prompts.append([s_prompts[f] for f in span] if s_res is not None else [])
+    return outs
+
+
+def candidates_field(ctx: MethodContext, views: Sequence[Sequence[int]],
+                     chosen: Sequence[int]) -> list[int]:
+    """Ids of `{candidates}` showing the chosen views in the given order."""
+    return ctx.join_candidates([views[j] for j in chosen])
+

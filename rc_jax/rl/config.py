@@ -1,0 +1,380 @@
+"""The RC reinforcement-learning (RCT) configuration: one locked `ConfigDict`, validated
+before any model is loaded or any token generated.
+
+Field names follow `rc_jax.config.default_config` for the shared sections (model,
+tokenizer, data, sampling, rc) and add `rl` (the algorithm), `checkpoint` and the run
+fields. Defaults are the authors' released Stage-I run (RC_TRAINING_NOTES §3):
+64 problems x 2 snapshots x 8 responses = 1024 sequences per step, 2 mini-batches,
+lr 1e-6, clip 0.2 / 0.28, dual clip 3, low-variance KL 0.001, no entropy bonus.
+`experiments/rct_stage1.py` spells them out.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import ml_collections
+
+from rc_jax.rl import losses
+
+METHOD = "train"
+DTYPES = ("float32", "bfloat16")
+REWARDS = ("math", "string_match")
+OLD_LOGPROBS = ("recompute", "sampler")
+SUMMARY_FREE_TEMPLATES = ("self_refine", "self_verify")
+
+# Fields that do not change what a run computes (a resumed run may change them).
+_NON_SEMANTIC = ("output_dir", "checkpoint.directory", "checkpoint.save_every",
+                 "checkpoint.keep", "checkpoint.resume", "checkpoint.export_every",
+                 "log_every", "tensorboard", "rl.total_steps", "grading_timeout",
+                 "model.max_cache_length", "progress")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field `rc_jax.main` understands for method 'train', with defaults."""
+    c = ml_collections.ConfigDict()
+    c.method = METHOD
+    c.name = "rct"
+
+    c.model = ml_collections.ConfigDict()
+    c.model.path = ""                 # HF-format directory or builtin:<name>
+    c.model.dtype = "bfloat16"        # activations / matmuls
+    c.model.param_dtype = "float32"   # trained parameters and optimizer state
+    c.model.remat_policy = "full"     # jax.checkpoint per layer: none|full|dots|dots_no_batch
+    c.model.max_cache_length = 1 << 17
+
+    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.path = ""             # empty: the model directory
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = ""                # JSON/JSONL, hf:<id>[:split], directory, builtin:demo
+    c.data.split = "train"
+    c.data.limit = 0
+    c.data.problem_field = ""         # empty: auto-detect (the authors' chat `prompt` works)
+    c.data.answer_field = ""          # e.g. reward_model.ground_truth
+    c.data.id_field = ""
+    c.data.shuffle = True
+    c.data.seed = 1                   # the authors' RandomSampler seed
+
+    c.sampling = ml_collections.ConfigDict()
+    c.sampling.temperature = 1.0
+    c.sampling.top_p = 1.0
+    c.sampling.top_k = 0
+    c.sampling.min_p = 0.0
+    c.sampling.seed = 0
+
+    c.rc = ml_collections.ConfigDict()
+    c.rc.num_steps = 3                # T_train: online chain length
+    c.rc.max_reasoning_tokens = 16384  # H_R
+    c.rc.max_summary_tokens = 2048    # H_S
+    c.rc.reasoning_template = "math"
+    c.rc.summary_template = "math"
+    c.rc.use_think_tags = False
+
+    r = c.rl = ml_collections.ConfigDict()
+    r.batch_size = 64                 # B: problems per training step
+    r.chains_per_problem = 1          # online chains per problem
+    r.snapshots_per_chain = 2         # k: distinct chain indices trained per chain
+    r.omit_initial_snapshot = False   # exclude index 0 (the "" summary)
+    r.group_size = 8                  # G: responses per snapshot prompt (one GRPO group)
+    r.total_steps = 0                 # 0: num_epochs over the data
+    r.num_epochs = 16
+    r.reward = "math"                 # math (math-verify grader) | string_match
+    r.advantage_estimator = "grpo"
+    r.advantage_eps = 1e-6
+    r.drop_zero_advantage_groups = False
+    r.policy_loss = "ppo_dual_clip"
+    r.clip_ratio_low = 0.2
+    r.clip_ratio_high = 0.28
+    r.clip_ratio_c = 3.0
+    r.kl_coef = 0.001
+    r.kl_type = "low_var_kl"
+    r.entropy_coef = 0.0
+    # token_mean: over the whole mini-batch (ours). The authors' verl runs aggregate per
+    # micro-batch (microbatch_token_mean); see losses.aggregation_weights.
+    r.loss_agg_mode = "token_mean"
+    r.old_logprobs = "recompute"      # recompute (authors) | sampler
+    r.tis_cap = 0.0                   # >0: truncated IS weight min(pi_old/pi_sampler, cap)
+    r.num_minibatches = 2             # M optimizer steps per training step
+    r.micro_batch_tokens = 40000      # token budget per batch shard per micro-batch
+    r.length_buckets_per_octave = 16  # padded lengths per power of two (1: powers of two)
+    r.logprob_chunk = 0               # >0: vocab projection this many positions at a time
+    r.learning_rate = 1e-6
+    r.lr_warmup_steps = 0             # optimizer steps of linear warmup (authors: 0)
+    r.adam_b1 = 0.9
+    r.adam_b2 = 0.999
+    r.adam_eps = 1e-8
+    r.weight_decay = 0.01
+    r.max_grad_norm = 1.0
+    r.reference_path = ""             # frozen KL reference; empty: model.path
+    # Summary replay buffer (off in the authors' released run).
+    r.replay_buffer = False
+    r.replay_samples_per_problem = 1
+    r.replay_purge_on_add = False
+    r.replay_capacity = 0             # 0: unbounded (authors)
+    r.replay_max_age = 0              # in training steps; 0: unbounded (authors)
+    r.replay_initial_path = ""        # warm-start JSON (ours or the authors' format)
+    # Method-space options kept from the authors' code.
+    r.train_summarizer = False        # also train summary generation
+    r.summary_snapshots_per_chain = 1
+    r.summary_group_size = 8
+    r.summary_reward_samples = 4      # reasoning continuations that grade one summary
+    r.summary_free = False            # ablation: context = previous reasoning, no summaries
+    r.summary_free_template = "self_refine"  # self_refine | self_verify | a file
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.directory = ""       # empty: <output_dir>/checkpoints
+    c.checkpoint.save_every = 10
+    c.checkpoint.keep = 3
+    c.checkpoint.resume = True
+    c.checkpoint.export_every = 0     # >0: HF safetensors export every N steps
+    c.checkpoint.export_final = True
+
+    c.output_dir = "outputs/rct"
+    c.mesh = ""                       # e.g. "fsdp:-1" or "data:4,fsdp:4"; empty: all on data
+    c.grading_timeout = 5.0
+    c.log_every = 1
+    c.tensorboard = True              # when tensorboardX / TensorFlow is installed
+    c.progress = True                 # console progress bar
+    c.lock()
+    return c
+
+
+def _fail(field: str, message: str) -> None:
+    raise ValueError(f"config.{field}: {message}")
+
+
+def _positive_int(c, field: str) -> None:
+    node = c
+    for part in field.split("."):
+        node = node[part]
+    if int(node) != node or node <= 0:
+        _fail(field, f"must be a positive integer, got {node!r}")
+
+
+def mesh_batch_shards(mesh: str, device_count: int) -> int:
+    """How many ways a batch is split on `mesh` (data x fsdp axes), given the devices."""
+    from rc_jax.parallel.mesh import parse_mesh_shape
+    sizes = {"data": -1, "fsdp": 1, "tensor": 1} if not mesh else {
+        "data": 1, "fsdp": 1, "tensor": 1} | parse_mesh_shape(mesh)
+    fixed = 1
+    for v in sizes.values():
+        fixed *= v if v != -1 else 1
+    free = [a for a, v in sizes.items() if v == -1]
+    if len(free) > 1:
+        raise ValueError(f"only one axis may be -1, got {free}")
+    if free:
+        if device_count % fixed:
+            raise ValueError(f"{device_count} devices do not divide by {fixed}")
+        sizes[free[0]] = device_count // fixed
+    total = sizes["data"] * sizes["fsdp"] * sizes["tensor"]
+    if total != device_count:
+        raise ValueError(f"axes {sizes} need {total} devices, have {device_count}")
+    return sizes["data"] * sizes["fsdp"]
+
+
+def sequences_per_step(c: ml_collections.ConfigDict) -> int:
+    """Trained reasoning sequences per step when every problem has its nominal chains."""
+    r = c.rl
+    return r.batch_size * r.chains_per_problem * r.snapshots_per_chain * r.group_size
+
+
+def validate(c: ml_collections.ConfigDict, device_count: int | None = None) -> None:
+    """Checks every value; raises ValueError naming the first bad field.
+
+    `device_count` (default: `jax.device_count()`) is used to check that the batch
+    divides over the mesh; nothing else touches JAX.
+    """
+    if c.method != METHOD:
+        _fail("method", f"must be {METHOD!r} for training, got {c.method!r}")
+    if not c.model.path:
+        _fail("model.path", "required (an HF-format checkpoint directory or builtin:<name>)")
+    if not c.model.path.startswith("builtin:") and not Path(c.model.path).is_dir():
+        _fail("model.path", f"directory {c.model.path!r} does not exist")
+    for name in ("dtype", "param_dtype"):
+        if c.model[name] not in DTYPES:
+            _fail(f"model.{name}", f"must be one of {DTYPES}, got {c.model[name]!r}")
+    from rc_jax.models.config import REMAT_POLICIES
+    if c.model.remat_policy not in REMAT_POLICIES:
+        _fail("model.remat_policy", f"must be one of {REMAT_POLICIES}, got "
+              f"{c.model.remat_policy!r}")
+    if c.rl.reference_path and not Path(c.rl.reference_path).is_dir():
+        _fail("rl.reference_path", f"directory {c.rl.reference_path!r} does not exist")
+    if not c.data.source:
+        _fail("data.source", "required (a JSON/JSONL file, hf:<id>, a directory or "
+              "builtin:demo)")
+    if c.data.limit < 0:
+        _fail("data.limit", f"must be >= 0, got {c.data.limit}")
+    s = c.sampling
+    if not s.temperature > 0:
+        _fail("sampling.temperature", f"must be > 0 for RL (log-probs divide by it), got "
+              f"{s.temperature}")
+    if not 0 < s.top_p <= 1:
+        _fail("sampling.top_p", f"must be in (0, 1], got {s.top_p}")
+    if s.top_k < 0:
+        _fail("sampling.top_k", f"must be >= 0, got {s.top_k}")
+    if not 0 <= s.min_p < 1:
+        _fail("sampling.min_p", f"must be in [0, 1), got {s.min_p}")
+    for name in ("rc.num_steps", "rc.max_reasoning_tokens", "rc.max_summary_tokens"):
+        _positive_int(c, name)
+    for name in ("reasoning_template", "summary_template"):
+        from rc_jax.rc.prompts import load_template
+        try:
+            load_template(c.rc[name], "reasoning" if name.startswith("reasoning") else "summary")
+        except (ValueError, FileNotFoundError) as e:
+            _fail(f"rc.{name}", str(e))
+    _validate_rl(c)
+    ck = c.checkpoint
+    if ck.save_every < 0 or ck.keep < 1 or ck.export_every < 0:
+        _fail("checkpoint", f"save_every/export_every must be >= 0 and keep >= 1, got "
+              f"{ck.save_every}/{ck.export_every}/{ck.keep}")
+    if not c.output_dir:
+        _fail("output_dir", "required")
+    if c.grading_timeout <= 0:
+        _fail("grading_timeout", f"must be > 0, got {c.grading_timeout}")
+    if c.log_every < 1:
+        _fail("log_every", f"must be >= 1, got {c.log_every}")
+    _validate_batch_layout(c, device_count)
+
+
+def _validate_rl(c: ml_collections.ConfigDict) -> None:
+    r = c.rl
+    for name in ("batch_size", "chains_per_problem", "snapshots_per_chain", "group_size",
+                 "num_minibatches", "micro_batch_tokens", "num_epochs",
+                 "length_buckets_per_octave"):
+        _positive_int(c, f"rl.{name}")
+    if r.total_steps < 0:
+        _fail("rl.total_steps", f"must be >= 0 (0: num_epochs), got {r.total_steps}")
+    eligible = c.rc.num_steps - int(r.omit_initial_snapshot)
+    if r.snapshots_per_chain > eligible:
+        _fail("rl.snapshots_per_chain", f"{r.snapshots_per_chain} distinct snapshots need at "
+              f"least that many eligible chain indices; rc.num_steps={c.rc.num_steps} gives "
+              f"{eligible}")
+    if r.reward not in REWARDS:
+        _fail("rl.reward", f"must be one of {REWARDS}, got {r.reward!r}")
+    if r.advantage_estimator not in losses.ADVANTAGE_ESTIMATORS:
+        _fail("rl.advantage_estimator", f"unknown {r.advantage_estimator!r}; choose from "
+              f"{', '.join(losses.ADVANTAGE_ESTIMATORS)}")
+    sizes = {"rl.group_size": r.group_size}
+    if r.train_summarizer:
+        sizes["rl.summary_group_size"] = r.summary_group_size
+    for field, g in sizes.items():
+        if g < 2:
+            _fail(field, f"group size {g}: a group-relative advantage "
+                  f"({r.advantage_estimator}) of a single response is always 0, so nothing "
+                  "would be learned; use at least 2")
+    if r.advantage_eps <= 0:
+        _fail("rl.advantage_eps", f"must be > 0, got {r.advantage_eps}")
+    if r.policy_loss not in losses.POLICY_LOSSES:
+        _fail("rl.policy_loss", f"unknown {r.policy_loss!r}; choose from "
+              f"{', '.join(losses.POLICY_LOSSES)}")
+    if not (0 < r.clip_ratio_low < 1 and r.clip_ratio_high > 0):
+        _fail("rl.clip_ratio_low", f"need 0 < clip_ratio_low < 1 and clip_ratio_high > 0, got "
+              f"{r.clip_ratio_low} / {r.clip_ratio_high}")
+    if r.policy_loss == "ppo_dual_clip" and not r.clip_ratio_c > 1:
+        _fail("rl.clip_ratio_c", f"dual clip needs c > 1, got {r.clip_ratio_c}")
+    if r.kl_type not in losses.KL_PENALTIES:
+        _fail("rl.kl_type", f"unknown {r.kl_type!r}; choose from {', '.join(losses.KL_PENALTIES)}")
+    if r.kl_coef < 0 or r.entropy_coef < 0:
+        _fail("rl.kl_coef", f"kl_coef and entropy_coef must be >= 0, got {r.kl_coef} / "
+              f"{r.entropy_coef}")
+    if r.loss_agg_mode not in losses.LOSS_AGG_MODES:
+        _fail("rl.loss_agg_mode", f"unknown {r.loss_agg_mode!r}; choose from "
+              f"{', '.join(losses.LOSS_AGG_MODES)}")
+    if r.old_logprobs not in OLD_LOGPROBS:
+        _fail("rl.old_logprobs", f"must be one of {OLD_LOGPROBS}, got {r.old_logprobs!r}")
+    if r.tis_cap < 0:
+        _fail("rl.tis_cap", f"must be >= 0 (0: off), got {r.tis_cap}")
+    s = c.sampling
+    truncated = s.top_p < 1 or s.top_k > 0 or s.min_p > 0
+    if (r.old_logprobs == "sampler" or r.tis_cap > 0) and truncated:
+        _fail("rl.old_logprobs", "the sampler's log-probs are of the truncated (top-p/top-k/"
+              "min-p) distribution and cannot stand in for the policy's; use "
+              "old_logprobs='recompute' and tis_cap=0, or no truncation")
+    if r.old_logprobs == "sampler" and r.tis_cap > 0:
+        _fail("rl.tis_cap", "with old_logprobs='sampler' the old log-probs *are* the "
+              "sampler's, so the weight pi_old/pi_sampler is 1; set tis_cap=0 or recompute")
+    if r.logprob_chunk < 0:
+        _fail("rl.logprob_chunk", f"must be >= 0, got {r.logprob_chunk}")
+    if not r.learning_rate > 0 or r.lr_warmup_steps < 0:
+        _fail("rl.learning_rate", f"learning_rate must be > 0 and lr_warmup_steps >= 0, got "
+              f"{r.learning_rate} / {r.lr_warmup_steps}")
+    if not (0 <= r.adam_b1 < 1 and 0 <= r.adam_b2 < 1 and r.adam_eps > 0):
+        _fail("rl.adam_b1", "need 0 <= b1, b2 < 1 and eps > 0")
+    if r.weight_decay < 0 or not r.max_grad_norm > 0:
+        _fail("rl.max_grad_norm", f"weight_decay must be >= 0 and max_grad_norm > 0, got "
+              f"{r.weight_decay} / {r.max_grad_norm}")
+    if r.replay_buffer:
+        _positive_int(c, "rl.replay_samples_per_problem")
+    if r.replay_capacity < 0 or r.replay_max_age < 0:
+        _fail("rl.replay_capacity", "replay_capacity and replay_max_age must be >= 0")
+    if r.replay_initial_path and not r.replay_buffer:
+        _fail("rl.replay_initial_path", "given but rl.replay_buffer is False")
+    if r.replay_initial_path and not Path(r.replay_initial_path).is_file():
+        _fail("rl.replay_initial_path", f"file {r.replay_initial_path!r} does not exist")
+    if r.train_summarizer:
+        for name in ("summary_snapshots_per_chain", "summary_reward_samples"):
+            _positive_int(c, f"rl.{name}")
+        if r.summary_snapshots_per_chain > c.rc.num_steps:
+            _fail("rl.summary_snapshots_per_chain", f"at most rc.num_steps="
+                  f"{c.rc.num_steps} distinct chain steps")
+        if r.replay_buffer:
+            _fail("rl.train_summarizer", "cannot be combined with rl.replay_buffer (as in the "
+                  "authors' code: stored summaries would come from a policy whose summaries "
+                  "are being trained)")
+        if r.summary_free:
+            _fail("rl.train_summarizer", "the summary-free variant has no summarizer")
+    if r.summary_free and r.summary_free_template not in SUMMARY_FREE_TEMPLATES:
+        if not Path(r.summary_free_template).is_file():
+            _fail("rl.summary_free_template", f"{r.summary_free_template!r} is neither one of "
+                  f"{SUMMARY_FREE_TEMPLATES} nor an existing file")
+        from rc_jax.rl.rollout import summary_free_template
+        try:
+            summary_free_template(r.summary_free_template)
+        except ValueError as e:
+            _fail("rl.summary_free_template", str(e))
+
+
+def _validate_batch_layout(c: ml_collections.ConfigDict, device_count: int | None) -> None:
+    """Group, mini-batch and mesh divisibility: never a silent wrong grouping."""
+    r = c.rl
+    n = sequences_per_step(c)
+    if n % r.num_minibatches:
+        _fail("rl.num_minibatches", f"{n} sequences per step (batch_size {r.batch_size} x "
+              f"chains {r.chains_per_problem} x snapshots {r.snapshots_per_chain} x "
+              f"group_size {r.group_size}) do not split into {r.num_minibatches} mini-batches")
+    per_mini = n // r.num_minibatches
+    if per_mini % r.group_size:
+        _fail("rl.num_minibatches", f"a mini-batch of {per_mini} sequences would split a group "
+              f"of {r.group_size}; choose num_minibatches dividing the number of groups "
+              f"({n // r.group_size})")
+    if device_count is None:
+        import jax
+        device_count = jax.device_count()
+    try:
+        shards = mesh_batch_shards(c.mesh, device_count)
+    except ValueError as e:
+        _fail("mesh", str(e))
+    if per_mini % shards:
+        _fail("rl.batch_size", f"a mini-batch of {per_mini} sequences does not divide over "
+              f"the {shards} batch shards (data x fsdp) of mesh {c.mesh or 'data:-1'!r}; "
+              "change rl.batch_size, rl.num_minibatches or the mesh")
+
+
+def semantic_dict(c: ml_collections.ConfigDict) -> dict:
+    d = json.loads(c.to_json())
+    for dotted in _NON_SEMANTIC:
+        node = d
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            node = node.get(p, {})
+        node.pop(parts[-1], None)
+    return d
+
+
+def config_hash(c: ml_collections.ConfigDict) -> str:
+    """Hash of the fields that change results; a resumed run must match it."""
+    blob = json.dumps(semantic_dict(c), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+

@@ -1,0 +1,378 @@
+"""RCT rollouts: online RC chains -> snapshot prompts -> GRPO groups -> rewards.
+
+One training step (RC_TRAINING_NOTES §1.1, §6):
+
+A. Online chains. With the current weights, each chain runs RC for T steps from its seed
+   summary (the empty summary, or a replay-buffer summary): r_0 from (problem, s_0),
+   s_1 = Summ(problem, s_0, r_0), r_1 from (problem, s_1), ... giving s_1..s_T. This is
+   one `RCEngine.run` call for all chains (one jitted program). The chain's own
+   generations are never trained on.
+B. Snapshots. Per chain, k distinct indices i are drawn uniformly from {0..T-1}; the
+   training prompt of index i is the reasoning prompt with summary s_i, where s_0 is
+   always "" (even for a buffer-seeded chain, as in the authors' code).
+C. Groups. G fresh reasoning responses per snapshot prompt, sampled by one batched
+   `generate(..., num_samples=G)` call (the G rows share one prefill). A group is one
+   (problem, summary) prompt; group ids are unique within the step.
+D. Reward. The grader on each response's full text: 1 if its last \\boxed{} matches the
+   gold answer, else 0.
+
+Options from the authors' method space:
+* `summary_free`: the chain has no summarizer; step t reasons from the previous step's
+  full cleaned reasoning (self-refine / self-verify wording); snapshot i uses r_{i-1}.
+* `train_summarizer`: extra groups whose responses are *summaries* of (s_i, r_i); each
+  summary's reward is the mean grade of fresh reasoning continuations conditioned on it.
+
+Every random choice is keyed by (seed, step, problem id, chain, snapshot, sample), never
+by batch position, so results do not depend on batching or sharding.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rc_jax.rc.engine import RCEngine, RCSettings
+from rc_jax.rc.prompts import Template
+from rc_jax.rc.tokens import PromptPlan, clean_host, make_plan, token_tables
+from rc_jax.sampling.core import SamplingParams
+from rc_jax.sampling.generate import Buckets, GenerationResult, generate
+
+REASONING, SUMMARY = "reasoning", "summary"
+
+# ---------------------------------------------------------------- summary-free prompts
+# rc_jax's own wording. `{previous_attempt}` is empty for the from-scratch prompt, as in
+# the authors' summary-free code (which uses one template for every step).
+SELF_REFINE = """\
+You are solving a math problem. You may also see your own previous attempt at it.
+
+## Problem
+{problem}
+
+## Previous attempt
+{previous_attempt}
+
+## What to do
+If there is no previous attempt above, solve the problem from the beginning. If there \
+is one, improve it: find and fix its mistakes, fill its gaps, take a better approach if \
+it got stuck, or finish it if it stopped early. Think step by step and give your final \
+answer in \\boxed{{}}.
+"""
+
+SELF_VERIFY = """\
+You are solving a math problem. You may also see a proposed solution to it.
+
+## Problem
+{problem}
+
+## Proposed solution
+{previous_attempt}
+
+## What to do
+If there is no proposed solution above, solve the problem from the beginning. If there \
+is one, verify it step by step: redo each calculation and check that every claim \
+follows. Correct whatever is wrong and complete whatever is missing. Think step by step \
+and give your final answer in \\boxed{{}}.
+"""
+_SUMMARY_FREE = {"self_refine": SELF_REFINE, "self_verify": SELF_VERIFY}
+# The authors' files name the placeholder {curr_reasoning_trace}; both are accepted.
+_PREVIOUS_FIELDS = ("previous_attempt", "curr_reasoning_trace")
+
+
+def summary_free_template(spec: str) -> tuple[Template, str]:
+    """(template, name of its previous-attempt field) for a builtin name or a file."""
+    if spec in _SUMMARY_FREE:
+        return Template(_SUMMARY_FREE[spec], ("problem", "previous_attempt"),
+                        f"<builtin {spec}>"), "previous_attempt"
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"summary-free template {spec!r} is neither a builtin "
+                         f"({', '.join(_SUMMARY_FREE)}) nor an existing file")
+    text = path.read_text(encoding="utf-8")
+    field = next((f for f in _PREVIOUS_FIELDS if "{" + f + "}" in text), _PREVIOUS_FIELDS[0])
+    return Template(text, ("problem", field), str(path)), field
+
+
+# ---------------------------------------------------------------- keys
+
+
+def derive_keys(seed: int, labels: Sequence[str], samples: int = 1) -> np.ndarray:
+    """[len(labels) * samples, 2] uint32 PRNG keys; row (i, j) depends only on
+    (seed, labels[i], j), so a row's randomness never depends on its batch."""
+    digests = np.array([int.from_bytes(hashlib.sha256(l.encode()).digest()[:4], "little")
+                        & 0x7FFFFFFF for l in labels], np.uint32)
+    base = jax.random.PRNGKey(seed)
+    keys = jax.vmap(lambda d: jax.vmap(lambda j: jax.random.fold_in(
+        jax.random.fold_in(base, d), j))(jnp.arange(samples)))(jnp.asarray(digests))
+    return np.asarray(keys, np.uint32).reshape(len(labels) * samples, 2)
+
+
+# ---------------------------------------------------------------- data records
+
+
+@dataclasses.dataclass
+class Chain:
+    """One online chain of one problem."""
+    problem_index: int
+    chain_index: int
+    seed_ids: list[int]
+    start_depth: int
+    reasoning_ids: list[list[int]] = dataclasses.field(default_factory=list)  # r_0..r_{T-1}
+    reasoning_text: list[str] = dataclasses.field(default_factory=list)
+    summary_ids: list[list[int]] = dataclasses.field(default_factory=list)    # s_1..s_T
+    summary_text: list[str] = dataclasses.field(default_factory=list)
+    correct: list[float] = dataclasses.field(default_factory=list)            # per step
+
+    def context(self, i: int, summary_free: bool = False) -> list[int]:
+        """Ids of snapshot i's context: "" for i = 0, else s_i (or r_{i-1} summary-free)."""
+        if i == 0:
+            return []
+        return list(self.reasoning_ids[i - 1] if summary_free else self.summary_ids[i - 1])
+
+
+@dataclasses.dataclass
+class Group:
+    """One GRPO group: one prompt, its G sampled responses and their rewards."""
+    group_id: int
+    kind: str                 # REASONING or SUMMARY
+    problem_index: int
+    chain: int                # index into the step's chain list
+    snapshot: int             # chain index i the prompt was built from
+    prompt: list[int]
+    context: list[int]        # summary (or previous attempt) ids in the prompt
+    label: str = ""
+    responses: list[list[int]] = dataclasses.field(default_factory=list)
+    finish: list[str] = dataclasses.field(default_factory=list)
+    sampler_logprobs: list[np.ndarray] = dataclasses.field(default_factory=list)
+    texts: list[str] = dataclasses.field(default_factory=list)
+    rewards: list[float] = dataclasses.field(default_factory=list)
+
+
+def select_snapshots(num_steps: int, k: int, rng: np.random.Generator,
+                     omit_initial: bool = False) -> list[int]:
+    """k distinct chain indices drawn uniformly from {0..T-1} (or {1..T-1}), sorted."""
+    lo = 1 if omit_initial else 0
+    if k > num_steps - lo:
+        raise ValueError(f"cannot draw {k} distinct snapshots from {num_steps - lo} indices")
+    return sorted(int(i) for i in rng.choice(np.arange(lo, num_steps), size=k, replace=False))
+
+
+def build_groups(chains: Sequence[Chain], k: int, rng: np.random.Generator,
+                 plan: PromptPlan, problem_ids: Sequence[Sequence[int]], *,
+                 num_steps: int, omit_initial: bool = False, summary_free: bool = False,
+                 context_field: str = "curr_summary", labels: Sequence[str] = ()
+                 ) -> list[Group]:
+    """Phase B: k snapshot prompts per chain, one group each (ids 0, 1, ... in order)."""
+    groups = []
+    for c_index, chain in enumerate(chains):
+        for i in select_snapshots(num_steps, k, rng, omit_initial):
+            ctx = chain.context(i, summary_free)
+            prompt = plan.host_ids({"problem": problem_ids[chain.problem_index],
+                                    context_field: ctx})
+            groups.append(Group(len(groups), REASONING, chain.problem_index, c_index, i,
+                                prompt, ctx, labels[chain.problem_index] if labels else ""))
+    return groups
+
+
+def check_groups(groups: Sequence[Group], group_size: int) -> None:
+    """Group ids unique and every group exactly `group_size` responses (loud, not silent)."""
+    ids = [g.group_id for g in groups]
+    if len(set(ids)) != len(ids):
+        raise ValueError("duplicate group ids in one step")
+    for g in groups:
+        if len(g.responses) != group_size:
+            raise ValueError(f"group {g.group_id} has {len(g.responses)} responses, expected "
+                             f"{group_size}")
+
+
+# ---------------------------------------------------------------- the rollout worker
+
+
+class _Key:
+    """Identity-hashed wrapper (pytrees of shardings are not hashable)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __hash__(self):
+        return id(self.value)
+
+    def __eq__(self, other):
+        return isinstance(other, _Key) and other.value is self.value
+
+
+@functools.lru_cache(maxsize=2)
+def shared_engine(config, tokenizer, settings: RCSettings, sampling: SamplingParams,
+                  buckets: Buckets, mesh, data_axes, shardings_key: _Key) -> RCEngine:
+    """One `RCEngine` per (model config, tokenizer, settings, mesh...): its jitted program
+    compiles once per process even if several trainers are built (tests, restarts).
+    The caller sets `engine.params` before every run."""
+    return RCEngine(None, config, tokenizer, settings, sampling, buckets=buckets, mesh=mesh,
+                    param_shardings=shardings_key.value,
+                    **({} if data_axes is None else {"data_axes": data_axes}))
+
+
+RewardFn = Callable[[Sequence[tuple[str, str]]], Sequence[float]]
+
+
+class RCTRollout:
+    """Generates one step's chains and groups with the current weights.
+
+    Holds one `RCEngine` (its program compiles once) and reuses the sampler's cached
+    programs; `set_params` swaps in new weights without recompiling.
+    """
+
+    def __init__(self, params: Any, config, tokenizer, settings: RCSettings,
+                 sampling: SamplingParams, *, buckets: Buckets = Buckets(), mesh=None,
+                 data_axes: tuple[str, ...] | None = None, param_shardings: Any = None,
+                 seed: int = 0, summary_free: bool = False,
+                 summary_free_template_spec: str = "self_refine"):
+        self.config, self.tokenizer, self.settings = config, tokenizer, settings
+        self.sampling, self.buckets, self.mesh = sampling, buckets, mesh
+        self.data_axes, self.param_shardings, self.seed = data_axes, param_shardings, seed
+        self.summary_free = summary_free
+        self.params = params
+        self.engine = shared_engine(config, tokenizer, settings, sampling, buckets, mesh,
+                                    data_axes, _Key(param_shardings))
+        self.engine.params = self.engine.summarizer_params = params
+        self.tables = self.engine.tables
+        if summary_free:
+            template, self.context_field = summary_free_template(summary_free_template_spec)
+            think = settings.use_think_tags and tokenizer.think_start_id is not None
+            self.reasoning_plan = make_plan(
+                tokenizer, template,
+                **({"enable_thinking": True, "open_think": True} if think else {}))
+        else:
+            self.context_field = "curr_summary"
+            self.reasoning_plan = self.engine.reasoning_plan
+        self.summary_plan = self.engine.summary_plan
+
+    def set_params(self, params: Any) -> None:
+        self.params = params
+        self.engine.params = params
+        self.engine.summarizer_params = params
+
+    # ------------------------------------------------------------ sampling helper
+    def generate(self, prompts: Sequence[Sequence[int]], budget: int, keys: np.ndarray,
+                 num_samples: int = 1) -> GenerationResult:
+        """One batched sampler call; keys: [len(prompts) * num_samples, 2]."""
+        kwargs = {} if self.data_axes is None else {"data_axes": self.data_axes}
+        return generate(self.params, self.config, prompts, self.sampling,
+                        jax.random.PRNGKey(0), budget, self.engine.stop_ids,
+                        num_samples=num_samples, pad_id=self.tokenizer.pad_id,
+                        buckets=self.buckets, mesh=self.mesh,
+                        param_shardings=self.param_shardings, row_keys=keys, **kwargs)
+
+    def clean(self, ids: Sequence[int], keep: str) -> list[int]:
+        return clean_host(ids, self.tables, keep, self.tokenizer.pad_id)
+
+    # ------------------------------------------------------------ phase A
+    def run_chains(self, problems: Sequence[str], chains: Sequence[Chain], keys: np.ndarray,
+                   num_steps: int) -> list[Chain]:
+        """Fills every chain's reasoning (and summaries) for `num_steps` steps.
+
+        problems: the step's problem texts; chains[j].problem_index points into them.
+        keys: [len(chains), 2], one per chain.
+        """
+        if self.summary_free:
+            return self._run_summary_free(problems, chains, keys, num_steps)
+        seeds = [c.seed_ids for c in chains]
+        outs = self.engine.run([problems[c.problem_index] for c in chains], keys,
+                               num_steps=num_steps,
+                               initial_summaries=seeds if any(seeds) else None)
+        for chain, out in zip(chains, outs):
+            chain.reasoning_ids, chain.reasoning_text = out.reasoning_ids, out.reasoning_text
+            chain.summary_ids, chain.summary_text = out.summary_ids, out.summary_text
+        return list(chains)
+
+    def _run_summary_free(self, problems, chains, keys, num_steps):
+        problem_ids = [self.tokenizer.encode(problems[c.problem_index]) for c in chains]
+        previous = [list(c.seed_ids) for c in chains]
+        fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+        for t in range(num_steps):
+            prompts = [self.reasoning_plan.host_ids({"problem": p, self.context_field: a})
+                       for p, a in zip(problem_ids, previous)]
+            res = self.generate(prompts, self.settings.max_reasoning_tokens,
+                                np.asarray(fold(jnp.asarray(keys), 2 * t), np.uint32))
+            previous = [self.clean(x, "before_think_end") for x in res.tokens]
+            for chain, ids in zip(chains, previous):
+                chain.reasoning_ids.append(ids)
+                chain.reasoning_text.append(self.tokenizer.decode(ids))
+        return list(chains)
+
+    # ------------------------------------------------------------ phase C
+    def sample_groups(self, groups: Sequence[Group], group_size: int, budget: int,
+                      keys: np.ndarray) -> None:
+        """Samples `group_size` responses for every group in one call.
+
+        keys: [len(groups) * group_size, 2] (group-major, like the sampler's rows).
+        """
+        if not groups:
+            return
+        res = self.generate([g.prompt for g in groups], budget, keys, num_samples=group_size)
+        for row, (toks, fin, lp, model_lp) in enumerate(zip(
+                res.tokens, res.finish_reasons, res.logprobs, res.model_logprobs)):
+            g = groups[row // group_size]
+            g.responses.append(list(toks))
+            g.finish.append(fin)
+            # The sampling distribution's log-probs (temperature applied); with no
+            # truncation they are the policy's own log-probs at the sampler's numerics.
+            g.sampler_logprobs.append(np.asarray(lp, np.float32))
+            g.texts.append(self.tokenizer.decode(toks, skip_special_tokens=True))
+
+    # ------------------------------------------------------------ summarizer training
+    def build_summary_groups(self, chains: Sequence[Chain], k: int, rng: np.random.Generator,
+                             problem_ids: Sequence[Sequence[int]], first_id: int,
+                             num_steps: int, labels: Sequence[str]) -> list[Group]:
+        """Summary-training prompts Summ(problem, s_i, r_i) for k distinct i per chain."""
+        groups = []
+        for c_index, chain in enumerate(chains):
+            for i in select_snapshots(num_steps, k, rng):
+                existing = chain.context(i)
+                prompt = self.summary_plan.host_ids({
+                    "problem": problem_ids[chain.problem_index], "existing_summary": existing,
+                    "reasoning": chain.reasoning_ids[i]})
+                groups.append(Group(first_id + len(groups), SUMMARY, chain.problem_index,
+                                    c_index, i, prompt, existing,
+                                    labels[chain.problem_index]))
+        return groups
+
+    def continuation_prompts(self, group: Group, problem_ids: Sequence[int]
+                             ) -> list[list[int]]:
+        """Reasoning prompts conditioned on each sampled summary of a summary group."""
+        return [self.reasoning_plan.host_ids({
+            "problem": problem_ids, "curr_summary": self.clean(r, "after_think_end")})
+            for r in group.responses]
+
+
+def score(items: Sequence[tuple[str, str]], reward_fn: RewardFn) -> np.ndarray:
+    """Rewards [N] float32 of (response text, gold) pairs."""
+    if not items:
+        return np.zeros((0,), np.float32)
+    out = np.asarray(list(reward_fn(items)), np.float32)
+    if out.shape != (len(items),):
+        raise ValueError(f"reward function returned {out.shape} rewards for {len(items)} items")
+    return out
+
+
+def make_reward_fn(name: str, timeout_s: float) -> RewardFn:
+    """Reward functions by name: 'math' (math-verify grader pool, the default) or
+    'string_match' (normalised string equality of the last box; no subprocesses)."""
+    from rc_jax.eval.grading import MathVerifyGrader, StringMatchGrader
+    if name == "math":
+        grader = MathVerifyGrader(timeout_s=timeout_s)
+    elif name == "string_match":
+        grader = StringMatchGrader()
+    else:
+        raise ValueError(f"unknown reward {name!r}; choose 'math' or 'string_match'")
+
+    def reward(items: Sequence[tuple[str, str]]) -> list[float]:
+        return [float(r.correct) for r in grader.grade_batch(list(items))]
+
+    reward.grader = grader  # type: ignore[attr-defined]  (closed by the trainer)
+    return reward

@@ -1,0 +1,539 @@
+"""RCT training: short-horizon RL on RC rollouts (`python -m rc_jax.main --config=...`
+with `method='train'`; config schema in `rc_jax.rl.config`).
+
+One step (`Trainer.train_step`), following the authors' recipe (RC_TRAINING_NOTES §6):
+  1. draw B problems (deterministic, resumable order);
+  2. online RC chains with the current weights (replay-buffer seeds if enabled);
+  3. k snapshots per chain -> G fresh responses per snapshot prompt (one group each);
+  4. rewards from the grader; group-normalised advantages;
+  5. old log-probs (current weights, before any update) and reference log-probs;
+  6. M mini-batches -> M AdamW steps, each accumulating token-budget micro-batches;
+  7. metrics; checkpoint / HF export on schedule.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from rc_jax.rl import losses
+from rc_jax.rl.batch import Sample, pack_rows, plan_micro_batches, split_minibatches
+from rc_jax.rl.config import config_hash, validate
+from rc_jax.rl.replay import SummaryReplayBuffer
+from rc_jax.rl.rollout import (REASONING, SUMMARY, Chain, Group, RCTRollout, RewardFn,
+                               build_groups, check_groups, derive_keys, make_reward_fn, score)
+from rc_jax.rl.step import LossSettings, OptimizerSettings, train_programs
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def loss_settings(c: ml_collections.ConfigDict) -> LossSettings:
+    r = c.rl
+    return LossSettings(policy_loss=r.policy_loss, clip_low=float(r.clip_ratio_low),
+                        clip_high=float(r.clip_ratio_high), clip_c=float(r.clip_ratio_c),
+                        kl_coef=float(r.kl_coef), kl_type=r.kl_type,
+                        entropy_coef=float(r.entropy_coef), tis_cap=float(r.tis_cap),
+                        temperature=float(c.sampling.temperature),
+                        logprob_chunk=int(r.logprob_chunk))
+
+
+def optimizer_settings(c: ml_collections.ConfigDict) -> OptimizerSettings:
+    r = c.rl
+    return OptimizerSettings(learning_rate=float(r.learning_rate),
+                             warmup_steps=int(r.lr_warmup_steps), b1=float(r.adam_b1),
+                             b2=float(r.adam_b2), eps=float(r.adam_eps),
+                             weight_decay=float(r.weight_decay),
+                             max_grad_norm=float(r.max_grad_norm))
+
+
+def load_training_problems(c: ml_collections.ConfigDict) -> list:
+    """The training set; a missing/ill-named field fails here, before any model loads."""
+    from rc_jax.data import DataError, demo_problems_path, load_problems
+    d = c.data
+    source = str(demo_problems_path()) if d.source == "builtin:demo" else d.source
+    try:
+        return load_problems(source, problem_field=d.problem_field or None,
+                             answer_field=d.answer_field or None, id_field=d.id_field or None,
+                             split=d.split or None, limit=d.limit or None)
+    except DataError as e:
+        raise ValueError(f"config.data ({d.source}): {e}") from None
+
+
+@dataclasses.dataclass
+class StepTimer:
+    """Wall time per phase of one step."""
+    times: dict[str, float] = dataclasses.field(default_factory=lambda: collections.defaultdict(float))
+
+    def add(self, name: str, start: float) -> float:
+        now = time.perf_counter()
+        self.times[name] += now - start
+        return now
+
+
+class Trainer:
+    """Holds the model, reference, optimizer, rollout worker, buffer, data position and
+    checkpoints of one RCT run. `train()` runs to `total_steps`."""
+
+    def __init__(self, config: ml_collections.ConfigDict, *, reward_fn: RewardFn | None = None,
+                 model: tuple[Any, Any] | None = None, tokenizer: Any = None,
+                 mesh: Any = "config", device_count: int | None = None):
+        """model: optional preloaded (ModelConfig, params) instead of `model.path`
+        (tests); mesh: a `jax.sharding.Mesh`, None for no mesh, or "config" to build it
+        from `config.mesh`; reward_fn: overrides `rl.reward` (items -> rewards)."""
+        validate(config, device_count=device_count)
+        self.c = config
+        self.hash = config_hash(config)
+        problems = load_training_problems(config)
+        from rc_jax.rl.data import ProblemStream
+        self.stream = ProblemStream(problems, config.rl.batch_size, seed=config.data.seed,
+                                    shuffle=config.data.shuffle)
+        r = config.rl
+        self.total_steps = r.total_steps or r.num_epochs * self.stream.steps_per_epoch
+        self.mesh = self._make_mesh(mesh)
+        self.tokenizer, self.model_dir = self._load_tokenizer(tokenizer, model)
+        self.model_config, self.params, self.shardings = self._load_model(model)
+        self.ref_params = self._load_reference(model)
+        self.loss = loss_settings(config)
+        self.programs = train_programs(self.model_config, self.loss, optimizer_settings(config),
+                                       self.mesh, self.shardings, BATCH_AXES)
+        self.opt_state = self.programs.init_opt_state(self.params)
+        self.reward_fn = reward_fn or make_reward_fn(r.reward, config.grading_timeout)
+        self._owns_grader = reward_fn is None
+        from rc_jax.rc.engine import RCSettings
+        from rc_jax.sampling import Buckets, SamplingParams
+        self.settings = RCSettings(
+            num_steps=config.rc.num_steps, max_reasoning_tokens=config.rc.max_reasoning_tokens,
+            max_summary_tokens=config.rc.max_summary_tokens,
+            reasoning_template=config.rc.reasoning_template,
+            summary_template=config.rc.summary_template, use_think_tags=config.rc.use_think_tags)
+        s = config.sampling
+        self.sampling = SamplingParams(s.temperature, s.top_p, s.top_k, s.min_p)
+        self.rollout = RCTRollout(
+            self.params, self.model_config.replace(remat_policy="none"), self.tokenizer,
+            self.settings, self.sampling,
+            buckets=Buckets(max_cache_length=config.model.max_cache_length), mesh=self.mesh,
+            data_axes=BATCH_AXES if self.mesh is not None else None,
+            param_shardings=self.shardings, seed=s.seed, summary_free=r.summary_free,
+            summary_free_template_spec=r.summary_free_template)
+        self.buffer = None
+        if r.replay_buffer:
+            self.buffer = SummaryReplayBuffer(r.replay_capacity, r.replay_max_age,
+                                              r.replay_purge_on_add)
+            if r.replay_initial_path:
+                self.buffer.load(r.replay_initial_path)
+        self.step = 0
+        self.output_dir = Path(config.output_dir)
+        from rc_jax.rl.checkpoint import TrainCheckpointer
+        self.checkpointer = TrainCheckpointer(
+            config.checkpoint.directory or self.output_dir / "checkpoints",
+            save_every=config.checkpoint.save_every, keep=config.checkpoint.keep)
+        if config.checkpoint.resume and self.checkpointer.latest_step() is not None:
+            self.restore(self.checkpointer.latest_step())
+        from rc_jax.rl.metrics import MetricsLogger
+        self.logger = MetricsLogger(self.output_dir, total_steps=self.total_steps,
+                                    start_step=self.step, tensorboard=config.tensorboard,
+                                    progress=config.progress, enabled=_is_main())
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ setup
+    def _make_mesh(self, mesh):
+        if mesh != "config":
+            return mesh
+        if not self.c.mesh and jax.device_count() == 1:
+            return None
+        from rc_jax.parallel import make_mesh
+        return make_mesh(self.c.mesh or None)
+
+    def _load_tokenizer(self, tokenizer, model):
+        from rc_jax.tools.builtin_models import resolve_model_path
+        model_dir = None if model is not None else resolve_model_path(self.c.model.path)
+        if tokenizer is None:
+            from rc_jax.tokenizer import load_tokenizer
+            path = self.c.tokenizer.path or model_dir
+            if path is None:
+                raise ValueError("config.tokenizer.path: required when the model is passed in")
+            tokenizer = load_tokenizer(path)
+        return tokenizer, model_dir
+
+    def _overrides(self) -> dict[str, Any]:
+        m = self.c.model
+        return {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat_policy": m.remat_policy}
+
+    def _load_model(self, model):
+        from rc_jax.models import ModelConfig, load_hf_checkpoint
+        if model is not None:
+            cfg, params = model
+            cfg = cfg.replace(**self._overrides())
+            shardings = None if self.mesh is None else _param_shardings(cfg, self.mesh)
+            params = jax.tree.map(lambda x: jnp.asarray(x, cfg.jnp_param_dtype), params)
+            if shardings is not None:
+                params = jax.device_put(params, shardings)
+            return cfg, params, shardings
+        cfg = ModelConfig.from_pretrained(self.model_dir, **self._overrides())
+        shardings = None if self.mesh is None else _param_shardings(cfg, self.mesh)
+        cfg, params = load_hf_checkpoint(self.model_dir, shardings=shardings, **self._overrides())
+        return cfg, params, shardings
+
+    def _load_reference(self, model):
+        """The frozen initial policy for the KL term (None when kl_coef is 0)."""
+        if self.c.rl.kl_coef == 0:
+            return None
+        if self.c.rl.reference_path:
+            from rc_jax.models import load_hf_checkpoint
+            _, ref = load_hf_checkpoint(self.c.rl.reference_path, shardings=self.shardings,
+                                        **self._overrides())
+            return ref
+        # A copy: the policy's buffers are donated to the optimizer update.
+        return jax.tree.map(jnp.copy, self.params)
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self) -> dict[str, Any]:
+        """Runs one training step; returns its metrics."""
+        c, r = self.c, self.c.rl
+        step = self.step + 1
+        timer = StepTimer()
+        t = time.perf_counter()
+        problems = self.stream.next_batch()
+        rng = np.random.default_rng([c.sampling.seed, step])
+        labels = [p.answer for p in problems]
+        problem_ids = [self.tokenizer.encode(p.problem) for p in problems]
+
+        # A. online chains
+        chains = self._make_chains(problems, rng, step)
+        keys = derive_keys(c.sampling.seed, [
+            f"{step}/{problems[ch.problem_index].problem_id}/chain{ch.chain_index}"
+            for ch in chains])
+        self.rollout.run_chains([p.problem for p in problems], chains, keys, c.rc.num_steps)
+        t = timer.add("generation", t)
+        if self.buffer is not None:
+            self.buffer.add_chains([(problems[ch.problem_index].problem, ch.summary_text,
+                                     ch.start_depth, ch.summary_ids) for ch in chains], step)
+
+        # B + C. snapshot groups, G fresh responses each
+        groups = build_groups(chains, r.snapshots_per_chain, rng, self.rollout.reasoning_plan,
+                              problem_ids, num_steps=c.rc.num_steps,
+                              omit_initial=r.omit_initial_snapshot, summary_free=r.summary_free,
+                              context_field=self.rollout.context_field, labels=labels)
+        self.rollout.sample_groups(groups, r.group_size, c.rc.max_reasoning_tokens,
+                                   derive_keys(c.sampling.seed, [self._group_label(step, problems, chains, g) for g in groups], r.group_size))
+        check_groups(groups, r.group_size)
+        summary_groups: list[Group] = []
+        if r.train_summarizer:
+            summary_groups = self._summary_groups(problems, problem_ids, chains, groups, rng,
+                                                  step, timer)
+        t = timer.add("generation", t)
+
+        # D. rewards
+        rewards = score([(text, g.label) for g in groups for text in g.texts], self.reward_fn)
+        for i, g in enumerate(groups):
+            g.rewards = rewards[i * r.group_size:(i + 1) * r.group_size].tolist()
+        chain_correct = score([(text, labels[ch.problem_index]) for ch in chains
+                               for text in ch.reasoning_text], self.reward_fn)
+        for i, ch in enumerate(chains):
+            ch.correct = chain_correct[i * c.rc.num_steps:(i + 1) * c.rc.num_steps].tolist()
+        t = timer.add("reward", t)
+
+        metrics = self._rollout_metrics(chains, groups, summary_groups)
+        samples, adv_metrics = self._samples(groups, summary_groups)
+        metrics.update(adv_metrics)
+        metrics.update(self._update(samples, timer))
+        self.step = step
+        self._after_step(step)
+        metrics.update(self._timing(timer, groups, summary_groups, chains, samples))
+        metrics["lr"] = float(self.programs.opt_settings.schedule()(
+            max(0, step * r.num_minibatches - 1)))
+        if self.buffer is not None:
+            metrics["replay_size"] = len(self.buffer)
+            metrics["replay_problems"] = len(self.buffer.entries)
+        self.logger.log(step, metrics)
+        self.history.append(metrics)
+        return metrics
+
+    def _group_label(self, step, problems, chains, g: Group) -> str:
+        ch = chains[g.chain]
+        return (f"{step}/{problems[g.problem_index].problem_id}/chain{ch.chain_index}/"
+                f"snap{g.snapshot}/{g.kind}")
+
+    def _make_chains(self, problems, rng, step) -> list[Chain]:
+        """Chains of this step: buffer-seeded for stored problems, else from ""."""
+        chains = []
+        for pi, p in enumerate(problems):
+            seeds = (self.buffer.sample(p.problem, self.c.rl.replay_samples_per_problem, rng,
+                                        step=step) if self.buffer is not None else [])
+            if seeds:
+                for j, e in enumerate(seeds):
+                    ids = e.ids if e.ids is not None else self.tokenizer.encode(e.text)
+                    ids = ids[:self.rollout.engine.summary_buffer]
+                    chains.append(Chain(pi, j, list(ids), e.depth))
+            else:
+                chains.extend(Chain(pi, j, [], 0) for j in range(self.c.rl.chains_per_problem))
+        return chains
+
+    def _summary_groups(self, problems, problem_ids, chains, groups, rng, step, timer):
+        """Summarizer training: sample summaries of (s_i, r_i); reward each by the mean
+        grade of fresh reasoning continuations from it."""
+        r, c = self.c.rl, self.c
+        sgroups = self.rollout.build_summary_groups(
+            chains, r.summary_snapshots_per_chain, rng, problem_ids, len(groups),
+            c.rc.num_steps, [p.answer for p in problems])
+        self.rollout.sample_groups(
+            sgroups, r.summary_group_size, c.rc.max_summary_tokens,
+            derive_keys(c.sampling.seed, [self._group_label(step, problems, chains, g)
+                                          for g in sgroups], r.summary_group_size))
+        check_groups(sgroups, r.summary_group_size)
+        prompts, golds, labels = [], [], []
+        for g in sgroups:
+            for j, p in enumerate(self.rollout.continuation_prompts(
+                    g, problem_ids[g.problem_index])):
+                prompts.append(p)
+                golds.append(g.label)
+                labels.append(f"{self._group_label(step, problems, chains, g)}/cont{j}")
+        m = r.summary_reward_samples
+        res = self.rollout.generate(prompts, c.rc.max_reasoning_tokens,
+                                    derive_keys(c.sampling.seed, labels, m), num_samples=m)
+        t = time.perf_counter()
+        texts = [self.tokenizer.decode(x, skip_special_tokens=True) for x in res.tokens]
+        grades = score([(text, golds[i // m]) for i, text in enumerate(texts)],
+                       self.reward_fn).reshape(-1, m).mean(axis=1)
+        timer.add("reward", t)
+        for i, g in enumerate(sgroups):
+            g.rewards = grades[i * r.summary_group_size:(i + 1) * r.summary_group_size].tolist()
+        return sgroups
+
+    def _samples(self, groups: Sequence[Group], summary_groups: Sequence[Group]
+                 ) -> tuple[list[Sample], dict[str, float]]:
+        """Advantages per group kind -> trained samples (optionally without all-equal
+        groups), plus advantage metrics."""
+        r = self.c.rl
+        samples: list[Sample] = []
+        metrics: dict[str, float] = {}
+        for kind, gs, size in ((REASONING, groups, r.group_size),
+                               (SUMMARY, summary_groups, r.summary_group_size)):
+            if not gs:
+                continue
+            rewards = np.concatenate([np.asarray(g.rewards, np.float32) for g in gs])
+            ids = np.repeat([g.group_id for g in gs], size)
+            adv = losses.compute_advantages(r.advantage_estimator, rewards, ids,
+                                            group_size=size, eps=r.advantage_eps)
+            flat = losses.zero_variance_groups(rewards, ids).reshape(len(gs), size)[:, 0]
+            prefix = "" if kind == REASONING else "summary_"
+            means = rewards.reshape(len(gs), size).mean(axis=1)
+            metrics[f"{prefix}zero_adv_frac"] = float(flat.mean())
+            metrics[f"{prefix}zero_adv_all_correct_frac"] = float((flat & (means > 0)).mean())
+            metrics[f"{prefix}zero_adv_all_wrong_frac"] = float((flat & (means <= 0)).mean())
+            metrics[f"{prefix}advantage_abs_mean"] = float(np.abs(adv).mean())
+            for gi, g in enumerate(gs):
+                if r.drop_zero_advantage_groups and flat[gi]:
+                    continue
+                for j in range(size):
+                    samples.append(Sample(g.prompt, g.responses[j], float(adv[gi * size + j]),
+                                          g.group_id, g.rewards[j], g.sampler_logprobs[j]))
+        metrics["trained_sequences"] = len(samples)
+        return samples, metrics
+
+    # ------------------------------------------------------------------ the update
+    def _update(self, samples: Sequence[Sample], timer: StepTimer) -> dict[str, float]:
+        self.params, self.opt_state, metrics = train_on_samples(
+            self.programs, self.params, self.opt_state, self.ref_params, samples, self.c.rl,
+            shards=batch_shards(self.mesh), pad_id=self.tokenizer.pad_id, timer=timer)
+        self.rollout.set_params(self.params)
+        return metrics
+
+    # ------------------------------------------------------------------ metrics
+    def _rollout_metrics(self, chains: Sequence[Chain], groups: Sequence[Group],
+                         summary_groups: Sequence[Group]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        rewards = np.array([x for g in groups for x in g.rewards])
+        out["reward_mean"] = float(rewards.mean())
+        for i in sorted({g.snapshot for g in groups}):
+            out[f"reward_snapshot_{i}"] = float(np.mean([x for g in groups if g.snapshot == i
+                                                         for x in g.rewards]))
+        acc = np.array([ch.correct for ch in chains])  # [chains, T]
+        for t in range(acc.shape[1]):
+            out[f"chain_acc_step_{t}"] = float(acc[:, t].mean())
+        lengths = np.array([len(x) for g in groups for x in g.responses])
+        out["response_len_mean"] = float(lengths.mean())
+        out["response_len_max"] = float(lengths.max())
+        out["truncated_frac"] = float(np.mean([f == "length" for g in groups for f in g.finish]))
+        if chains and chains[0].summary_ids:
+            out["summary_len_mean"] = float(np.mean([len(s) for ch in chains
+                                                     for s in ch.summary_ids]))
+        if summary_groups:
+            out["summary_reward_mean"] = float(np.mean([x for g in summary_groups
+                                                        for x in g.rewards]))
+        return out
+
+    def _timing(self, timer, groups, summary_groups, chains, samples) -> dict[str, float]:
+        tm = timer.times
+        gen_tokens = sum(len(x) for g in list(groups) + list(summary_groups)
+                         for x in g.responses)
+        trained = sum(s.length for s in samples)
+        total = sum(tm.values())
+        return {"time_generation_s": tm["generation"], "time_reward_s": tm["reward"],
+                "time_logprob_s": tm["logprob"], "time_update_s": tm["update"],
+                "time_step_s": total,
+                "generated_tokens_per_s": gen_tokens / max(tm["generation"], 1e-9),
+                "train_tokens_per_s": trained / max(tm["logprob"] + tm["update"], 1e-9)}
+
+    # ------------------------------------------------------------------ persistence
+    def _after_step(self, step: int) -> None:
+        ck = self.c.checkpoint
+        if self.checkpointer.should_save(step) or step == self.total_steps:
+            self.save(step)
+        if (ck.export_every and step % ck.export_every == 0) or (
+                ck.export_final and step == self.total_steps):
+            self.export(self.output_dir / "export" / f"step_{step}")
+
+    def save(self, step: int) -> None:
+        meta = {"step": step, "data": self.stream.state_dict(), "seed": self.c.sampling.seed,
+                "config_hash": self.hash}
+        self.checkpointer.save(step, {"params": self.params, "opt_state": self.opt_state},
+                               meta, self.buffer.state_dict() if self.buffer else None)
+
+    def restore(self, step: int) -> None:
+        state, meta, replay = self.checkpointer.restore(
+            step, {"params": self.params, "opt_state": self.opt_state})
+        if meta.get("config_hash") != self.hash:
+            raise ValueError(f"checkpoint {self.checkpointer.directory}/{step} was written by "
+                             f"a different configuration (hash {meta.get('config_hash')} != "
+                             f"{self.hash}); use a new output_dir or checkpoint.resume=False")
+        self.params, self.opt_state = state["params"], state["opt_state"]
+        self.rollout.set_params(self.params)
+        self.stream.load_state_dict(meta["data"])
+        if self.buffer is not None and replay:
+            self.buffer.load_state_dict(replay)
+        self.step = int(meta["step"])
+
+    def export(self, path: str | Path) -> Path:
+        """The current policy as an HF safetensors directory (+ tokenizer files)."""
+        from rc_jax.models import save_hf_checkpoint
+        if not _is_main():
+            return Path(path)
+        dtype = self.c.model.dtype
+        return save_hf_checkpoint(path, self.model_config.replace(param_dtype=dtype, dtype=dtype),
+                                  self.params, tokenizer_dir=self.tokenizer.path)
+
+    # ------------------------------------------------------------------ loop
+    def train(self, num_steps: int | None = None) -> list[dict[str, Any]]:
+        """Runs until `total_steps` (or `num_steps` more steps); returns their metrics."""
+        end = self.total_steps if num_steps is None else min(self.total_steps,
+                                                             self.step + num_steps)
+        out = []
+        while self.step < end:
+            out.append(self.train_step())
+        self.checkpointer.wait()
+        return out
+
+    def close(self) -> None:
+        self.checkpointer.close()
+        self.logger.close()
+        grader = getattr(self.reward_fn, "grader", None)
+        if self._owns_grader and grader is not None and hasattr(grader, "close"):
+            grader.close()
+
+
+def _param_shardings(config, mesh):
+    from rc_jax.parallel import param_shardings
+    return param_shardings(config, mesh)
+
+
+def train_on_samples(programs, params, opt_state, ref_params, samples: Sequence[Sample],
+                     rl: ml_collections.ConfigDict, *, shards: int, pad_id: int,
+                     timer: StepTimer | None = None) -> tuple[Any, Any, dict[str, float]]:
+    """The update half of a step: old/ref log-probs for every micro-batch (all with the
+    weights as they are before the step's first update), then `rl.num_minibatches`
+    optimizer steps, each over its token-budget micro-batches.
+
+    Returns (params, opt_state, metrics). `params` and `opt_state` are donated.
+    """
+    timer = timer or StepTimer()
+    if len({s.group_id for s in samples}) < rl.num_minibatches:
+        return params, opt_state, {"updates_skipped_no_data": 1.0}
+    t = time.perf_counter()
+    minibatches = []
+    for idx in split_minibatches([s.group_id for s in samples], rl.num_minibatches):
+        mb = [samples[i] for i in idx]
+        plans = plan_micro_batches([s.length for s in mb], rl.micro_batch_tokens, shards,
+                                   per_octave=rl.length_buckets_per_octave)
+        micro_ids = np.zeros(len(mb), np.int64)
+        for m, plan in enumerate(plans):
+            micro_ids[plan.indices] = m
+        weights = losses.aggregation_weights(
+            rl.loss_agg_mode, np.array([len(s.response) for s in mb]), micro_ids)
+        micros = []
+        for plan in plans:
+            host = pack_rows(mb, plan, weights, pad_id)
+            host["old_logp"] = np.zeros_like(host["sampler_logp"])
+            host["ref_logp"] = np.zeros_like(host["sampler_logp"])
+            micro = programs.put_micro(host)
+            if rl.old_logprobs == "recompute":
+                micro["old_logp"] = programs.logprobs(params, micro)
+            else:
+                micro["old_logp"] = micro["sampler_logp"]
+            if ref_params is not None:
+                micro["ref_logp"] = programs.logprobs(ref_params, micro)
+            micros.append(micro)
+        minibatches.append(micros)
+    jax.block_until_ready(minibatches)
+    t = timer.add("logprob", t)
+
+    sums: dict[str, float] = collections.defaultdict(float)
+    norms, skipped = [], 0
+    for micros in minibatches:
+        grads = programs.zeros_like_params(params)
+        for micro in micros:
+            grads, s = programs.accumulate(params, grads, micro)
+            for k, v in jax.device_get(s).items():
+                sums[k] += float(v)
+        params, opt_state, stats = programs.update(params, opt_state, grads)
+        stats = jax.device_get(stats)
+        norms.append(float(stats["grad_norm"]))
+        skipped += int(stats["skipped"])
+    jax.block_until_ready(params)
+    timer.add("update", t)
+    n = max(sums["tokens"], 1.0)
+    return params, opt_state, {
+        "loss": sums["loss"] / rl.num_minibatches,
+        "pg_loss": sums["pg_loss"] / rl.num_minibatches,
+        "kl": sums["kl"] / n if ref_params is not None else 0.0,
+        "entropy": sums["entropy"] / n, "clip_frac_high": sums["clip_high"] / n,
+        "clip_frac_low": sums["clip_low"] / n, "dual_clip_frac": sums["dual_clip"] / n,
+        "ratio_mean": sums["ratio"] / n, "ppo_kl_abs": sums["log_ratio_abs"] / n,
+        "grad_norm": float(np.mean(norms)), "grad_norm_max": float(np.max(norms)),
+        "updates_skipped_nonfinite": float(skipped), "trained_tokens": sums["tokens"],
+        "micro_batches": float(sum(len(m) for m in minibatches)),
+    }
+
+
+def batch_shards(mesh) -> int:
+    """How many ways micro-batch rows are split (data x fsdp); 1 without a mesh."""
+    if mesh is None:
+        return 1
+    return int(np.prod([mesh.shape.get(a, 1) for a in BATCH_AXES]))
+
+
+def _is_main() -> bool:
+    return jax.process_index() == 0
+
+
+def run_training(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Entry point for `rc_jax.main` (method 'train'): validate, train, export."""
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
+    trainer = Trainer(config)
+    print(f"rc_jax train: model={config.model.path} data={config.data.source} "
+          f"steps {trainer.step}->{trainer.total_steps} "
+          f"B={config.rl.batch_size} k={config.rl.snapshots_per_chain} "
+          f"G={config.rl.group_size} T={config.rc.num_steps} -> {config.output_dir}")
+    try:
+        history = trainer.train()
+    finally:
+        trainer.close()
+    return {"steps": trainer.step, "last": history[-1] if history else {}}

@@ -1,0 +1,98 @@
+"""Evaluation of the toy: RC decoding and the autoregressive baseline, graded per step.
+
+Everything runs through the project's own pieces: `rc_jax.rc.engine.RCEngine` for RC,
+the `autoregressive` method runner (`rc_jax.methods`) for plain decoding, records in the
+format of `rc_jax.main.build_record`, and `rc_jax.eval.report.evaluate_files` (with the
+exact-match `StringMatchGrader`) for the per-step accuracy and token metrics.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from rc_jax.data import Problem
+from rc_jax.eval.grading import StringMatchGrader
+from rc_jax.main import build_record
+from rc_jax.rc.engine import RCEngine, row_key
+
+
+def rc_records(engine: RCEngine, params: Any, problems: Sequence[Problem], *, num_samples: int,
+               num_steps: int, seed: int, method: str, batch_size: int,
+               log: Callable[[str], None] = print) -> list[dict]:
+    """RC rollouts of every (problem, sample) with `params` swapped into `engine` (one
+    compiled program serves every model of the same shape)."""
+    engine.params = engine.summarizer_params = params
+    todo = [(p, j) for p in problems for j in range(num_samples)]
+    out = []
+    start = time.perf_counter()
+    for i in range(0, len(todo), batch_size):
+        chunk = todo[i:i + batch_size]
+        keys = np.stack([row_key(seed, p.problem_id, j) for p, j in chunk])
+        t0 = time.perf_counter()
+        rollouts = engine.run([p.problem for p, _ in chunk], keys, num_steps=num_steps)
+        wall = time.perf_counter() - t0
+        out += [build_record(p, j, r, method, wall, "") for (p, j), r in zip(chunk, rollouts)]
+    log(f"  {method}: {len(out)} rollouts x {num_steps} steps in "
+        f"{time.perf_counter() - start:.0f}s")
+    return out
+
+
+def autoregressive_records(ctx, problems: Sequence[Problem], *, num_samples: int, seed: int,
+                           method: str, batch_size: int,
+                           log: Callable[[str], None] = print) -> list[dict]:
+    """The project's autoregressive runner (one long generation read at checkpoints)."""
+    from rc_jax.methods import get_runner
+    runner = get_runner("autoregressive")
+    todo = [(p, j) for p in problems for j in range(num_samples)]
+    out = []
+    start = time.perf_counter()
+    for i in range(0, len(todo), batch_size):
+        chunk = todo[i:i + batch_size]
+        keys = np.stack([row_key(seed, p.problem_id, j) for p, j in chunk])
+        t0 = time.perf_counter()
+        rollouts = runner([p.problem for p, _ in chunk], keys, ctx)
+        wall = time.perf_counter() - t0
+        out += [build_record(p, j, r, method, wall, "") for (p, j), r in zip(chunk, rollouts)]
+    log(f"  {method}: {len(out)} generations in {time.perf_counter() - start:.0f}s")
+    return out
+
+
+def write_jsonl(path: Path, records: Sequence[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return path
+
+
+def grade(paths: Sequence[Path], labels: Sequence[str], output_dir: Path) -> dict[str, Any]:
+    """Per-step metrics of every results file (exact match of the last box)."""
+    from rc_jax.eval.report import evaluate_files
+    return evaluate_files(paths, output_dir, grader=StringMatchGrader(), labels=labels,
+                          progress=False, plots=True)
+
+
+def per_difficulty(records: Sequence[dict], graded: dict[tuple[str, int], list[bool]],
+                   steps_needed: dict[str, int], step: int) -> dict[int, float]:
+    """Accuracy at `step` (1-based) per number of RC steps a problem needs."""
+    buckets: dict[int, list[float]] = {}
+    for r in records:
+        ok = graded[(str(r["problem_id"]), int(r["sample_id"]))]
+        if len(ok) < step:
+            continue
+        buckets.setdefault(steps_needed[str(r["problem_id"])], []).append(float(ok[step - 1]))
+    return {k: float(np.mean(v)) for k, v in sorted(buckets.items())}
+
+
+def graded_by_record(records: Sequence[dict]) -> dict[tuple[str, int], list[bool]]:
+    """(problem_id, sample_id) -> per-step correctness (same rule as the report)."""
+    grader = StringMatchGrader()
+    out = {}
+    for r in records:
+        res = grader.grade_batch([(t, r["label"]) for t in r["reasoning_store"]])
+        out[(str(r["problem_id"]), int(r["sample_id"]))] = [g.correct for g in res]
+    return out

@@ -1,0 +1,170 @@
+"""Supervised format training of the toy model (teacher forcing, loss on assistant tokens).
+
+Examples are the two RC roles on single short-horizon steps, built with the same prompt
+plans the RC engine uses, so training prompts are token-for-token what RC decoding
+later feeds the model:
+
+* reasoning: I_R(problem, summary of state k) -> the next <= ops_per_step operations and
+  the boxed current value (`ChainProblem.reasoning`), then `<|im_end|>`;
+* summary: I_S(problem, summary of state k, reasoning from state k) -> "label=value" of
+  the last operation done in that reasoning, then `<|im_end|>`. A fraction of the
+  reasoning texts are cut short (as a budget cut-off would), so the summarizer learns to
+  report the last *complete* operation.
+
+No example spans more than one RC step: the model never sees a trace longer than one
+step's budget.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rc_jax.models import ModelConfig, forward, init_params
+from rc_jax.rc.tokens import PromptPlan
+from rc_jax.toy import task
+
+
+def toy_model_config(vocab_size: int, *, hidden: int = 128, layers: int = 4,
+                     heads: int = 4, kv_heads: int = 2, mlp: int = 384,
+                     eos_ids: Sequence[int] = ()) -> ModelConfig:
+    """A Qwen3-shaped config (GQA, q/k-norm, SwiGLU, RoPE), tiny."""
+    return ModelConfig(model_type="qwen3", vocab_size=vocab_size, hidden_size=hidden,
+                       intermediate_size=mlp, num_layers=layers, num_heads=heads,
+                       num_kv_heads=kv_heads, head_dim=hidden // heads, rope_theta=10000.0,
+                       tie_word_embeddings=True, max_position_embeddings=1024,
+                       eos_token_ids=tuple(eos_ids), dtype="float32", param_dtype="float32",
+                       remat_policy="none")
+
+
+@dataclasses.dataclass
+class Example:
+    prompt: list[int]
+    response: list[int]  # loss-bearing (ends with the eos id)
+    role: str
+
+
+def build_examples(rng: np.random.Generator, count: int, *, tokenizer, reasoning_plan: PromptPlan,
+                   summary_plan: PromptPlan, ops_per_step: int, min_ops: int, max_ops: int,
+                   summary_fraction: float = 0.3, truncate_fraction: float = 0.2,
+                   aligned_fraction: float = 0.5) -> list[Example]:
+    """`count` SFT examples from fresh random problems.
+
+    States k: with probability `aligned_fraction` a multiple of ops_per_step (what an RC
+    rollout visits) or N, else uniform in [0, N].
+    """
+    eos = tokenizer.hf.convert_tokens_to_ids("<|im_end|>")
+    enc = tokenizer.encode
+    out = []
+    for _ in range(count):
+        p = task.sample_problem(rng, int(rng.integers(min_ops, max_ops + 1)))
+        n = p.num_ops
+        if rng.random() < aligned_fraction:
+            k = min(n, ops_per_step * int(rng.integers(0, -(-n // ops_per_step) + 1)))
+        else:
+            k = int(rng.integers(0, n + 1))
+        problem_ids, summary_ids = enc(p.text), enc(p.summary(k))
+        reasoning = p.reasoning(k, ops_per_step)
+        if rng.random() < summary_fraction:
+            r_ids = enc(reasoning)
+            if rng.random() < truncate_fraction:
+                r_ids = r_ids[:int(rng.integers(0, len(r_ids) + 1))]
+            target = task.summary_of(p.summary(k), tokenizer.decode(r_ids))
+            prompt = summary_plan.host_ids({"problem": problem_ids,
+                                            "existing_summary": summary_ids,
+                                            "reasoning": r_ids})
+            out.append(Example(prompt, enc(target) + [eos], "summary"))
+        else:
+            prompt = reasoning_plan.host_ids({"problem": problem_ids,
+                                              "curr_summary": summary_ids})
+            out.append(Example(prompt, enc(reasoning) + [eos], "reasoning"))
+    return out
+
+
+def make_batches(examples: Sequence[Example], batch_size: int, pad_id: int,
+                 rng: np.random.Generator, length_multiple: int = 32
+                 ) -> list[dict[str, np.ndarray]]:
+    """Length-bucketed, right-padded batches (few distinct shapes), in random order.
+
+    tokens [B, L] int32, mask [B, L] (real tokens), loss_mask [B, L] (position t is
+    trained to predict tokens[t + 1], i.e. True where tokens[t + 1] is a response token).
+    """
+    lengths = np.array([len(e.prompt) + len(e.response) for e in examples])
+    buckets = -(-lengths // length_multiple) * length_multiple
+    batches = []
+    for width in np.unique(buckets):
+        idx = rng.permutation(np.flatnonzero(buckets == width))
+        for s in range(0, len(idx) - batch_size + 1, batch_size):
+            chunk = idx[s:s + batch_size]
+            tokens = np.full((batch_size, width), pad_id, np.int32)
+            mask = np.zeros((batch_size, width), bool)
+            loss = np.zeros((batch_size, width), bool)
+            for row, i in enumerate(chunk):
+                e = examples[i]
+                seq = e.prompt + e.response
+                tokens[row, :len(seq)] = seq
+                mask[row, :len(seq)] = True
+                loss[row, len(e.prompt) - 1:len(seq) - 1] = True
+            batches.append({"tokens": tokens, "mask": mask, "loss_mask": loss})
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def loss_fn(params, config: ModelConfig, batch) -> tuple[jax.Array, jax.Array]:
+    tokens, mask, loss_mask = batch["tokens"], batch["mask"], batch["loss_mask"]
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    logits, _ = forward(params, config, tokens, positions, token_mask=mask)
+    logz = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+    nll = -jnp.take_along_axis(logz, tokens[:, 1:, None], axis=-1)[..., 0]
+    w = loss_mask[:, :-1].astype(jnp.float32)
+    correct = (jnp.argmax(logits[:, :-1], axis=-1) == tokens[:, 1:]).astype(jnp.float32)
+    denom = jnp.maximum(jnp.sum(w), 1.0)
+    return jnp.sum(nll * w) / denom, jnp.sum(correct * w) / denom
+
+
+def make_optimizer(lr: float, steps: int, warmup: int, weight_decay: float = 0.01):
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, warmup), max(steps, warmup + 1),
+                                                  end_value=lr * 0.05)
+    return optax.chain(optax.clip_by_global_norm(1.0),
+                       optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=weight_decay))
+
+
+def train_sft(config: ModelConfig, batches: Sequence[dict[str, np.ndarray]], *, seed: int,
+              lr: float, warmup: int, params: Any = None, log_every: int = 50,
+              time_limit_s: float | None = None,
+              log: Callable[[str], None] = print) -> tuple[Any, list[dict[str, float]]]:
+    """Adam over `batches` in order; returns (params, history). Stops early (and says
+    so in the history) if `time_limit_s` runs out."""
+    if params is None:
+        params = init_params(config, jax.random.PRNGKey(seed))
+    opt = make_optimizer(lr, len(batches), warmup)
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step(params, opt_state, batch):
+        (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, config, batch)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss, acc
+
+    history, start = [], time.perf_counter()
+    run_loss = run_acc = 0.0
+    for i, batch in enumerate(batches):
+        params, opt_state, loss, acc = step(params, opt_state, batch)
+        if (i + 1) % log_every == 0 or i + 1 == len(batches):
+            loss, acc = float(loss), float(acc)
+            elapsed = time.perf_counter() - start
+            history.append({"step": i + 1, "loss": loss, "token_acc": acc, "time_s": elapsed})
+            log(f"  sft step {i + 1}/{len(batches)} loss {loss:.4f} token acc {acc:.4f} "
+                f"({elapsed:.0f}s)")
+            if time_limit_s is not None and elapsed > time_limit_s and i + 1 < len(batches):
+                history.append({"stopped_early_at": i + 1})
+                log(f"  sft time limit {time_limit_s:.0f}s reached at step {i + 1}")
+                break
+    jax.block_until_ready(params)
+    return params, history

@@ -1,0 +1,172 @@
+"""The toy problem family: a long chain of labelled modular operations.
+
+A problem is a start value and N labelled operations, all modulo 10::
+
+    7:a+3b*7c-5d+1
+
+reads "start at 7; op a is +3, op b is *7, op c is -5, op d is +1; what is the final
+value (mod 10)?" (answer: 7+3=0, 0*7=0, 0-5=5, 5+1=6 -> 6). Labels are the letters
+a..z then A..Z, so N <= 52. Operations are +d or -d (d in 1..9) and *3, *7, *9 (the
+units of Z/10), so every operation is a bijection and the final value is uniform: a
+blind guess is right 10% of the time.
+
+One RC reasoning step continues from the state in the summary for at most `ops_per_step`
+operations, writing each as label, operation and the new value, and ends with the
+current value boxed (the final answer once the last operation is done)::
+
+    state ""      -> a+30b*70c-55d+16\\boxed{6}        (4 ops per step)
+    state "d=6"   -> \\boxed{6}                         (nothing left to do)
+
+A summary records the last operation done and the value after it: ``d=6`` (empty
+before any progress). So a problem of N operations needs ceil(N / ops_per_step)
+reasoning steps, and the progress between steps fits in a 3-token summary: the
+difficulty knob is N (and `ops_per_step`, fixed by the reasoning budget).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Sequence
+
+import numpy as np
+
+MOD = 10
+LABELS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+MAX_OPS = len(LABELS)
+ADD_SUB = tuple(f"{s}{d}" for s in "+-" for d in range(1, 10))
+MUL = ("*3", "*7", "*9")
+OPS = ADD_SUB + MUL
+BOX_OPEN, BOX_CLOSE = "\\boxed{", "}"
+
+_STEP_RE = re.compile(r"([A-Za-z])([+\-*])([0-9])([0-9])")
+_SUMMARY_RE = re.compile(r"^\s*([A-Za-z])=([0-9])\s*$")
+
+
+def apply_op(value: int, op: str) -> int:
+    sign, d = op[0], int(op[1])
+    if sign == "+":
+        return (value + d) % MOD
+    if sign == "-":
+        return (value - d) % MOD
+    if sign == "*":
+        return (value * d) % MOD
+    raise ValueError(f"unknown operation {op!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainProblem:
+    """A start value and a list of operations; `values[k]` is the value after k ops."""
+    start: int
+    ops: tuple[str, ...]
+
+    def __post_init__(self):
+        if not 0 <= self.start < MOD:
+            raise ValueError(f"start {self.start} not in [0, {MOD})")
+        if not 1 <= len(self.ops) <= MAX_OPS:
+            raise ValueError(f"a problem has 1..{MAX_OPS} operations, got {len(self.ops)}")
+        for op in self.ops:
+            if op not in OPS:
+                raise ValueError(f"unknown operation {op!r}")
+
+    @property
+    def num_ops(self) -> int:
+        return len(self.ops)
+
+    @property
+    def values(self) -> list[int]:
+        out = [self.start]
+        for op in self.ops:
+            out.append(apply_op(out[-1], op))
+        return out
+
+    @property
+    def answer(self) -> int:
+        return self.values[-1]
+
+    @property
+    def text(self) -> str:
+        return f"{self.start}:" + "".join(LABELS[i] + op for i, op in enumerate(self.ops))
+
+    def steps_needed(self, ops_per_step: int) -> int:
+        return -(-self.num_ops // ops_per_step)
+
+    # ------------------------------------------------------------ traces
+    def summary(self, k: int) -> str:
+        """The summary of the state after k operations ("" for k = 0)."""
+        if k == 0:
+            return ""
+        return f"{LABELS[k - 1]}={self.values[k]}"
+
+    def reasoning(self, k: int, ops_per_step: int) -> str:
+        """The reasoning step that continues from the state after k operations."""
+        vals = self.values
+        end = min(self.num_ops, k + ops_per_step)
+        body = "".join(f"{LABELS[i]}{self.ops[i]}{vals[i + 1]}" for i in range(k, end))
+        return f"{body}{BOX_OPEN}{vals[end]}{BOX_CLOSE}"
+
+    def reference_rc(self, ops_per_step: int, num_steps: int) -> list[tuple[str, str]]:
+        """(reasoning, summary) of every step of a perfect RC rollout."""
+        out, k = [], 0
+        for _ in range(num_steps):
+            r = self.reasoning(k, ops_per_step)
+            k = min(self.num_ops, k + ops_per_step)
+            out.append((r, self.summary(k)))
+        return out
+
+    @classmethod
+    def parse(cls, text: str) -> "ChainProblem":
+        start, _, body = text.partition(":")
+        ops = re.findall(r"[A-Za-z]([+\-*][0-9])", body)
+        return cls(int(start), tuple(ops))
+
+
+def sample_problem(rng: np.random.Generator, num_ops: int) -> ChainProblem:
+    ops = tuple(OPS[i] for i in rng.integers(0, len(OPS), size=num_ops))
+    return ChainProblem(int(rng.integers(0, MOD)), ops)
+
+
+def sample_problems(rng: np.random.Generator, count: int, min_ops: int, max_ops: int,
+                    *, stratified: bool = True) -> list[ChainProblem]:
+    """`count` problems with N in [min_ops, max_ops]: evenly spread over N (stratified)
+    or uniform at random."""
+    if not 1 <= min_ops <= max_ops <= MAX_OPS:
+        raise ValueError(f"need 1 <= min_ops <= max_ops <= {MAX_OPS}, got {min_ops}, {max_ops}")
+    span = max_ops - min_ops + 1
+    if stratified:
+        sizes = [min_ops + (i % span) for i in range(count)]
+    else:
+        sizes = [int(x) for x in rng.integers(min_ops, max_ops + 1, size=count)]
+    return [sample_problem(rng, n) for n in sizes]
+
+
+def problem_records(problems: Sequence[ChainProblem], prefix: str) -> list[dict]:
+    """Problems in the project's data format (problem / answer / problem_id / num_ops)."""
+    return [{"problem_id": f"{prefix}-{i:05d}", "problem": p.text, "answer": str(p.answer),
+             "num_ops": p.num_ops} for i, p in enumerate(problems)]
+
+
+# ------------------------------------------------------------------ reading model output
+def last_state(reasoning: str) -> tuple[str, int] | None:
+    """(label, value) of the last complete operation written in a reasoning text."""
+    steps = _STEP_RE.findall(reasoning)
+    if not steps:
+        return None
+    label, _, _, value = steps[-1]
+    return label, int(value)
+
+
+def summary_of(existing_summary: str, reasoning: str) -> str:
+    """What the summarizer should write: the last op done in `reasoning`, else the
+    existing summary unchanged."""
+    state = last_state(reasoning)
+    if state is None:
+        return existing_summary
+    return f"{state[0]}={state[1]}"
+
+
+def parse_summary(summary: str) -> tuple[int, int] | None:
+    """(ops done, value) of a well-formed summary; None when empty or malformed."""
+    m = _SUMMARY_RE.match(summary)
+    if not m:
+        return None
+    return LABELS.index(m.group(1)) + 1, int(m.group(2))

@@ -1,0 +1,181 @@
+"""RL math against hand-computed numbers: advantages, KL estimators, the clipped loss
+(incl. dual clip), aggregation weights, and gradients against finite differences."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import randomize, tiny_config
+from rc_jax.models import init_params
+from rc_jax.rl import losses
+from rc_jax.rl.logprobs import token_logprobs
+from rc_jax.rl.step import LossSettings, micro_loss
+
+
+def test_grpo_advantages_by_hand_and_all_equal_groups():
+    rewards = np.array([1, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0], np.float32)
+    groups = np.repeat([7, 3, 5], 4)  # ids need not be sorted or contiguous numbers
+    adv = losses.compute_advantages("grpo", rewards, groups, group_size=4)
+    std = math.sqrt(0.25 * 0.75)  # population std of [1, 0, 0, 0]
+    np.testing.assert_allclose(adv[:4], [0.75 / (std + 1e-6)] + [-0.25 / (std + 1e-6)] * 3,
+                               rtol=1e-6)
+    assert np.all(adv[4:] == 0)  # all-correct and all-wrong groups: exactly 0, kept
+    np.testing.assert_array_equal(losses.zero_variance_groups(rewards, groups),
+                                  [False] * 4 + [True] * 8)
+    np.testing.assert_allclose(losses.compute_advantages("grpo_no_std", rewards, groups)[:4],
+                               [0.75, -0.25, -0.25, -0.25])
+    np.testing.assert_allclose(losses.compute_advantages("rloo", rewards, groups)[:4],
+                               [1.0, -1 / 3, -1 / 3, -1 / 3], rtol=1e-6)
+
+
+def test_advantages_refuse_a_wrong_grouping():
+    with pytest.raises(ValueError, match="group 3 has 3 responses, expected group_size=4"):
+        losses.compute_advantages("grpo", np.zeros(7), np.array([1] * 4 + [3] * 3),
+                                  group_size=4)
+    with pytest.raises(ValueError, match="unknown advantage estimator"):
+        losses.compute_advantages("ppo_gae", np.zeros(2), np.zeros(2))
+
+
+def test_k3_kl_by_hand_and_clamped():
+    logp = jnp.array([-1.0, -2.0, 0.0, -30.0, -0.5])
+    ref = jnp.array([-2.0, -1.0, -30.0, 0.0, -0.5])
+    got = np.asarray(losses.kl_penalty("low_var_kl", logp, ref))
+    want = [math.exp(-1) + 1 - 1, math.exp(1) - 1 - 1, 10.0, 10.0, 0.0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert np.all(got >= 0)
+    np.testing.assert_allclose(losses.kl_penalty("kl", logp, ref), logp - ref)
+    np.testing.assert_allclose(losses.kl_penalty("mse", logp, ref), 0.5 * (logp - ref) ** 2)
+
+
+def test_ppo_asymmetric_and_dual_clip_by_hand():
+    ratio = np.array([1.5, 0.5, 0.5, 5.0, 2.0, 1.1, 1.0])
+    adv = np.array([1.0, 1.0, -1.0, -1.0, -2.0, 0.5, 0.0])
+    old = np.zeros(7, np.float32)
+    out = losses.ppo_clip_loss(jnp.log(ratio), old, adv, clip_low=0.2, clip_high=0.28,
+                               clip_c=3.0)
+    # A>0: max(-A r, -A clip(r)); A<0: additionally capped at -3A.
+    want = [-1.28, -0.5, 0.8, 3.0, 4.0, -0.55, 0.0]
+    np.testing.assert_allclose(out.loss, want, rtol=1e-5)
+    assert list(np.asarray(out.clipped_high)) == [True, False, False, False, False, False, False]
+    assert list(np.asarray(out.clipped_low)) == [False, False, True, False, False, False, False]
+    assert list(np.asarray(out.dual_clipped)) == [False, False, False, True, False, False, False]
+    plain = losses.POLICY_LOSSES["ppo"](jnp.log(ratio), old, adv, clip_low=0.2,
+                                        clip_high=0.28, clip_c=3.0)
+    assert float(plain.loss[3]) == pytest.approx(5.0)  # no dual clip
+
+
+def test_truncated_importance_weight():
+    w = losses.truncated_importance_weight(jnp.log(jnp.array([0.5, 0.9, 0.9])),
+                                           jnp.log(jnp.array([0.5, 0.3, 0.89])), 2.0)
+    np.testing.assert_allclose(w, [1.0, 2.0, 0.9 / 0.89], rtol=1e-6)
+
+
+def test_aggregation_weights_by_hand():
+    lengths = np.array([2, 3, 5])
+    micro = np.array([0, 0, 1])
+    agg = lambda m: losses.aggregation_weights(m, lengths, micro)  # noqa: E731
+    np.testing.assert_allclose(agg("token_mean"), [0.1, 0.1, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(agg("seq_mean_token_mean"), [1 / 6, 1 / 9, 1 / 15], rtol=1e-6)
+    np.testing.assert_allclose(agg("seq_mean_token_sum"), [1 / 3] * 3, rtol=1e-6)
+    # The authors' per-micro-batch token mean, rescaled by the micro-batch's share.
+    np.testing.assert_allclose(agg("microbatch_token_mean"),
+                               [(2 / 3) / 5, (2 / 3) / 5, (1 / 3) / 5], rtol=1e-6)
+    for mode in ("token_mean", "seq_mean_token_mean", "microbatch_token_mean"):
+        assert float(np.sum(agg(mode) * lengths)) == pytest.approx(1.0)  # a mean of tokens
+    per_token = jnp.ones((3, 5))
+    mask = jnp.arange(5)[None] < jnp.asarray(lengths)[:, None]
+    assert float(losses.aggregate(per_token, mask, jnp.asarray(agg("token_mean")))) == \
+        pytest.approx(1.0)
+
+
+KL_COEF = 0.05
+
+
+def _loss_of_logp(logp, old, adv, ref, weights, mask):
+    pl = losses.ppo_clip_loss(logp, old, adv[:, None], clip_low=0.2, clip_high=0.28,
+                              clip_c=3.0)
+    per_token = pl.loss + KL_COEF * losses.kl_penalty("low_var_kl", logp, ref)
+    return losses.aggregate(per_token, mask, weights)
+
+
+def test_loss_gradient_matches_finite_differences():
+    rng = np.random.RandomState(0)
+    old = rng.uniform(-3, -0.5, (2, 4)).astype(np.float32)
+    # Ratios inside, above and below the clip range (away from the kinks).
+    logp = old + np.array([[0.05, 0.5, -0.6, 0.0], [0.1, -0.4, 1.8, -0.02]], np.float32)
+    ref = old + rng.normal(0, 0.3, (2, 4)).astype(np.float32)
+    adv = np.array([1.3, -0.7], np.float32)
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], np.float32)
+    w = losses.aggregation_weights("token_mean", mask.sum(1))
+    f = lambda x: _loss_of_logp(x, old, adv, ref, w, mask)  # noqa: E731
+    grad = np.asarray(jax.grad(f)(jnp.asarray(logp)))
+    eps = 1e-3
+    for idx in np.ndindex(logp.shape):
+        d = np.zeros_like(logp)
+        d[idx] = eps
+        fd = (float(f(logp + d)) - float(f(logp - d))) / (2 * eps)
+        assert grad[idx] == pytest.approx(fd, rel=2e-2, abs=1e-4), idx
+    assert grad[0, 3] == 0  # masked token
+    # Clipped tokens keep only the KL gradient, w * beta * d k3 / d logp = 1 - e^(ref-logp):
+    # (0, 1): A > 0 with ratio e^0.5 > 1.28; (1, 2): A < 0 with ratio e^1.8 > c = 3.
+    for i, j in ((0, 1), (1, 2)):
+        kl_grad = w[i] * KL_COEF * (1 - np.exp(ref[i, j] - logp[i, j]))
+        assert grad[i, j] == pytest.approx(kl_grad, rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    config = tiny_config("qwen3", vocab_size=64)
+    return config, randomize(init_params(config, jax.random.PRNGKey(0)), 0, scale=0.2)
+
+
+def _micro(config, seed=0):
+    rng = np.random.RandomState(seed)
+    b, s = 3, 12
+    tokens = rng.randint(0, config.vocab_size, (b, s)).astype(np.int32)
+    mask = np.ones((b, s), bool)
+    mask[2, 9:] = False
+    resp = np.zeros((b, s), bool)
+    resp[:, 5:] = True
+    resp &= mask
+    return {"tokens": tokens, "positions": np.tile(np.arange(s, dtype=np.int32), (b, 1)),
+            "mask": mask, "response_mask": resp,
+            "advantages": np.array([1.0, -0.5, 0.3], np.float32),
+            "seq_weights": losses.aggregation_weights("token_mean", resp.sum(1)),
+            "sampler_logp": np.zeros((b, s), np.float32)}
+
+
+def test_model_loss_directional_derivative_matches_finite_differences(tiny_model):
+    config, params = tiny_model
+    micro = _micro(config)
+    logp, _ = token_logprobs(params, config, micro["tokens"], micro["positions"], micro["mask"])
+    micro["old_logp"] = np.asarray(logp) - 0.05  # ratios ~1.05: inside the clip range
+    micro["ref_logp"] = np.asarray(logp) + 0.1
+    ls = LossSettings(kl_coef=0.01)
+    f = jax.jit(lambda p: micro_loss(p, micro, config, ls)[0])
+    grads = jax.grad(f)(params)
+    rng = np.random.RandomState(1)
+    direction = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), params)
+    analytic = sum(float(jnp.vdot(g, d)) for g, d in zip(jax.tree.leaves(grads),
+                                                         jax.tree.leaves(direction)))
+    eps = 1e-3
+    shift = lambda s: jax.tree.map(lambda p, d: p + s * d, params, direction)  # noqa: E731
+    numeric = (float(f(shift(eps))) - float(f(shift(-eps)))) / (2 * eps)
+    assert analytic == pytest.approx(numeric, rel=2e-2)
+
+
+def test_chunked_logprobs_equal_full_logits(tiny_model):
+    config, params = tiny_model
+    micro = _micro(config, seed=3)
+    args = (micro["tokens"], micro["positions"], micro["mask"])
+    full_lp, full_ent = token_logprobs(params, config, *args, temperature=0.7)
+    lp, ent = token_logprobs(params, config, *args, temperature=0.7, chunk=5)
+    np.testing.assert_allclose(lp, full_lp, atol=1e-5)
+    np.testing.assert_allclose(ent, full_ent, atol=1e-5)
+    assert np.all(np.asarray(full_lp)[:, 0] == 0) and np.all(np.asarray(full_lp)[:, 1:] < 0)
+    g_full = jax.grad(lambda p: token_logprobs(p, config, *args)[0].sum())(params)
+    g_chunk = jax.grad(lambda p: token_logprobs(p, config, *args, chunk=5)[0].sum())(params)
+    for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_chunk)):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
