@@ -134,7 +134,7 @@ def _time(fn, repeats: int) -> list[float]:
     return out
 
 
-def _summary(batch: int, new: int, first: float | None, full: list[float],
+def _summary(batch: int, new: int, first: float, full: list[float],
              one: list[float]) -> dict:
     """Decode rate from the best (least disturbed) timings of N and 1 new tokens."""
     t_full, t_one = min(full), min(one)
@@ -148,54 +148,57 @@ def _summary(batch: int, new: int, first: float | None, full: list[float],
         "decode_tokens_per_s": batch * (new - 1) / decode_s,
         "end_to_end_tokens_per_s": batch * new / t_full,
     }
-    if first is not None:
-        res["first_call_s"] = first
-        res["compile_s"] = max(first - t_full, 0.0)
+    res["first_call_s"] = first
+    res["compile_s"] = max(first - t_full, 0.0)  # compile + first-run effects
     return res
 
 
-def run_rc(params, config, prompts, new: int, repeats: int) -> tuple[dict, list[list[int]]]:
+def rc_caller(params, config, prompts, new: int):
     greedy = SamplingParams(temperature=0.0)
     # One output bucket for both budgets, so N and 1 run the same compiled program.
     buckets = Buckets(min_new_tokens=new, min_prompt=len(prompts[0]))
     key = jax.random.PRNGKey(0)
 
     def call(n):
-        return generate(params, config, prompts, greedy, key, n, [], buckets=buckets)
+        return generate(params, config, prompts, greedy, key, n, [], buckets=buckets).tokens
 
-    t = time.perf_counter()
-    out = call(new)
-    first = time.perf_counter() - t
-    full, one = [], []
-    for _ in range(repeats):  # interleaved, so slow phases of the machine hit both
-        full += _time(lambda: call(new), 1)
-        one += _time(lambda: call(1), 1)
-    assert all(len(t) == new for t in out.tokens), "rc_jax stopped early"
-    return _summary(len(prompts), new, first, full, one), out.tokens
+    return call
 
 
-def run_hf(model, prompts, new: int, repeats: int) -> tuple[dict, list[list[int]]]:
+def hf_caller(model, prompts):
     import torch
     ids = torch.tensor(prompts, dtype=torch.long)
     attention = torch.ones_like(ids)
 
     def call(n):
         with torch.inference_mode():
-            return model.generate(input_ids=ids, attention_mask=attention, do_sample=False,
-                                  max_new_tokens=n, min_new_tokens=n, pad_token_id=0,
-                                  eos_token_id=None)
+            out = model.generate(input_ids=ids, attention_mask=attention, do_sample=False,
+                                 max_new_tokens=n, min_new_tokens=n, pad_token_id=0,
+                                 eos_token_id=None)
+        return out[:, ids.shape[1]:].tolist()
 
-    t = time.perf_counter()
-    out = call(new)
-    first = time.perf_counter() - t
-    full, one = [], []
+    return call
+
+
+def run_pair(callers: dict, batch: int, new: int, repeats: int) -> tuple[dict, dict]:
+    """First call of each side, then `repeats` rounds of (N, 1) calls, interleaved across
+    sides so that a busy spell of the machine slows both rather than one."""
+    first, tokens = {}, {}
+    for name, call in callers.items():
+        t = time.perf_counter()
+        tokens[name] = call(new)
+        first[name] = time.perf_counter() - t
+        assert all(len(row) == new for row in tokens[name]), f"{name} stopped early"
+    full = {name: [] for name in callers}
+    one = {name: [] for name in callers}
     for _ in range(repeats):
-        full += _time(lambda: call(new), 1)
-        one += _time(lambda: call(1), 1)
-    tokens = out[:, ids.shape[1]:].tolist()
-    assert all(len(t) == new for t in tokens), "transformers stopped early"
-    res = _summary(len(prompts), new, None, full, one)
-    res["first_call_s"] = first
+        for name, call in callers.items():
+            full[name] += _time(lambda: call(new), 1)
+        for name, call in callers.items():
+            one[name] += _time(lambda: call(1), 1)
+    res = {name: _summary(batch, new, first[name], full[name], one[name]) for name in callers}
+    if "transformers" in res:  # nothing to compile: the first call is a warm-up
+        res["transformers"].pop("compile_s")
     return res, tokens
 
 
@@ -288,21 +291,22 @@ def main() -> None:
     results = []
     for batch, reps in zip(batches, repeats):
         prompts = all_prompts[:batch]
-        row = {"batch": batch, "repeats": reps}
-        rc, rc_tokens = run_rc(params, config, prompts, new, reps)
-        row["rc_jax"] = rc
+        row = {"batch": batch, "repeats": reps, "loadavg_before": _loadavg()}
+        callers = {"rc_jax": rc_caller(params, config, prompts, new)}
+        if hf_model is not None:
+            callers["transformers"] = hf_caller(hf_model, prompts)
+        timings, tokens = run_pair(callers, batch, new, reps)
+        rc = row["rc_jax"] = timings["rc_jax"]
         print(f"[b={batch:3d}] rc_jax       decode {rc['decode_tokens_per_s']:8.1f} tok/s "
               f"({rc['decode_ms_per_step']:.1f} ms/step), end-to-end "
               f"{rc['end_to_end_tokens_per_s']:8.1f} tok/s, prefill {rc['prefill_s']:.2f}s, "
               f"compile {rc['compile_s']:.1f}s", flush=True)
         if hf_model is not None:
-            hf, hf_tokens = run_hf(hf_model, prompts, new, reps)
-            row["transformers"] = hf
+            hf = row["transformers"] = timings["transformers"]
             row["decode_speedup"] = rc["decode_tokens_per_s"] / hf["decode_tokens_per_s"]
             row["end_to_end_speedup"] = (rc["end_to_end_tokens_per_s"]
                                          / hf["end_to_end_tokens_per_s"])
-            row["greedy_match"] = compare_tokens(rc_tokens, hf_tokens)
-            m = row["greedy_match"]
+            m = row["greedy_match"] = compare_tokens(tokens["rc_jax"], tokens["transformers"])
             print(f"[b={batch:3d}] transformers decode {hf['decode_tokens_per_s']:8.1f} tok/s "
                   f"({hf['decode_ms_per_step']:.1f} ms/step), end-to-end "
                   f"{hf['end_to_end_tokens_per_s']:8.1f} tok/s, prefill {hf['prefill_s']:.2f}s",
@@ -312,6 +316,7 @@ def main() -> None:
                   f"{m['rows_identical']}/{m['rows']} rows"
                   + ("" if m["rows_identical"] == m["rows"] else
                      f" (first mismatches {m['first_mismatch_per_row'][:8]})"), flush=True)
+        row["loadavg_after"] = _loadavg()
         need = decode_bytes_per_step(config, batch, prompt_len, new)
         step_s = rc["decode_ms_per_step"] / 1e3
         row["roofline"] = {

@@ -12,6 +12,7 @@ import os
 # installed), which also makes start-up faster.
 os.environ.setdefault("USE_TORCH", "0")
 
+import sys  # noqa: E402
 import time  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
@@ -190,7 +191,12 @@ def main(argv: Sequence[str]) -> None:
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config=experiments/<name>.py is required")
-    run(config)
+    try:
+        run(config)
+    except (ValueError, FileNotFoundError) as e:
+        # Bad input: one clear line naming the culprit, not a traceback.
+        logging.debug("failed", exc_info=True)
+        sys.exit(f"rc_jax: error: {e}")
 
 
 if __name__ == "__main__":

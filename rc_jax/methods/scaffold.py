@@ -100,37 +100,37 @@ def run_scaffold(scaffold: Scaffold, problems: Sequence[str], keys: np.ndarray,
         res = ctx.generate(prompts, cfg.max_reasoning_tokens, fold(member_keys, 0))
         cands = [ctx.clean(t, "before_think_end") for t in res.tokens]
         summaries: list[list[int]] = [[] for _ in cands]
-        s_res = s_prompts = None
-        if summary_plan is not None and g < scaffold.rounds:
+        s_prompts: list[list[int]] = [[] for _ in cands]
+        s_lengths, s_finish = [0] * len(cands), [NO_SUMMARY] * len(cands)
+        summarized = summary_plan is not None and g < scaffold.rounds  # last: nobody reads it
+        if summarized:
             s_prompts = [summary_plan.host_ids({"problem": problem_ids[int(row_of[f])],
                                                 "existing_summary": [], "reasoning": c})
                          for f, c in enumerate(cands)]
             s_res = ctx.generate(s_prompts, cfg.max_summary_tokens, fold(member_keys, 1),
                                  model="summarizer")
             summaries = [ctx.clean(t, "after_think_end") for t in s_res.tokens]
-        base = summaries if summary_plan is not None else cands
-        views = [keep_last(v, scaffold.max_view_tokens) for v in base]
+            s_lengths, s_finish = s_res.lengths, s_res.finish_reasons
+        views = [keep_last(v, scaffold.max_view_tokens)
+                 for v in (summaries if summary_plan is not None else cands)]
         for i, r in enumerate(outs):
             span = range(i * n, (i + 1) * n)
-            r.add_step(
-                ctx.decode(cands[i * n]), cands[i * n],
-                sum(len(prompts[f]) for f in span), sum(len(res.tokens[f]) for f in span),
-                res.finish_reasons[i * n],
-                summary=ctx.decode(summaries[i * n]) if s_res is not None else "",
-                summary_prompt_tokens=(sum(len(s_prompts[f]) for f in span)
-                                       if s_res is not None else 0),
-                summary_tokens=sum(len(s_res.tokens[f]) for f in span) if s_res is not None else 0,
-                summary_finish=s_res.finish_reasons[i * n] if s_res is not None else NO_SUMMARY)
+            r.add_step(ctx.decode(cands[i * n]), cands[i * n],
+                       sum(len(prompts[f]) for f in span), sum(res.lengths[f] for f in span),
+                       res.finish_reasons[i * n], summary=ctx.decode(summaries[i * n]),
+                       summary_prompt_tokens=sum(len(s_prompts[f]) for f in span),
+                       summary_tokens=sum(s_lengths[f] for f in span),
+                       summary_finish=s_finish[i * n])
             if g > 0:
                 r.extra[f"{scaffold.name}_notes"].append(notes[i * n:(i + 1) * n])
             if scaffold.store_population:
                 r.extra["population_store"].append([ctx.decode(cands[f]) for f in span])
                 if scaffold.use_summaries:  # the last round is not summarized: []
                     r.extra["population_summary_store"].append(
-                        [ctx.decode(summaries[f]) for f in span] if s_res is not None else [])
+                        [ctx.decode(summaries[f]) for f in span] if summarized else [])
             if ctx.record_prompts:
                 r.prompts.append([prompts[f] for f in span])
-                r.summary_prompts.append([s_prompts[f] for f in span] if s_res is not None else [])
+                r.summary_prompts.append([s_prompts[f] for f in span] if summarized else [])
     return outs
 
 

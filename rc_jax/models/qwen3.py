@@ -37,15 +37,14 @@ class KVCache:
     """Preallocated key/value cache, shared write position for all rows.
 
     Attributes:
-      k: [L, B, K, D, C] keys, rotary already applied, stored transposed (head dim before
-        slots) so that query . keys is a plain matmul with no relayout of the cache.
-      v: [L, B, K, C, D] values.
+      k, v: [L, B, C, K, D] keys/values (rotary already applied to keys).
       valid: [B, C] bool, True where a slot holds a real (non-padding) token.
       index: [] int32, the next slot to write (same for every row: prompts are
         left-padded so that rows stay aligned).
 
-    `unstack_cache` turns k and v into tuples of L per-layer arrays ([B, K, D, C] and
-    [B, K, C, D]); `forward` accepts and returns either form.
+    `unstack_cache` makes the per-layer decode form: k and v tuples of L arrays, keys
+    [B*K, D, C] and values [B*K, C, D], the layouts in which attention is two plain
+    batched matmuls; `forward` accepts and returns either form.
     """
     k: Any
     v: Any
@@ -60,9 +59,8 @@ class KVCache:
 def init_cache(config: ModelConfig, batch: int, length: int, dtype: Any = None) -> KVCache:
     """An empty (stacked) cache of `length` slots per row."""
     dtype = dtype or config.jnp_dtype
-    l, k, d = config.num_layers, config.num_kv_heads, config.head_dim
-    return KVCache(k=jnp.zeros((l, batch, k, d, length), dtype),
-                   v=jnp.zeros((l, batch, k, length, d), dtype),
+    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                    valid=jnp.zeros((batch, length), bool), index=jnp.zeros((), jnp.int32))
 
 
@@ -71,19 +69,28 @@ def cache_is_unstacked(cache: KVCache) -> bool:
 
 
 def unstack_cache(cache: KVCache) -> KVCache:
-    """Cache with k/v as tuples of per-layer arrays (a copy when traced; no-op if already)."""
+    """The per-layer decode form of a cache: tuples of keys [B*K, D, C] and values
+    [B*K, C, D] (batch and kv heads merged, so there is no size-1 batch dim for XLA to
+    strip at B = 1, which would make it copy the cache every step). A copy when traced;
+    a no-op if already unstacked."""
     if cache_is_unstacked(cache):
         return cache
-    n = cache.k.shape[0]
-    return cache.replace(k=tuple(cache.k[i] for i in range(n)),
-                         v=tuple(cache.v[i] for i in range(n)))
+    n, b, c, k, d = cache.k.shape
+    return cache.replace(
+        k=tuple(cache.k[i].transpose(0, 2, 3, 1).reshape(b * k, d, c) for i in range(n)),
+        v=tuple(cache.v[i].transpose(0, 2, 1, 3).reshape(b * k, c, d) for i in range(n)))
 
 
 def stack_cache(cache: KVCache) -> KVCache:
     """Inverse of `unstack_cache`."""
     if not cache_is_unstacked(cache):
         return cache
-    return cache.replace(k=jnp.stack(cache.k), v=jnp.stack(cache.v))
+    b = cache.valid.shape[0]
+    bk, d, c = cache.k[0].shape
+    k = bk // b
+    return cache.replace(
+        k=jnp.stack([x.reshape(b, k, d, c).transpose(0, 3, 1, 2) for x in cache.k]),
+        v=jnp.stack([x.reshape(b, k, c, d).transpose(0, 2, 1, 3) for x in cache.v]))
 
 
 # ----------------------------------------------------------------------------- layers
@@ -156,7 +163,8 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, layer_k, layer_v, ctx):
-        """x: [B, S, E]; layer_k: [B, K, D, C]; layer_v: [B, K, C, D].
+        """x: [B, S, E]; layer_k/v: [B, C, K, D] (a layer of the stacked cache), or the
+        per-layer decode form of `unstack_cache`: layer_k [B*K, D, C], layer_v [B*K, C, D].
 
         Returns (out [B, S, E], new layer_k, new layer_v).
         """
@@ -199,23 +207,35 @@ class Attention(nn.Module):
             q, ("activation_batch", "activation_length", "activation_heads", None))
 
         # Write this chunk into the cache at the shared write index, then attend to all of it.
-        g, c = h // k, layer_v.shape[2]
-        index = ctx["write_index"]
-        layer_k = jax.lax.dynamic_update_slice(
-            layer_k, jnp.transpose(kk, (0, 2, 3, 1)).astype(layer_k.dtype), (0, 0, 0, index))
-        layer_v = jax.lax.dynamic_update_slice(
-            layer_v, jnp.transpose(vv, (0, 2, 1, 3)).astype(layer_v.dtype), (0, 0, index, 0))
-
-        # Queries grouped by kv head, [B, K, G*S, D]: both products are batched matmuls
-        # over (B, K) that read the cache in its stored layout.
-        qg = q.reshape(b, s, k, g, d).transpose(0, 2, 3, 1, 4).reshape(b, k, g * s, d)
-        scores = jnp.einsum("bkmd,bkdc->bkmc", qg, layer_k.astype(dt),
-                            preferred_element_type=jnp.float32) * (d ** -0.5)
-        scores = scores.reshape(b, k, g, s, c)
-        scores = jnp.where(ctx["mask"][:, None, None], scores, _MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt).reshape(b, k, g * s, c)
-        out = jnp.einsum("bkmc,bkcd->bkmd", probs, layer_v.astype(dt))
-        out = out.reshape(b, k, g, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, h * d)
+        index, g = ctx["write_index"], h // k
+        if layer_k.ndim == 4:  # stacked cache layout [B, C, K, D]
+            start = (0, index, 0, 0)
+            layer_k = jax.lax.dynamic_update_slice(layer_k, kk.astype(layer_k.dtype), start)
+            layer_v = jax.lax.dynamic_update_slice(layer_v, vv.astype(layer_v.dtype), start)
+            qg = q.reshape(b, s, k, g, d)
+            scores = jnp.einsum("bskgd,bckd->bkgsc", qg, layer_k.astype(dt),
+                                preferred_element_type=jnp.float32) * (d ** -0.5)
+            scores = jnp.where(ctx["mask"][:, None, None], scores, _MASK_VALUE)
+            probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+            out = jnp.einsum("bkgsc,bckd->bskgd", probs, layer_v.astype(dt))
+            out = out.reshape(b, s, h * d)
+        else:  # decode form: keys [B*K, D, C], values [B*K, C, D]
+            c = layer_k.shape[-1]
+            new_k = jnp.transpose(kk, (0, 2, 3, 1)).reshape(b * k, d, s)
+            new_v = jnp.transpose(vv, (0, 2, 1, 3)).reshape(b * k, s, d)
+            layer_k = jax.lax.dynamic_update_slice(layer_k, new_k.astype(layer_k.dtype),
+                                                   (0, 0, index))
+            layer_v = jax.lax.dynamic_update_slice(layer_v, new_v.astype(layer_v.dtype),
+                                                   (0, index, 0))
+            # Queries grouped by kv head: [B*K, G*S, D] @ [B*K, D, C], then @ [B*K, C, D].
+            qg = q.reshape(b, s, k, g, d).transpose(0, 2, 3, 1, 4).reshape(b * k, g * s, d)
+            scores = jnp.einsum("nmd,ndc->nmc", qg, layer_k.astype(dt),
+                                preferred_element_type=jnp.float32) * (d ** -0.5)
+            scores = scores.reshape(b, k, g, s, c)
+            scores = jnp.where(ctx["mask"][:, None, None], scores, _MASK_VALUE)
+            probs = jax.nn.softmax(scores, axis=-1).astype(dt).reshape(b * k, g * s, c)
+            out = jnp.einsum("nmc,ncd->nmd", probs, layer_v.astype(dt))
+            out = out.reshape(b, k, g, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, h * d)
         if self.packed:
             y = dense_t(out, wo.astype(dt))
         else:

@@ -44,7 +44,18 @@ def make_mesh(shape: str | Mapping[str, int] | None = None,
     total = int(np.prod(list(sizes.values())))
     if total != len(devices):
         raise ValueError(f"mesh: axes {sizes} need {total} devices, have {len(devices)}")
-    grid = np.asarray(devices).reshape([sizes[a] for a in MESH_AXES])
+    shape = [sizes[a] for a in MESH_AXES]
+    grid = np.asarray(devices).reshape(shape)
+    if devices[0].platform == "tpu" and len({d.slice_index if hasattr(d, "slice_index")
+                                             else 0 for d in devices}) == 1:
+        # Within one TPU slice, order devices along the physical torus so that each mesh
+        # axis maps to ICI links (what jax.make_mesh does); fall back to plain order.
+        from jax.experimental import mesh_utils
+        try:
+            grid = mesh_utils.create_device_mesh(shape, devices,
+                                                 allow_split_physical_axes=True)
+        except (ValueError, NotImplementedError, AssertionError):
+            pass
     return Mesh(grid, MESH_AXES)
 
 

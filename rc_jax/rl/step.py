@@ -232,7 +232,7 @@ class TrainPrograms:
         return grads, sums
 
     def _update_fn(self, params, opt_state, grads):
-        norm = optax.global_norm(grads)
+        norm = optax.tree.norm(grads)
         finite = jnp.isfinite(norm)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
         updates, new_state = self.optimizer.update(grads, opt_state, params)

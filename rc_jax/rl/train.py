@@ -172,13 +172,15 @@ class Trainer:
             cfg, params = model
             cfg = cfg.replace(**self._overrides())
             shardings = None if self.mesh is None else _param_shardings(cfg, self.mesh)
-            params = jax.tree.map(lambda x: jnp.asarray(x, cfg.jnp_param_dtype), params)
-            if shardings is not None:
-                params = jax.device_put(params, shardings)
+            # A copy: the optimizer update donates (frees) the policy's buffers.
+            params = jax.tree.map(lambda x: jnp.array(x, cfg.jnp_param_dtype, copy=True), params)
+            params = jax.device_put(params, shardings or _first_device())
             return cfg, params, shardings
         cfg = ModelConfig.from_pretrained(self.model_dir, **self._overrides())
         shardings = None if self.mesh is None else _param_shardings(cfg, self.mesh)
         cfg, params = load_hf_checkpoint(self.model_dir, shardings=shardings, **self._overrides())
+        if shardings is None:
+            params = jax.device_put(params, _first_device())
         return cfg, params, shardings
 
     def _load_reference(self, model):
@@ -517,6 +519,12 @@ def batch_shards(mesh) -> int:
     if mesh is None:
         return 1
     return int(np.prod([mesh.shape.get(a, 1) for a in BATCH_AXES]))
+
+
+def _first_device():
+    """Without a mesh, arrays are *committed* to one device, so arrays restored from a
+    checkpoint (always committed) hit the same compiled programs."""
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
 
 def _is_main() -> bool:

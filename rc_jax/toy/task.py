@@ -6,7 +6,8 @@ A problem is a start value and N labelled operations, all modulo 10::
 
 reads "start at 7; op a is +3, op b is *7, op c is -5, op d is +1; what is the final
 value (mod 10)?" (answer: 7+3=0, 0*7=0, 0-5=5, 5+1=6 -> 6). Labels are the letters
-a..z then A..Z, so N <= 52. Operations are +d or -d (d in 1..9) and *3, *7, *9 (the
+a..z then A..F, so N <= 32; the toy tokenizer makes each labelled operation (`c-5`) one
+token, so a problem is N + 2 tokens. Operations are +d or -d (d in 1..9) and *3, *7, *9 (the
 units of Z/10), so every operation is a bijection and the final value is uniform: a
 blind guess is right 10% of the time.
 
@@ -14,7 +15,7 @@ One RC reasoning step continues from the state in the summary for at most `ops_p
 operations, writing each as label, operation and the new value, and ends with the
 current value boxed (the final answer once the last operation is done)::
 
-    state ""      -> a+30b*70c-55d+16\\boxed{6}        (4 ops per step)
+    state ""      -> a+30b*70c-55d+16\\boxed{6}        (4 ops per step: 12 tokens)
     state "d=6"   -> \\boxed{6}                         (nothing left to do)
 
 A summary records the last operation done and the value after it: ``d=6`` (empty
@@ -31,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 MOD = 10
-LABELS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+LABELS = "abcdefghijklmnopqrstuvwxyzABCDEF"
 MAX_OPS = len(LABELS)
 ADD_SUB = tuple(f"{s}{d}" for s in "+-" for d in range(1, 10))
 MUL = ("*3", "*7", "*9")

@@ -1,9 +1,10 @@
-"""The toy tokenizer: ~140 tokens, built in-process with the `tokenizers` library.
+"""The toy tokenizer: ~780 tokens, built in-process with the `tokenizers` library.
 
 Vocabulary: ChatML specials (`<|endoftext|>` pad, `<|im_start|>`, `<|im_end|>` eos), an
-unknown token, every printable ASCII character and newline/tab as single tokens, the 30
-operation tokens `+0`..`*9` (so `a+3` is 2 tokens: label, operation), `\\boxed{`, and
-the few words of the toy prompt templates. Pre-tokenization is a regex that prefers
+unknown token, every printable ASCII character and newline/tab as single tokens, one
+token per labelled operation (`a+3`, `c-5`, ..., 32 labels x 21 operations: a step's
+label and operation are one token, so finding "operation d" is a one-hop attention
+lookup), `\\boxed{`, and the few words of the toy prompt templates. Pre-tokenization is a regex that prefers
 those multi-character tokens and otherwise cuts single characters, so any ASCII text
 round-trips exactly and digits are always single tokens. The decoder concatenates
 (no spaces are inserted).
@@ -20,10 +21,12 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
+from rc_jax.toy import task
+
 PAD, IM_START, IM_END, UNK = "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|unk|>"
 SPECIAL_TOKENS = (PAD, IM_START, IM_END)
 WORDS = ("user", "assistant", "solve", "summarize", "state", "work")
-OP_TOKENS = tuple(f"{s}{d}" for s in "+-*" for d in range(10))
+OP_TOKENS = tuple(label + op for label in task.LABELS for op in task.OPS)
 MULTI = ("\\boxed{",) + OP_TOKENS + WORDS
 CHARS = tuple(chr(c) for c in range(0x20, 0x7F)) + ("\n", "\t")
 

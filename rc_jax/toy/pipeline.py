@@ -1,0 +1,281 @@
+"""The toy experiment end to end: data -> SFT -> RC RL -> evaluation -> plot and table.
+
+`experiments/toy/run.py` is the command-line entry; `run(settings)` is the whole thing.
+All randomness comes from `settings.seed`; step counts (not wall-clock limits) fix how
+long each phase trains, so a rerun with the same settings repeats the same numbers on
+the same software and hardware (up to floating-point non-associativity across
+machines).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from rc_jax.toy import task
+
+EXPERIMENT_DIR = Path(__file__).resolve().parents[2] / "experiments" / "toy"
+REASONING_TEMPLATE = EXPERIMENT_DIR / "reasoning.txt"
+SUMMARY_TEMPLATE = EXPERIMENT_DIR / "summary.txt"
+SOLVE_TEMPLATE = EXPERIMENT_DIR / "solve.txt"
+
+METHOD_AR = "(a) SFT, autoregressive"
+METHOD_SFT_RC = "(b) SFT, RC decoding"
+METHOD_RL_RC = "(c) RC-RL, RC decoding"
+METHOD_RL_AR = "(d) RC-RL, autoregressive"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    seed: int = 0
+    # Task and RC budgets. One reasoning step fits `ops_per_step` operations:
+    # 2 tokens each ("c-5" "5") + "\boxed{v}" (3) + <|im_end|> (1) = 12 = H_R.
+    ops_per_step: int = 4
+    max_reasoning_tokens: int = 12
+    max_summary_tokens: int = 6          # "x=v" + <|im_end|> = 4 tokens
+    t_train: int = 2                     # RC steps per online chain in RL (T_train)
+    t_eval: int = 8                      # RC steps at test time (>= 4 x T_train)
+    temperature: float = 1.0             # all sampling (RL and evaluation), as in the paper
+    # Model (Qwen3-shaped: GQA, q/k-norm, SwiGLU, RoPE, tied embeddings).
+    vocab_size: int = 800
+    hidden: int = 96
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    mlp: int = 256
+    # SFT: single-step traces from problems of sft_min_ops..sft_max_ops operations.
+    sft_steps: int = 1500
+    sft_batch: int = 64
+    sft_lr: float = 1e-3
+    sft_warmup: int = 100
+    sft_min_ops: int = 1
+    sft_max_ops: int = 32
+    # RC RL (rc_jax.rl): problems solvable within T_train steps.
+    rl_steps: int = 40
+    rl_batch: int = 16                   # problems per step (x 2 snapshots x group)
+    rl_group: int = 8
+    rl_lr: float = 1e-4
+    rl_kl_coef: float = 0.001
+    rl_min_ops: int = 1
+    rl_max_ops: int = 8                  # = t_train * ops_per_step
+    rl_problems: int = 2048
+    # Evaluation: problems stratified over eval_min_ops..eval_max_ops operations.
+    eval_per_ops: int = 8
+    eval_min_ops: int = 1
+    eval_max_ops: int = 32
+    eval_samples: int = 1
+    eval_batch: int = 256
+
+    def __post_init__(self):
+        need = 2 * self.ops_per_step + 4
+        if self.max_reasoning_tokens < need:
+            raise ValueError(f"max_reasoning_tokens={self.max_reasoning_tokens} cannot hold "
+                             f"{self.ops_per_step} operations ({need} tokens)")
+        if self.t_eval < self.t_train:
+            raise ValueError("t_eval must be >= t_train")
+        if self.eval_max_ops > task.MAX_OPS or self.sft_max_ops > task.MAX_OPS:
+            raise ValueError(f"at most {task.MAX_OPS} operations per problem")
+
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True)
+                              .encode()).hexdigest()[:12]
+
+    def sft_hash(self) -> str:
+        """Hash of the fields that determine the SFT model."""
+        keys = ("seed", "ops_per_step", "vocab_size", "hidden", "layers", "heads", "kv_heads",
+                "mlp", "sft_steps", "sft_batch", "sft_lr", "sft_warmup", "sft_min_ops",
+                "sft_max_ops")
+        d = {k: getattr(self, k) for k in keys}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+FULL = Settings()
+
+SMOKE = Settings(
+    t_eval=4, hidden=32, layers=2, heads=2, kv_heads=1, mlp=64,
+    sft_steps=24, sft_batch=16, sft_lr=3e-3, sft_warmup=4, sft_max_ops=8,
+    rl_steps=2, rl_batch=2, rl_group=4, rl_problems=16,
+    eval_per_ops=1, eval_max_ops=12, eval_batch=16)
+
+
+class Clock:
+    """Wall and CPU (all threads) seconds per phase."""
+
+    def __init__(self):
+        self.phases: dict[str, dict[str, float]] = {}
+        self._t0 = time.perf_counter(), time.process_time()
+
+    def lap(self, name: str, since: tuple[float, float]) -> tuple[float, float]:
+        now = time.perf_counter(), time.process_time()
+        self.phases[name] = {"wall_s": round(now[0] - since[0], 1),
+                             "cpu_s": round(now[1] - since[1], 1)}
+        return now
+
+    def total(self) -> dict[str, float]:
+        return {"wall_s": round(time.perf_counter() - self._t0[0], 1),
+                "cpu_s": round(time.process_time() - self._t0[1], 1)}
+
+
+def _write_problems(path: Path, records: list[dict]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return str(path)
+
+
+def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = False,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Runs the experiment; writes toy_curve.png, table.md, metrics.json to results_dir."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import jax
+
+    from rc_jax.data import Problem
+    from rc_jax.models import load_hf_checkpoint, save_hf_checkpoint
+    from rc_jax.rc.engine import RCEngine, RCSettings
+    from rc_jax.sampling import Buckets, SamplingParams
+    from rc_jax.tokenizer import load_tokenizer
+    from rc_jax.toy import evaluate, report, rl, sft
+    from rc_jax.toy.tokenizer import build_toy_tokenizer
+
+    work_dir, results_dir = Path(work_dir), Path(results_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    clock = Clock()
+    t = clock._t0
+    log(f"toy RC experiment (settings {s.hash()}): work dir {work_dir}, results {results_dir}")
+
+    # ------------------------------------------------------------------ data
+    tok_dir = build_toy_tokenizer(work_dir / "tokenizer")
+    tokenizer = load_tokenizer(tok_dir)
+    if tokenizer.vocab_size > s.vocab_size:
+        raise ValueError(f"vocab_size {s.vocab_size} < tokenizer size {tokenizer.vocab_size}")
+    rng = np.random.default_rng([s.seed, 0])
+    eval_problems = task.sample_problems(
+        rng, s.eval_per_ops * (s.eval_max_ops - s.eval_min_ops + 1), s.eval_min_ops,
+        s.eval_max_ops)
+    eval_records = task.problem_records(eval_problems, "eval")
+    _write_problems(work_dir / "data" / "eval.jsonl", eval_records)
+    rl_problems = task.sample_problems(np.random.default_rng([s.seed, 1]), s.rl_problems,
+                                       s.rl_min_ops, s.rl_max_ops, stratified=False)
+    rl_data = _write_problems(work_dir / "data" / "rl_train.jsonl",
+                              task.problem_records(rl_problems, "rl"))
+    t = clock.lap("data", t)
+
+    # ------------------------------------------------------------------ SFT
+    engine_settings = RCSettings(num_steps=s.t_eval, max_reasoning_tokens=s.max_reasoning_tokens,
+                                 max_summary_tokens=s.max_summary_tokens,
+                                 reasoning_template=str(REASONING_TEMPLATE),
+                                 summary_template=str(SUMMARY_TEMPLATE))
+    sampling = SamplingParams(temperature=s.temperature)
+    buckets = Buckets(min_prompt=16, min_new_tokens=8, max_cache_length=4096)
+    engine = None
+    sft_dir = work_dir / "sft"
+    marker = sft_dir / "toy_sft.json"
+    model_cfg = sft.toy_model_config(s.vocab_size, hidden=s.hidden, layers=s.layers,
+                                     heads=s.heads, kv_heads=s.kv_heads, mlp=s.mlp,
+                                     eos_ids=tokenizer.eos_ids)
+    log(f"model: Qwen3-shaped, {model_cfg.num_params:,} parameters "
+        f"(hidden {s.hidden}, {s.layers} layers, {s.heads} heads / {s.kv_heads} kv, mlp {s.mlp})")
+    if reuse_sft and marker.is_file() and json.loads(marker.read_text()).get("sft_hash") == s.sft_hash():
+        _, sft_params = load_hf_checkpoint(sft_dir)
+        sft_history = json.loads(marker.read_text())["history"]
+        log(f"SFT: reusing {sft_dir}")
+    else:
+        from rc_jax.rc.prompts import load_template
+        from rc_jax.rc.tokens import make_plan
+        r_plan = make_plan(tokenizer, load_template(str(REASONING_TEMPLATE), "reasoning"))
+        s_plan = make_plan(tokenizer, load_template(str(SUMMARY_TEMPLATE), "summary"))
+        data_rng = np.random.default_rng([s.seed, 2])
+        # Length bucketing drops a few examples per bucket: generate a little extra.
+        examples = sft.build_examples(data_rng, s.sft_steps * s.sft_batch + 4 * s.sft_batch,
+                                      tokenizer=tokenizer, reasoning_plan=r_plan,
+                                      summary_plan=s_plan, ops_per_step=s.ops_per_step,
+                                      min_ops=s.sft_min_ops, max_ops=s.sft_max_ops)
+        batches = sft.make_batches(examples, s.sft_batch, tokenizer.pad_id, data_rng)[:s.sft_steps]
+        log(f"SFT: {len(batches)} steps x {s.sft_batch} single-step traces "
+            f"({s.sft_min_ops}-{s.sft_max_ops} operations, <= {s.ops_per_step} per trace)")
+        sft_params, sft_history = sft.train_sft(model_cfg, batches, seed=s.seed, lr=s.sft_lr,
+                                                warmup=s.sft_warmup,
+                                                log_every=max(1, len(batches) // 10), log=log)
+        save_hf_checkpoint(sft_dir, model_cfg, sft_params, tokenizer_dir=tok_dir)
+        marker.write_text(json.dumps({"sft_hash": s.sft_hash(), "history": sft_history}))
+    t = clock.lap("sft", t)
+
+    # ------------------------------------------------------------------ RL
+    rl_out = work_dir / "rl"
+    cfg = rl.rl_config(model_dir=str(sft_dir), data_path=rl_data, output_dir=str(rl_out),
+                       reasoning_template=str(REASONING_TEMPLATE),
+                       summary_template=str(SUMMARY_TEMPLATE), num_steps=s.t_train,
+                       max_reasoning_tokens=s.max_reasoning_tokens,
+                       max_summary_tokens=s.max_summary_tokens, train_steps=s.rl_steps,
+                       batch_size=s.rl_batch, group_size=s.rl_group, learning_rate=s.rl_lr,
+                       seed=s.seed, kl_coef=s.rl_kl_coef)
+    cfg.sampling.temperature = s.temperature
+    log(f"RC RL: {s.rl_steps} steps, T_train={s.t_train}, {s.rl_batch} problems x "
+        f"{cfg.rl.snapshots_per_chain} snapshots x {s.rl_group} responses per step "
+        f"({s.rl_min_ops}-{s.rl_max_ops} operations)")
+    rl_params, rl_history = rl.run_rl(cfg, log=log)
+    rl_params = jax.device_get(rl_params)
+    save_hf_checkpoint(work_dir / "rl_model", model_cfg, rl_params, tokenizer_dir=tok_dir)
+    t = clock.lap("rl", t)
+
+    # ------------------------------------------------------------------ evaluation
+    problems = [Problem(r["problem_id"], r["problem"], r["answer"]) for r in eval_records]
+    steps_needed = {r["problem_id"]: -(-r["num_ops"] // s.ops_per_step) for r in eval_records}
+    log(f"evaluation: {len(problems)} problems ({s.eval_min_ops}-{s.eval_max_ops} operations, "
+        f"1-{max(steps_needed.values())} RC steps needed) x {s.eval_samples} samples, "
+        f"T = 1..{s.t_eval}, temperature {s.temperature}")
+    engine = RCEngine(sft_params, model_cfg, tokenizer, engine_settings, sampling,
+                      buckets=buckets)
+    common = dict(num_samples=s.eval_samples, seed=s.seed + 1000, batch_size=s.eval_batch,
+                  log=log)
+    records = {}
+    records[METHOD_SFT_RC] = evaluate.rc_records(engine, sft_params, problems,
+                                                 num_steps=s.t_eval, method=METHOD_SFT_RC,
+                                                 **common)
+    records[METHOD_RL_RC] = evaluate.rc_records(engine, rl_params, problems,
+                                                num_steps=s.t_eval, method=METHOD_RL_RC,
+                                                **common)
+    from rc_jax.config import default_config
+    from rc_jax.methods.base import MethodContext
+    ar_cfg = default_config()
+    step_tokens = s.max_reasoning_tokens + s.max_summary_tokens
+    ar_cfg.autoregressive.max_tokens = s.t_eval * step_tokens
+    ar_cfg.autoregressive.checkpoint_tokens = step_tokens
+    ar_cfg.baselines.solve_template = str(SOLVE_TEMPLATE)
+    for method, params in ((METHOD_AR, sft_params), (METHOD_RL_AR, rl_params)):
+        ctx = MethodContext(ar_cfg, params, model_cfg, tokenizer, sampling, buckets=buckets)
+        records[method] = evaluate.autoregressive_records(ctx, problems, method=method,
+                                                          **common)
+    t = clock.lap("evaluation", t)
+
+    order = [METHOD_AR, METHOD_SFT_RC, METHOD_RL_RC, METHOD_RL_AR]
+    paths = [evaluate.write_jsonl(work_dir / "eval" / f"{i}.jsonl", records[m])
+             for i, m in enumerate(order)]
+    metrics = evaluate.grade(paths, order, work_dir / "eval" / "report")
+    difficulty = {m: evaluate.per_difficulty(records[m], evaluate.graded_by_record(records[m]),
+                                             steps_needed, s.t_eval) for m in order}
+    clock.lap("grading", t)
+    summary = report.summarize(metrics, difficulty, steps_needed, s)
+    summary["settings"] = dataclasses.asdict(s) | {"hash": s.hash()}
+    summary["model"] = {"num_params": model_cfg.num_params, **model_cfg.to_hf_dict()}
+    summary["sft_history"] = sft_history
+    summary["rl_history"] = [{k: v for k, v in h.items() if k.startswith(("reward", "chain_acc", "kl", "zero_adv", "response_len", "truncated", "time_step", "stopped"))} for h in rl_history]
+    summary["timing"] = {"phases": clock.phases, "total": clock.total(),
+                         "cpu_count": os.cpu_count(),
+                         "load_average_at_end": list(os.getloadavg())}
+    summary["examples"] = report.examples(records, eval_records)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    report.plot(summary, results_dir / "toy_curve.png")
+    (results_dir / "table.md").write_text(report.table(summary))
+    (results_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log(report.table(summary))
+    log(f"wrote {results_dir}/toy_curve.png, table.md, metrics.json "
+        f"(total {clock.total()['wall_s']:.0f}s wall, {clock.total()['cpu_s']:.0f}s CPU)")
+    return summary
