@@ -32,7 +32,7 @@ def random_params(config, seed=0, scale=0.1):
 
 @pytest.fixture(scope="module")
 def model():
-    config = tiny_config("qwen3", tied=True, vocab_size=512)
+    config = tiny_config("qwen3", tied=True, vocab_size=512, num_layers=1)
     return config, random_params(config)
 
 
@@ -90,7 +90,9 @@ def make_trainer(c, model, tokenizer, mesh=None):
 
 
 def test_it_learns(files, model, tiny_tokenizer, tmp_path):
-    trainer = make_trainer(tiny_rct(files, tmp_path, total_steps=12), model, tiny_tokenizer)
+    # max_generation_rows=16: the 32 group rows are sampled in two calls.
+    trainer = make_trainer(tiny_rct(files, tmp_path, total_steps=12, max_generation_rows=16),
+                           model, tiny_tokenizer)
     history = trainer.train()
     trainer.close()
     rewards = [h["reward_mean"] for h in history]
@@ -140,11 +142,11 @@ def _samples(config, n_groups=4, group_size=4, seed=0):
     rng = np.random.RandomState(seed)
     out = []
     for g in range(n_groups):
-        prompt = rng.randint(0, config.vocab_size, rng.randint(3, 9)).tolist()
+        prompt = rng.randint(0, config.vocab_size, rng.randint(3, 7)).tolist()
         rewards = rng.randint(0, 2, group_size).astype(np.float32)
         adv = (rewards - rewards.mean()) / (rewards.std() + 1e-6)
         for j in range(group_size):
-            resp = rng.randint(0, config.vocab_size, rng.randint(2, 12)).tolist()
+            resp = rng.randint(0, config.vocab_size, rng.randint(2, 10)).tolist()
             out.append(Sample(prompt, resp, float(adv[j]), g, float(rewards[j]),
                               rng.uniform(-7, -5, len(resp)).astype(np.float32)))
     return out
@@ -175,8 +177,11 @@ def test_sharded_update_equals_single_device(files, model, tmp_path):
         for key in ("loss", "kl", "entropy", "grad_norm", "clip_frac_high"):
             assert m8[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-6), (shape, key)
         for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
-            # Adam's first step moves each weight by ~lr; allow float noise of 1% of it.
-            np.testing.assert_allclose(a, b, atol=1e-5)
+            # Adam's first step moves each weight by ~lr * sign(g): a weight whose gradient
+            # is ~0 may move differently under another reduction order, so the tolerance
+            # is 5% of lr (the step itself is 100%).
+            np.testing.assert_allclose(a, b, atol=0.05 * c.rl.learning_rate)
+            assert np.mean(np.abs(a - b) > 1e-6) < 1e-3  # and only a handful of them
 
 
 def test_bad_configs_fail_before_any_model_or_generation(files, tmp_path, monkeypatch):
@@ -206,26 +211,33 @@ def test_cli_rejects_a_bad_training_config(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-def test_summary_free_and_summarizer_training_options(files, model, tiny_tokenizer, tmp_path):
-    # Summary-free ablation: contexts are the previous step's reasoning; no summaries.
-    c = tiny_rct(files, tmp_path / "free", total_steps=1, summary_free=True,
-                 snapshots_per_chain=2)
+def _spy(obj, name, sink):
+    """Wraps obj.name so its results are also appended to `sink`."""
+    f = getattr(obj, name)
+    setattr(obj, name, lambda *a: sink.extend(f(*a)) or sink)
+
+
+def test_summary_free_option(files, model, tiny_tokenizer, tmp_path):
+    # The ablation: contexts are the previous step's full reasoning; no summarizer.
+    c = tiny_rct(files, tmp_path, total_steps=1, summary_free=True, snapshots_per_chain=2)
     trainer = make_trainer(c, model, tiny_tokenizer)
     chains = []
-    trainer.rollout.run_chains = (lambda f: lambda *a: chains.extend(f(*a)) or chains)(
-        trainer.rollout.run_chains)
+    _spy(trainer.rollout, "run_chains", chains)
     m = trainer.train_step()
     trainer.close()
     assert all(ch.summary_ids == [] and len(ch.reasoning_ids) == 2 for ch in chains)
     assert m["trained_sequences"] == 4 * 2 * 8 and "summary_len_mean" not in m
-    # Summarizer training: extra groups of summaries, each rewarded by the mean grade of
-    # `summary_reward_samples` reasoning continuations conditioned on it.
-    c = tiny_rct(files, tmp_path / "summ", total_steps=1, train_summarizer=True,
+    assert np.isfinite(m["loss"])
+
+
+def test_summarizer_training_option(files, model, tiny_tokenizer, tmp_path):
+    # Extra groups whose responses are summaries; each summary's reward is the mean grade
+    # of `summary_reward_samples` reasoning continuations conditioned on it.
+    c = tiny_rct(files, tmp_path, total_steps=1, train_summarizer=True,
                  summary_snapshots_per_chain=1, summary_group_size=4, summary_reward_samples=2)
     trainer = make_trainer(c, model, tiny_tokenizer)
     groups = []
-    trainer._summary_groups = (lambda f: lambda *a: groups.extend(f(*a)) or groups)(
-        trainer._summary_groups)
+    _spy(trainer, "_summary_groups", groups)
     m = trainer.train_step()
     trainer.close()
     assert len(groups) == 4 and all(g.kind == "summary" and len(g.responses) == 4

@@ -108,6 +108,7 @@ def default_config() -> ml_collections.ConfigDict:
     r.weight_decay = 0.01
     r.max_grad_norm = 1.0
     r.reference_path = ""             # frozen KL reference; empty: model.path
+    r.max_generation_rows = 0         # sequences per sampler/engine call (0: all at once)
     # Summary replay buffer (off in the authors' released run).
     r.replay_buffer = False
     r.replay_samples_per_problem = 1
@@ -295,6 +296,12 @@ def _validate_rl(c: ml_collections.ConfigDict) -> None:
     if r.old_logprobs == "sampler" and r.tis_cap > 0:
         _fail("rl.tis_cap", "with old_logprobs='sampler' the old log-probs *are* the "
               "sampler's, so the weight pi_old/pi_sampler is 1; set tis_cap=0 or recompute")
+    if r.max_generation_rows < 0:
+        _fail("rl.max_generation_rows", f"must be >= 0 (0: all rows at once), got "
+              f"{r.max_generation_rows}")
+    if r.max_generation_rows and r.max_generation_rows < r.group_size:
+        _fail("rl.max_generation_rows", f"{r.max_generation_rows} rows cannot hold one group "
+              f"of {r.group_size}")
     if r.logprob_chunk < 0:
         _fail("rl.logprob_chunk", f"must be >= 0, got {r.logprob_chunk}")
     if not r.learning_rate > 0 or r.lr_warmup_steps < 0:

@@ -231,7 +231,11 @@ class RCTRollout:
                  sampling: SamplingParams, *, buckets: Buckets = Buckets(), mesh=None,
                  data_axes: tuple[str, ...] | None = None, param_shardings: Any = None,
                  seed: int = 0, summary_free: bool = False,
-                 summary_free_template_spec: str = "self_refine"):
+                 summary_free_template_spec: str = "self_refine", max_rows: int = 0):
+        """max_rows: most sequences one sampler / engine call decodes at once (0: all);
+        bounds the KV cache (Qwen3-4B at 20k context: ~3 GB per row in bf16). Row keys
+        make the samples independent of how rows are split into calls."""
+        self.max_rows = max_rows
         self.config, self.tokenizer, self.settings = config, tokenizer, settings
         self.sampling, self.buckets, self.mesh = sampling, buckets, mesh
         self.data_axes, self.param_shardings, self.seed = data_axes, param_shardings, seed
@@ -268,6 +272,17 @@ class RCTRollout:
                         buckets=self.buckets, mesh=self.mesh,
                         param_shardings=self.param_shardings, row_keys=keys, **kwargs)
 
+    def generate_chunked(self, prompts: Sequence[Sequence[int]], budget: int,
+                         keys: np.ndarray, num_samples: int = 1) -> list[list[int]]:
+        """Generated token lists of `generate`, split into calls of at most `max_rows`."""
+        per_call = max(1, self.max_rows // num_samples) if self.max_rows else len(prompts)
+        out: list[list[int]] = []
+        for start in range(0, len(prompts), per_call):
+            part = prompts[start:start + per_call]
+            rows = slice(start * num_samples, (start + len(part)) * num_samples)
+            out.extend(self.generate(part, budget, keys[rows], num_samples).tokens)
+        return out
+
     def clean(self, ids: Sequence[int], keep: str) -> list[int]:
         return clean_host(ids, self.tables, keep, self.tokenizer.pad_id)
 
@@ -279,6 +294,12 @@ class RCTRollout:
         problems: the step's problem texts; chains[j].problem_index points into them.
         keys: [len(chains), 2], one per chain.
         """
+        per_call = self.max_rows or len(chains)
+        if len(chains) > per_call:  # bounded KV-cache memory: several calls
+            for start in range(0, len(chains), per_call):
+                self.run_chains(problems, chains[start:start + per_call],
+                                keys[start:start + per_call], num_steps)
+            return list(chains)
         if self.summary_free:
             return self._run_summary_free(problems, chains, keys, num_steps)
         seeds = [c.seed_ids for c in chains]
@@ -308,12 +329,18 @@ class RCTRollout:
     # ------------------------------------------------------------ phase C
     def sample_groups(self, groups: Sequence[Group], group_size: int, budget: int,
                       keys: np.ndarray) -> None:
-        """Samples `group_size` responses for every group in one call.
+        """Samples `group_size` responses for every group, in as few sampler calls as
+        `max_rows` allows (each call's G rows per prompt share one prefill).
 
         keys: [len(groups) * group_size, 2] (group-major, like the sampler's rows).
         """
-        if not groups:
-            return
+        per_call = max(1, self.max_rows // group_size) if self.max_rows else len(groups)
+        for start in range(0, len(groups), per_call):
+            part = groups[start:start + per_call]
+            rows = slice(start * group_size, (start + len(part)) * group_size)
+            self._sample_part(part, group_size, budget, keys[rows])
+
+    def _sample_part(self, groups, group_size, budget, keys) -> None:
         res = self.generate([g.prompt for g in groups], budget, keys, num_samples=group_size)
         for row, (toks, fin, lp, model_lp) in enumerate(zip(
                 res.tokens, res.finish_reasons, res.logprobs, res.model_logprobs)):

@@ -245,11 +245,19 @@ class TrainPrograms:
     # -- host API (calls run under the mesh's sharding scope)
     def init_opt_state(self, params):
         with sharding_scope(self.mesh):
-            return self._init_opt(params)
+            return self._commit(self._init_opt(params))
 
     def zeros_like_params(self, params):
         with sharding_scope(self.mesh):
-            return self._zeros(params)
+            return self._commit(self._zeros(params))
+
+    def _commit(self, tree):
+        """Without a mesh, place fresh constants on the first device *committed*, like the
+        arrays later steps produce: otherwise the first and second call of a program see
+        different input placements and compile twice."""
+        if self.mesh is not None:
+            return tree
+        return jax.device_put(tree, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
 
     def logprobs(self, params, micro):
         with sharding_scope(self.mesh):

@@ -121,7 +121,8 @@ class Trainer:
             buckets=Buckets(max_cache_length=config.model.max_cache_length), mesh=self.mesh,
             data_axes=BATCH_AXES if self.mesh is not None else None,
             param_shardings=self.shardings, seed=s.seed, summary_free=r.summary_free,
-            summary_free_template_spec=r.summary_free_template)
+            summary_free_template_spec=r.summary_free_template,
+            max_rows=r.max_generation_rows)
         self.buffer = None
         if r.replay_buffer:
             self.buffer = SummaryReplayBuffer(r.replay_capacity, r.replay_max_age,
@@ -189,11 +190,15 @@ class Trainer:
             return None
         if self.c.rl.reference_path:
             from rc_jax.models import load_hf_checkpoint
+            overrides = dict(self._overrides(), param_dtype=self.c.model.dtype)
             _, ref = load_hf_checkpoint(self.c.rl.reference_path, shardings=self.shardings,
-                                        **self._overrides())
+                                        **overrides)
             return ref
-        # A copy: the policy's buffers are donated to the optimizer update.
-        return jax.tree.map(jnp.copy, self.params)
+        # A copy (the policy's buffers are donated to the optimizer update), stored in the
+        # compute dtype: the forward casts weights to it anyway, so log-probs are the same
+        # and a bf16 run keeps the frozen model at half the memory.
+        dt = self.model_config.jnp_dtype
+        return jax.tree.map(lambda x: jnp.array(x, dt, copy=True), self.params)
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, Any]:
@@ -298,10 +303,10 @@ class Trainer:
                 golds.append(g.label)
                 labels.append(f"{self._group_label(step, problems, chains, g)}/cont{j}")
         m = r.summary_reward_samples
-        res = self.rollout.generate(prompts, c.rc.max_reasoning_tokens,
-                                    derive_keys(c.sampling.seed, labels, m), num_samples=m)
+        tokens = self.rollout.generate_chunked(prompts, c.rc.max_reasoning_tokens,
+                                               derive_keys(c.sampling.seed, labels, m), m)
         t = time.perf_counter()
-        texts = [self.tokenizer.decode(x, skip_special_tokens=True) for x in res.tokens]
+        texts = [self.tokenizer.decode(x, skip_special_tokens=True) for x in tokens]
         grades = score([(text, golds[i // m]) for i, text in enumerate(texts)],
                        self.reward_fn).reshape(-1, m).mean(axis=1)
         timer.add("reward", t)

@@ -119,17 +119,43 @@ class Decoded(NamedTuple):
     model_logprobs: jax.Array  # [B, N] float32, unmodified model
 
 
+PREFILL_CHUNK = 512
+
+
 def prefill(params: Any, config: ModelConfig, tokens: jax.Array, mask: jax.Array,
-            cache_length: int) -> tuple[jax.Array, qwen3.KVCache]:
+            cache_length: int, chunk: int = PREFILL_CHUNK) -> tuple[jax.Array, qwen3.KVCache]:
     """Runs left-padded prompts [B, P] through the model into a fresh cache of cache_length.
+
+    Prompts longer than `chunk` are prefilled `chunk` tokens at a time (a `lax.scan` that
+    writes the same cache), so attention scores are [B, H, chunk, C] instead of
+    [B, H, P, C]: a 19k-token RC summary prompt would otherwise need ~100 GiB of scores
+    per row for a 4B model. Requires P % chunk == 0 when P > chunk (the prompt buckets
+    guarantee it).
 
     Returns the logits of each row's last prompt token [B, V] and the cache (index P).
     """
-    cache = qwen3.init_cache(config, tokens.shape[0], cache_length)
+    from rc_jax.parallel.context import constrain_kv_cache
+    b, p = tokens.shape
+    # Pin the cache layout (rows on the batch axes, KV heads on `tensor`) instead of
+    # leaving it to sharding propagation; a no-op outside `sharding_context`.
+    cache = constrain_kv_cache(qwen3.init_cache(config, b, cache_length))
     positions = qwen3.positions_from_mask(mask)
-    logits, cache = qwen3.forward(params, config, tokens, positions, cache, token_mask=mask,
-                                  last_only=True)
-    return logits[:, -1], cache
+    if p <= chunk:
+        logits, cache = qwen3.forward(params, config, tokens, positions, cache,
+                                      token_mask=mask, last_only=True)
+        return logits[:, -1], cache
+    if p % chunk:
+        raise ValueError(f"prompt width {p} is not a multiple of the prefill chunk {chunk}")
+
+    def step(cache, xs):
+        tok, pos, m = xs
+        logits, cache = qwen3.forward(params, config, tok, pos, cache, token_mask=m,
+                                      last_only=True)
+        return cache, logits[:, -1]
+
+    split = lambda x: x.reshape(b, p // chunk, chunk).swapaxes(0, 1)  # noqa: E731
+    cache, last = jax.lax.scan(step, cache, (split(tokens), split(positions), split(mask)))
+    return last[-1], cache
 
 
 def repeat_rows(tree: Any, n: int, axis_of: Any) -> Any:

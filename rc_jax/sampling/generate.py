@@ -29,10 +29,16 @@ class Buckets:
     min_prompt: int = 16
     min_new_tokens: int = 16
     max_cache_length: int = 1 << 17
+    # Above this size, round to multiples of `linear_step` instead of powers of two: a
+    # 19k-token prompt takes 19.5k slots, not 32k. (Multiples of the prefill chunk.)
+    linear_above: int = 2048
+    linear_step: int = 512
 
-    @staticmethod
-    def round_up(n: int, minimum: int, multiple: int = 1) -> int:
-        size = max(minimum, 1 << max(0, (n - 1).bit_length()))
+    def round_up(self, n: int, minimum: int, multiple: int = 1) -> int:
+        if n > self.linear_above:
+            size = -(-n // self.linear_step) * self.linear_step
+        else:
+            size = max(minimum, 1 << max(0, (n - 1).bit_length()))
         return -(-size // multiple) * multiple
 
     def batch(self, n: int, multiple: int = 1) -> int:

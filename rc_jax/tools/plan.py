@@ -295,9 +295,7 @@ def plan(program: str, model: str, mesh: str, batch: int, *, target: str = "cpu"
     """
     if program not in PROGRAMS:
         raise ValueError(f"program must be one of {PROGRAMS}, got {program!r}")
-    import jax
-
-    from rc_jax.parallel import batch_axes, make_mesh, param_shardings
+    from rc_jax.parallel import make_mesh, param_shardings
     from rc_jax.sampling import Buckets, SamplingParams
 
     count = None if tpu_topology(target) else mesh_device_count(mesh)

@@ -201,7 +201,7 @@ def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = Fal
         log(f"SFT: {len(batches)} steps x {s.sft_batch} single-step traces "
             f"({s.sft_min_ops}-{s.sft_max_ops} operations, <= {s.ops_per_step} per trace)")
         sft_params, sft_history = sft.train_sft(model_cfg, batches, seed=s.seed, lr=s.sft_lr,
-                                                warmup=s.sft_warmup,
+                                                warmup=s.sft_warmup, tokenizer=tokenizer,
                                                 log_every=max(1, len(batches) // 10), log=log)
         save_hf_checkpoint(sft_dir, model_cfg, sft_params, tokenizer_dir=tok_dir)
         marker.write_text(json.dumps({"sft_hash": s.sft_hash(), "history": sft_history}))

@@ -43,6 +43,24 @@ def toy_model_config(vocab_size: int, *, hidden: int = 128, layers: int = 4,
                        remat_policy="none")
 
 
+def compositional_init(params: Any, tokenizer) -> Any:
+    """Initial embedding of every labelled-operation token (`c-5`) = normalised sum of
+    the random embeddings of its characters (`c`, `-`, `5`).
+
+    A plain table would make each of the 672 such tokens learn its label and operation
+    from scratch (each is seen ~1/672 of the time); starting from a sum gives every `c-?`
+    a shared label direction (also the one of the summary's `c`) and every `?-5` a shared
+    operation direction. Only the initial values change, not the architecture.
+    """
+    emb = np.array(params["embedding"])
+    vocab = tokenizer.hf.get_vocab()
+    for label in task.LABELS:
+        for op in task.OPS:
+            parts = [vocab[ch] for ch in label + op]
+            emb[vocab[label + op]] = emb[parts].sum(axis=0) / math.sqrt(len(parts))
+    return {**params, "embedding": jnp.asarray(emb, params["embedding"].dtype)}
+
+
 @dataclasses.dataclass
 class Example:
     prompt: list[int]
@@ -136,13 +154,15 @@ def make_optimizer(lr: float, steps: int, warmup: int, weight_decay: float = 0.0
 
 
 def train_sft(config: ModelConfig, batches: Sequence[dict[str, np.ndarray]], *, seed: int,
-              lr: float, warmup: int, params: Any = None, log_every: int = 50,
+              lr: float, warmup: int, params: Any = None, tokenizer=None, log_every: int = 50,
               time_limit_s: float | None = None,
               log: Callable[[str], None] = print) -> tuple[Any, list[dict[str, float]]]:
     """Adam over `batches` in order; returns (params, history). Stops early (and says
     so in the history) if `time_limit_s` runs out."""
     if params is None:
         params = init_params(config, jax.random.PRNGKey(seed))
+        if tokenizer is not None:
+            params = compositional_init(params, tokenizer)
     opt = make_optimizer(lr, len(batches), warmup)
     opt_state = opt.init(params)
 
@@ -153,11 +173,15 @@ def train_sft(config: ModelConfig, batches: Sequence[dict[str, np.ndarray]], *, 
         return optax.apply_updates(params, updates), opt_state, loss, acc
 
     history, start = [], time.perf_counter()
-    run_loss = run_acc = 0.0
+    window: list[tuple[jax.Array, jax.Array]] = []
     for i, batch in enumerate(batches):
         params, opt_state, loss, acc = step(params, opt_state, batch)
+        window.append((loss, acc))
         if (i + 1) % log_every == 0 or i + 1 == len(batches):
-            loss, acc = float(loss), float(acc)
+            # means over the batches since the last log (one batch is a noisy estimate)
+            loss = float(np.mean([float(x) for x, _ in window]))
+            acc = float(np.mean([float(a) for _, a in window]))
+            window = []
             elapsed = time.perf_counter() - start
             history.append({"step": i + 1, "loss": loss, "token_acc": acc, "time_s": elapsed})
             log(f"  sft step {i + 1}/{len(batches)} loss {loss:.4f} token acc {acc:.4f} "

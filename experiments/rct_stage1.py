@@ -1,0 +1,75 @@
+"""RCT Stage I: the paper's recipe (Qwen3-4B-Instruct-2507, acemath_rl_4b_inst_hard).
+
+Every value below is the authors' released run (RC_TRAINING_NOTES §3, §6): per step 64
+problems, one online RC chain each with T=3 steps (H_R 16384, H_S 2048, temperature 1,
+top-p 1), 2 distinct snapshots per chain, 8 fresh responses per snapshot prompt (1024
+sequences, 128 GRPO groups), reward = math grader on the last \\boxed{}, GRPO
+advantages (population std, eps 1e-6, all-equal groups kept), PPO clip 0.2/0.28 with
+dual clip 3, low-variance KL 0.001 to the initial model, no entropy bonus, 2 mini-batches
+-> 2 AdamW steps (lr 1e-6 constant, betas 0.9/0.999, wd 0.01, clip 1.0), 16 epochs,
+checkpoint every 10 steps. Differences from the authors' stack (documented): the loss is
+a token mean over the whole mini-batch (`rl.loss_agg_mode=microbatch_token_mean` gives
+theirs), rc_jax's own prompt wording (point rc.*_template at their files to use theirs).
+
+    python -m rc_jax.main --config=experiments/rct_stage1.py \
+        --config.model.path=/ckpt/Qwen3-4B-Instruct-2507
+
+Meshes: a v5p-8 slice (4 chips, 95 GB HBM each) runs `fsdp:1,tensor:4` (see
+benchmarks/README.md, "RL step": the model's attention materialises [heads, S, S]
+scores, so 18k-token sequences need the heads split); a v4-32 (16 chips, 32 GB) needs
+a memory-efficient attention kernel for 18k tokens (not in rc_jax yet); shorter
+H_R fits `data:4,fsdp:4`. Multi-host pods: see launch/.
+"""
+from rc_jax.rl.config import default_config
+
+
+def get_config():
+    c = default_config()
+    c.name = "rct_stage1"
+    c.model.path = ""  # required override: an HF directory of Qwen3-4B-Instruct-2507
+    c.model.dtype = "bfloat16"
+    c.model.param_dtype = "float32"
+    c.model.remat_policy = "full"
+    c.data.source = "hf:HerrHruby/acemath_rl_4b_inst_hard"
+    c.data.split = "train"
+    c.data.problem_field = "prompt"                    # chat list: first user message
+    c.data.answer_field = "reward_model.ground_truth"
+    c.data.shuffle = True
+    c.data.seed = 1
+
+    c.sampling.temperature = 1.0
+    c.sampling.top_p = 1.0
+
+    c.rc.num_steps = 3
+    c.rc.max_reasoning_tokens = 16384
+    c.rc.max_summary_tokens = 2048
+    c.rc.use_think_tags = False  # Qwen3-4B-Instruct-2507 is a non-thinking model
+
+    r = c.rl
+    r.batch_size = 64
+    r.chains_per_problem = 1
+    r.snapshots_per_chain = 2
+    r.group_size = 8
+    r.num_epochs = 16
+    r.reward = "math"
+    r.advantage_estimator = "grpo"
+    r.policy_loss = "ppo_dual_clip"
+    r.clip_ratio_low, r.clip_ratio_high, r.clip_ratio_c = 0.2, 0.28, 3.0
+    r.kl_coef, r.kl_type, r.entropy_coef = 0.001, "low_var_kl", 0.0
+    r.loss_agg_mode = "token_mean"
+    r.old_logprobs = "recompute"
+    r.num_minibatches = 2
+    r.micro_batch_tokens = 40000          # the authors' ppo_max_token_len_per_gpu
+    r.logprob_chunk = 2048                # never materialise [S, 151936] f32 logits
+    r.learning_rate = 1e-6
+    r.weight_decay = 0.01
+    r.max_grad_norm = 1.0
+    r.max_generation_rows = 256           # bounds the sampler's KV cache per call
+    r.replay_buffer = False               # off in the released run
+
+    c.checkpoint.save_every = 10
+    c.checkpoint.keep = 3
+    c.checkpoint.export_final = True
+    c.mesh = "fsdp:1,tensor:4"            # v5p-8; e.g. "data:4,fsdp:4" on 16 chips
+    c.output_dir = "outputs/rct_stage1"
+    return c
