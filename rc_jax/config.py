@@ -19,7 +19,7 @@ DTYPES = ("float32", "bfloat16")
 BUILTIN_MODEL_PREFIX = "builtin:"
 
 # Fields that do not change what a run computes: changing them keeps a run resumable.
-_NON_SEMANTIC = ("batch_size", "output_dir", "data.limit", "evaluate", "mesh",
+_NON_SEMANTIC = ("batch_size", "output_dir", "data.limit", "evaluate", "show_rollouts", "mesh",
                  "grading_timeout", "model.max_cache_length", "rc.engine")
 
 # Config sections that only some methods read. A run's resume hash leaves out the sections
@@ -119,6 +119,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.output_dir = "outputs/run"
     c.mesh = ""                       # e.g. "data:-1" or "data:2,fsdp:4"; empty: one device
     c.evaluate = True                 # grade and report at the end
+    c.show_rollouts = 0               # print this many rollouts (per-step answers, summaries)
     c.grading_timeout = 5.0
     c.lock()
     return c

@@ -155,8 +155,39 @@ def run(config) -> dict[str, Any] | None:
     from rc_jax.eval.report import evaluate_files
     metrics = evaluate_files([results.path], config.output_dir,
                              timeout_s=config.grading_timeout)
+    if config.show_rollouts:
+        show_rollouts(results.path, config.show_rollouts)
+    print_step_table(metrics)
     print(f"report: {config.output_dir}/report.md, plot and metrics.json in {config.output_dir}")
     return metrics
+
+
+def show_rollouts(path, limit: int) -> None:
+    """Prints the first `limit` rollouts: per step the boxed answer and the summary."""
+    import json
+
+    from rc_jax.eval import extract_boxed
+    with open(path, encoding="utf-8") as f:
+        for line in list(f)[:limit]:
+            r = json.loads(line)
+            print(f"\n=== {r['problem_id']} sample {r['sample_id']}: {r['problem']} "
+                  f"(gold {r['label']})")
+            for t, (reasoning, summary) in enumerate(zip(r["reasoning_store"],
+                                                         r["summarization_store"])):
+                print(f"  step {t + 1}: answer {extract_boxed(reasoning)!r}")
+                print(f"    summary: {' '.join(summary.split())[:300]}")
+
+
+def print_step_table(metrics: dict[str, Any]) -> None:
+    """Accuracy and tokens per step, for the run's results file."""
+    for entry in metrics.get("inputs", []):
+        print(f"\n{entry['label']}: {entry['num_problems']} problems, "
+              f"{entry['num_samples']} samples")
+        print("step  accuracy (± s.e.)  no answer  cumulative tokens")
+        for s in entry["steps"]:
+            tokens = (s.get("mean_tokens") or {}).get("cumulative")
+            print(f"{s['step']:>4}  {100 * s['accuracy']:6.1f}% ± {100 * s['stderr']:4.1f}"
+                  f"  {s.get('no_answer', 0):>9}  {tokens if tokens is not None else 'n/a'}")
 
 
 def _batch_runner(config, params, model_config, tokenizer, settings, sampling, buckets, mesh,
