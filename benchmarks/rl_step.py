@@ -81,10 +81,10 @@ def timing(quick: bool) -> dict:
     c.rl.group_size = 4
     c.rl.num_minibatches = 2
     c.rl.micro_batch_tokens = 8192
-    c.rl.length_buckets_per_octave = 1
+    c.rl.length_buckets_per_octave = 4
     c.rl.reward = "string_match"
     c.rl.learning_rate = 1e-4
-    steps = 4 if quick else 12
+    steps = 4 if quick else 8
     c.rl.total_steps = steps
     c.checkpoint.save_every = 0
     c.checkpoint.export_final = False

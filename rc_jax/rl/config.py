@@ -181,11 +181,13 @@ def sequences_per_step(c: ml_collections.ConfigDict) -> int:
     return r.batch_size * r.chains_per_problem * r.snapshots_per_chain * r.group_size
 
 
-def validate(c: ml_collections.ConfigDict, device_count: int | None = None) -> None:
+def validate(c: ml_collections.ConfigDict, device_count: int | None = None,
+             batch_shards: int | None = None) -> None:
     """Checks every value; raises ValueError naming the first bad field.
 
-    `device_count` (default: `jax.device_count()`) is used to check that the batch
-    divides over the mesh; nothing else touches JAX.
+    The batch must divide over the mesh's batch shards: `batch_shards` when given (a mesh
+    built by the caller), else computed from `config.mesh` and `device_count` (default:
+    `jax.device_count()`). Nothing else touches JAX.
     """
     if c.method != METHOD:
         _fail("method", f"must be {METHOD!r} for training, got {c.method!r}")
@@ -236,7 +238,7 @@ def validate(c: ml_collections.ConfigDict, device_count: int | None = None) -> N
         _fail("grading_timeout", f"must be > 0, got {c.grading_timeout}")
     if c.log_every < 1:
         _fail("log_every", f"must be >= 1, got {c.log_every}")
-    _validate_batch_layout(c, device_count)
+    _validate_batch_layout(c, device_count, batch_shards)
 
 
 def _validate_rl(c: ml_collections.ConfigDict) -> None:
@@ -343,7 +345,8 @@ def _validate_rl(c: ml_collections.ConfigDict) -> None:
             _fail("rl.summary_free_template", str(e))
 
 
-def _validate_batch_layout(c: ml_collections.ConfigDict, device_count: int | None) -> None:
+def _validate_batch_layout(c: ml_collections.ConfigDict, device_count: int | None,
+                           shards: int | None = None) -> None:
     """Group, mini-batch and mesh divisibility: never a silent wrong grouping."""
     r = c.rl
     n = sequences_per_step(c)
@@ -356,13 +359,20 @@ def _validate_batch_layout(c: ml_collections.ConfigDict, device_count: int | Non
         _fail("rl.num_minibatches", f"a mini-batch of {per_mini} sequences would split a group "
               f"of {r.group_size}; choose num_minibatches dividing the number of groups "
               f"({n // r.group_size})")
-    if device_count is None:
-        import jax
-        device_count = jax.device_count()
-    try:
-        shards = mesh_batch_shards(c.mesh, device_count)
-    except ValueError as e:
-        _fail("mesh", str(e))
+    if c.mesh:
+        from rc_jax.parallel.mesh import parse_mesh_shape
+        try:
+            parse_mesh_shape(c.mesh)
+        except ValueError as e:
+            _fail("mesh", str(e))
+    if shards is None:
+        if device_count is None:
+            import jax
+            device_count = jax.device_count()
+        try:
+            shards = mesh_batch_shards(c.mesh, device_count)
+        except ValueError as e:
+            _fail("mesh", str(e))
     if per_mini % shards:
         _fail("rl.batch_size", f"a mini-batch of {per_mini} sequences does not divide over "
               f"the {shards} batch shards (data x fsdp) of mesh {c.mesh or 'data:-1'!r}; "

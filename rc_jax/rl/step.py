@@ -272,10 +272,12 @@ class TrainPrograms:
             return self._update(params, opt_state, grads)
 
     def put_micro(self, micro: dict[str, Any]) -> dict[str, jax.Array]:
-        """Host arrays of one micro-batch onto the batch shards."""
+        """Host arrays of one micro-batch onto the batch shards (on a multi-process
+        mesh every process passes the same arrays and places its own rows)."""
         if self.mesh is None:
-            return {k: jnp.asarray(v) for k, v in micro.items()}
-        return {k: jax.device_put(v, self.rows) for k, v in micro.items()}
+            return jax.device_put(micro, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+        from rc_jax.parallel import put_global
+        return put_global(micro, {k: self.rows for k in micro})
 
 
 def _zeros_f32(params):

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from rc_jax.parallel import to_host
 from rc_jax.rl import losses
 from rc_jax.rl.batch import Sample, pack_rows, plan_micro_batches, split_minibatches
 from rc_jax.rl.config import config_hash, validate
@@ -87,7 +88,8 @@ class Trainer:
         """model: optional preloaded (ModelConfig, params) instead of `model.path`
         (tests); mesh: a `jax.sharding.Mesh`, None for no mesh, or "config" to build it
         from `config.mesh`; reward_fn: overrides `rl.reward` (items -> rewards)."""
-        validate(config, device_count=device_count)
+        explicit = None if isinstance(mesh, str) else batch_shards(mesh)
+        validate(config, device_count=device_count, batch_shards=explicit)
         self.c = config
         self.hash = config_hash(config)
         problems = load_training_problems(config)
@@ -421,11 +423,12 @@ class Trainer:
     def export(self, path: str | Path) -> Path:
         """The current policy as an HF safetensors directory (+ tokenizer files)."""
         from rc_jax.models import save_hf_checkpoint
+        dtype = self.c.model.dtype
+        params = to_host(self.params)  # every process takes part in the gather
         if not _is_main():
             return Path(path)
-        dtype = self.c.model.dtype
         return save_hf_checkpoint(path, self.model_config.replace(param_dtype=dtype, dtype=dtype),
-                                  self.params, tokenizer_dir=self.tokenizer.path)
+                                  params, tokenizer_dir=self.tokenizer.path)
 
     # ------------------------------------------------------------------ loop
     def train(self, num_steps: int | None = None) -> list[dict[str, Any]]:
@@ -497,10 +500,10 @@ def train_on_samples(programs, params, opt_state, ref_params, samples: Sequence[
         grads = programs.zeros_like_params(params)
         for micro in micros:
             grads, s = programs.accumulate(params, grads, micro)
-            for k, v in jax.device_get(s).items():
+            for k, v in to_host(s).items():
                 sums[k] += float(v)
         params, opt_state, stats = programs.update(params, opt_state, grads)
-        stats = jax.device_get(stats)
+        stats = to_host(stats)
         norms.append(float(stats["grad_norm"]))
         skipped += int(stats["skipped"])
     jax.block_until_ready(params)
