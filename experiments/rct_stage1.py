@@ -14,11 +14,11 @@ theirs), rc_jax's own prompt wording (point rc.*_template at their files to use 
     python -m rc_jax.main --config=experiments/rct_stage1.py \
         --config.model.path=/ckpt/Qwen3-4B-Instruct-2507
 
-Meshes: a v5p-8 slice (4 chips, 95 GB HBM each) runs `fsdp:1,tensor:4` (see
-benchmarks/README.md, "RL step": the model's attention materialises [heads, S, S]
-scores, so 18k-token sequences need the heads split); a v4-32 (16 chips, 32 GB) needs
-a memory-efficient attention kernel for 18k tokens (not in rc_jax yet); shorter
-H_R fits `data:4,fsdp:4`. Multi-host pods: see launch/.
+Meshes (per-device memory from benchmarks/rl_step.py, see benchmarks/README.md): the
+model's attention materialises [heads, S, S] scores, so at 18k tokens the heads must be
+split. A v5p-8 slice (4 chips, 95 GB) runs `fsdp:1,tensor:4` (~68 GiB peak per chip); a
+v4-32 (16 chips, 32 GB) needs `fsdp:2,tensor:8` (~31 GiB: no headroom). FSDP alone
+(`fsdp:4`, `data:4,fsdp:4`) does not fit at 18k. Multi-host pods: see launch/.
 """
 from rc_jax.rl.config import default_config
 
@@ -59,7 +59,9 @@ def get_config():
     r.loss_agg_mode = "token_mean"
     r.old_logprobs = "recompute"
     r.num_minibatches = 2
-    r.micro_batch_tokens = 40000          # the authors' ppo_max_token_len_per_gpu
+    # One ~18k-token row per batch shard per micro-batch: the memory measured in
+    # benchmarks/README.md. (The authors' 40000 per GPU packs rows without padding.)
+    r.micro_batch_tokens = 20000
     r.logprob_chunk = 2048                # never materialise [S, 151936] f32 logits
     r.learning_rate = 1e-6
     r.weight_decay = 0.01
@@ -70,6 +72,6 @@ def get_config():
     c.checkpoint.save_every = 10
     c.checkpoint.keep = 3
     c.checkpoint.export_final = True
-    c.mesh = "fsdp:1,tensor:4"            # v5p-8; e.g. "data:4,fsdp:4" on 16 chips
+    c.mesh = "fsdp:1,tensor:4"            # v5p-8; "fsdp:2,tensor:8" on a v4-32
     c.output_dir = "outputs/rct_stage1"
     return c

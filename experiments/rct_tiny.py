@@ -1,4 +1,4 @@
-"""RCT on CPU in about a minute: the whole training loop on a tiny random model.
+"""RCT on CPU in a few minutes (mostly compiling): the whole loop on a tiny random model.
 
 Model `builtin:tiny-random` (2-layer random Qwen3, tiny tokenizer), data `builtin:demo`.
 Its outputs are noise, so rewards stay ~0 under the math grader: this config checks the

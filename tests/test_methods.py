@@ -302,6 +302,7 @@ def _main_config(method, out, **overrides):
     c = demo.get_config()
     c.unlock()
     c.method, c.output_dir, c.evaluate = method, str(out), False
+    c.model.path, c.show_rollouts = "builtin:tiny-random", 0  # the demo's real model is slow
     # 4 rollouts in one batch; every budget fits the 16-token output bucket: few programs.
     c.data.limit, c.num_samples, c.batch_size = 2, 2, 4
     c.rc.num_steps, c.rc.max_reasoning_tokens, c.rc.max_summary_tokens = 2, 16, 8

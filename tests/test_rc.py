@@ -187,6 +187,8 @@ def _run_main(tmp_path, *overrides, timeout=600):
     cmd = [sys.executable, "-m", "rc_jax.main", "--config=experiments/demo.py",
            f"--config.output_dir={tmp_path}", "--config.data.limit=3", "--config.num_samples=2",
            "--config.batch_size=2", "--config.rc.num_steps=2", "--config.evaluate=False",
+           "--config.model.path=builtin:tiny-random", "--config.show_rollouts=0",
+           "--config.rc.max_reasoning_tokens=24", "--config.rc.max_summary_tokens=12",
            *overrides]
     env = dict(__import__("os").environ, RC_JAX_CACHE=str(tmp_path.parent / "cache"))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,

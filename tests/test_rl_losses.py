@@ -12,7 +12,7 @@ from helpers import tiny_config
 from rc_jax.models import param_shapes
 from rc_jax.rl import losses
 from rc_jax.rl.logprobs import token_logprobs
-from rc_jax.rl.step import LossSettings, micro_loss
+from rc_jax.rl.step import LossSettings, OptimizerSettings, micro_loss, train_programs
 
 
 def test_grpo_advantages_by_hand_and_all_equal_groups():
@@ -137,7 +137,8 @@ def random_params(config, seed=0, scale=0.2):
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    config = tiny_config("qwen3", vocab_size=64, num_layers=1)
+    # remat 'full': the gradient checks below also cover per-layer rematerialisation.
+    config = tiny_config("qwen3", vocab_size=64, num_layers=1, remat_policy="full")
     return config, random_params(config)
 
 
@@ -198,3 +199,25 @@ def test_chunked_logprobs_equal_full_logits(tiny_model):
     assert np.all(np.asarray(full_lp)[:, 0] == 0) and np.all(np.asarray(full_lp)[:, 1:] < 0)
     for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_chunk)):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_non_finite_gradient_skips_the_update(tiny_model):
+    config, params = tiny_model
+    programs = train_programs(config, LossSettings(), OptimizerSettings(learning_rate=0.1))
+    params = jax.tree.map(jnp.array, params)
+    opt = programs.init_opt_state(params)
+    grads = jax.tree.map(lambda p: jnp.full(p.shape, 0.5, jnp.float32), params)
+    grads["embedding"] = grads["embedding"].at[0, 0].set(jnp.nan)
+    before = jax.device_get(params)
+    new, opt2, stats = programs.update(params, opt, grads)
+    assert bool(stats["skipped"]) and not np.isfinite(float(stats["grad_norm"]))
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(new))):
+        np.testing.assert_array_equal(a, b)
+    assert int(jax.tree.leaves(opt2)[0]) == 0  # Adam's step count did not advance
+    good = jax.tree.map(lambda p: jnp.full(p.shape, 0.5, jnp.float32), new)
+    newer, _, stats = programs.update(new, opt2, good)
+    assert not bool(stats["skipped"])
+    # Clipped to norm 1, Adam's first step is lr * sign(g) (plus weight decay).
+    step = np.asarray(jax.device_get(newer)["final_norm"]["scale"]) - \
+        before["final_norm"]["scale"] * (1 - 0.1 * 0.01)
+    np.testing.assert_allclose(step, -0.1, rtol=1e-3)

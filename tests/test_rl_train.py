@@ -111,7 +111,7 @@ def test_it_learns(files, model, tiny_tokenizer, tmp_path):
 
 def test_resume_is_bit_exact(files, model, tiny_tokenizer, tmp_path):
     opts = dict(total_steps=4, replay_buffer=True, replay_samples_per_problem=1,
-                checkpoint__save_every=2)
+                checkpoint__save_every=2, checkpoint__keep=1, checkpoint__export_final=True)
     straight = make_trainer(tiny_rct(files, tmp_path / "a", **opts), model, tiny_tokenizer)
     straight.train()
     straight.close()
@@ -129,8 +129,18 @@ def test_resume_is_bit_exact(files, model, tiny_tokenizer, tmp_path):
     for a, b in zip(jax.tree.leaves(straight.opt_state), jax.tree.leaves(resumed.opt_state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert straight.buffer.state_dict() == resumed.buffer.state_dict()
-    read = lambda d: [{k: v for k, v in json.loads(l).items() if not k.startswith("time")  # noqa
-                       and "per_s" not in k} for l in (d / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()
+                  if p.name.isdigit()) == ["4"]  # keep=1: older checkpoints deleted
+    # The final policy is exported as an HF directory that loads back identically.
+    from rc_jax.models import load_hf_checkpoint
+    _, exported = load_hf_checkpoint(tmp_path / "a" / "export" / "step_4")
+    for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(exported)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert (tmp_path / "a" / "export" / "step_4" / "tokenizer.json").exists()
+    def read(d):  # metrics without wall-clock fields
+        return [{k: v for k, v in json.loads(l).items()
+                 if not k.startswith("time") and "per_s" not in k}
+                for l in (d / "metrics.jsonl").read_text().splitlines()]
     assert read(tmp_path / "a") == read(tmp_path / "b")
     # A different configuration refuses to resume from this directory.
     other = tiny_rct(files, tmp_path / "b", **dict(opts, learning_rate=1e-3))
@@ -219,13 +229,19 @@ def _spy(obj, name, sink):
 
 def test_summary_free_option(files, model, tiny_tokenizer, tmp_path):
     # The ablation: contexts are the previous step's full reasoning; no summarizer.
-    c = tiny_rct(files, tmp_path, total_steps=1, summary_free=True, snapshots_per_chain=2)
+    c = tiny_rct(files, tmp_path, total_steps=1, summary_free=True, snapshots_per_chain=2,
+                 replay_buffer=True)
     trainer = make_trainer(c, model, tiny_tokenizer)
     chains = []
     _spy(trainer.rollout, "run_chains", chains)
     m = trainer.train_step()
     trainer.close()
     assert all(ch.summary_ids == [] and len(ch.reasoning_ids) == 2 for ch in chains)
+    # Its replay buffer stores reasoning traces (there are no summaries).
+    stored = trainer.buffer.summaries(trainer.stream.problems[0].problem) or \
+        next(iter(trainer.buffer.entries.values()))
+    assert {e.text for e in stored} <= {t for ch in chains for t in ch.reasoning_text}
+    assert [e.depth for e in stored][:2] == [1, 2]
     assert m["trained_sequences"] == 4 * 2 * 8 and "summary_len_mean" not in m
     assert np.isfinite(m["loss"])
 

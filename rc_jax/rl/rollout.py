@@ -39,7 +39,7 @@ import numpy as np
 
 from rc_jax.rc.engine import RCEngine, RCSettings
 from rc_jax.rc.prompts import Template
-from rc_jax.rc.tokens import PromptPlan, clean_host, make_plan, token_tables
+from rc_jax.rc.tokens import PromptPlan, clean_host, make_plan
 from rc_jax.sampling.core import SamplingParams
 from rc_jax.sampling.generate import Buckets, GenerationResult, generate
 
@@ -302,6 +302,7 @@ class RCTRollout:
             return list(chains)
         if self.summary_free:
             return self._run_summary_free(problems, chains, keys, num_steps)
+        self.engine.params = self.engine.summarizer_params = self.params  # engine is shared
         seeds = [c.seed_ids for c in chains]
         outs = self.engine.run([problems[c.problem_index] for c in chains], keys,
                                num_steps=num_steps,

@@ -16,7 +16,7 @@ import collections
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +70,8 @@ def load_training_problems(c: ml_collections.ConfigDict) -> list:
 @dataclasses.dataclass
 class StepTimer:
     """Wall time per phase of one step."""
-    times: dict[str, float] = dataclasses.field(default_factory=lambda: collections.defaultdict(float))
+    times: dict[str, float] = dataclasses.field(
+        default_factory=lambda: collections.defaultdict(float))
 
     def add(self, name: str, start: float) -> float:
         now = time.perf_counter()
@@ -222,16 +223,20 @@ class Trainer:
         self.rollout.run_chains([p.problem for p in problems], chains, keys, c.rc.num_steps)
         t = timer.add("generation", t)
         if self.buffer is not None:
-            self.buffer.add_chains([(problems[ch.problem_index].problem, ch.summary_text,
-                                     ch.start_depth, ch.summary_ids) for ch in chains], step)
+            # Summary-free chains store their reasoning traces instead (as the authors do).
+            self.buffer.add_chains([
+                (problems[ch.problem_index].problem,
+                 ch.reasoning_text if r.summary_free else ch.summary_text, ch.start_depth,
+                 ch.reasoning_ids if r.summary_free else ch.summary_ids) for ch in chains], step)
 
         # B + C. snapshot groups, G fresh responses each
         groups = build_groups(chains, r.snapshots_per_chain, rng, self.rollout.reasoning_plan,
                               problem_ids, num_steps=c.rc.num_steps,
                               omit_initial=r.omit_initial_snapshot, summary_free=r.summary_free,
                               context_field=self.rollout.context_field, labels=labels)
-        self.rollout.sample_groups(groups, r.group_size, c.rc.max_reasoning_tokens,
-                                   derive_keys(c.sampling.seed, [self._group_label(step, problems, chains, g) for g in groups], r.group_size))
+        group_keys = derive_keys(c.sampling.seed, [self._group_label(step, problems, chains, g)
+                                                   for g in groups], r.group_size)
+        self.rollout.sample_groups(groups, r.group_size, c.rc.max_reasoning_tokens, group_keys)
         check_groups(groups, r.group_size)
         summary_groups: list[Group] = []
         if r.train_summarizer:
@@ -279,7 +284,8 @@ class Trainer:
             if seeds:
                 for j, e in enumerate(seeds):
                     ids = e.ids if e.ids is not None else self.tokenizer.encode(e.text)
-                    ids = ids[:self.rollout.engine.summary_buffer]
+                    if not self.c.rl.summary_free:  # a summary longer than H_S (warm start)
+                        ids = ids[:self.rollout.engine.summary_buffer]
                     chains.append(Chain(pi, j, list(ids), e.depth))
             else:
                 chains.extend(Chain(pi, j, [], 0) for j in range(self.c.rl.chains_per_problem))
@@ -312,6 +318,7 @@ class Trainer:
         grades = score([(text, golds[i // m]) for i, text in enumerate(texts)],
                        self.reward_fn).reshape(-1, m).mean(axis=1)
         timer.add("reward", t)
+        timer.times["generation"] -= time.perf_counter() - t  # counted once, as reward
         for i, g in enumerate(sgroups):
             g.rewards = grades[i * r.summary_group_size:(i + 1) * r.summary_group_size].tolist()
         return sgroups

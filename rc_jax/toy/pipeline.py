@@ -35,9 +35,9 @@ METHOD_RL_AR = "(d) RC-RL, autoregressive"
 class Settings:
     seed: int = 0
     # Task and RC budgets. One reasoning step fits `ops_per_step` operations:
-    # 2 tokens each ("c-5" "5") + "\boxed{v}" (3) + <|im_end|> (1) = 12 = H_R.
+    # 3 tokens each ("c" "c-5" "5") + "\boxed{v}" (3) + <|im_end|> (1) = 16 = H_R.
     ops_per_step: int = 4
-    max_reasoning_tokens: int = 12
+    max_reasoning_tokens: int = 16
     max_summary_tokens: int = 6          # "x=v" + <|im_end|> = 4 tokens
     t_train: int = 2                     # RC steps per online chain in RL (T_train)
     t_eval: int = 8                      # RC steps at test time (>= 4 x T_train)
@@ -73,7 +73,7 @@ class Settings:
     eval_batch: int = 256
 
     def __post_init__(self):
-        need = 2 * self.ops_per_step + 4
+        need = 3 * self.ops_per_step + 4
         if self.max_reasoning_tokens < need:
             raise ValueError(f"max_reasoning_tokens={self.max_reasoning_tokens} cannot hold "
                              f"{self.ops_per_step} operations ({need} tokens)")

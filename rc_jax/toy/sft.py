@@ -56,6 +56,8 @@ def compositional_init(params: Any, tokenizer) -> Any:
     vocab = tokenizer.hf.get_vocab()
     for label in task.LABELS:
         for op in task.OPS:
+            if label + op not in vocab:
+                continue
             parts = [vocab[ch] for ch in label + op]
             emb[vocab[label + op]] = emb[parts].sum(axis=0) / math.sqrt(len(parts))
     return {**params, "embedding": jnp.asarray(emb, params["embedding"].dtype)}

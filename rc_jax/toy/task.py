@@ -12,11 +12,15 @@ units of Z/10), so every operation is a bijection and the final value is uniform
 blind guess is right 10% of the time.
 
 One RC reasoning step continues from the state in the summary for at most `ops_per_step`
-operations, writing each as label, operation and the new value, and ends with the
-current value boxed (the final answer once the last operation is done)::
+operations, writing each as its label, the labelled operation copied from the problem
+and the new value, and ends with the current value boxed (the final answer once the
+last operation is done)::
 
-    state ""      -> a+30b*70c-55d+16\\boxed{6}        (4 ops per step: 12 tokens)
-    state "d=6"   -> \\boxed{6}                         (nothing left to do)
+    state ""      -> aa+30bb*70cc-55dd+16\\boxed{6}   (4 ops per step: 16 tokens)
+    state "d=6"   -> \\boxed{6}                        (nothing left to do)
+
+(`cc-55` reads: next is op c; op c is `c-5`; the value is now 5. With the toy
+tokenizer that is 3 tokens, `c` `c-5` `5`.)
 
 A summary records the last operation done and the value after it: ``d=6`` (empty
 before any progress). So a problem of N operations needs ceil(N / ops_per_step)
@@ -39,7 +43,7 @@ MUL = ("*3", "*7", "*9")
 OPS = ADD_SUB + MUL
 BOX_OPEN, BOX_CLOSE = "\\boxed{", "}"
 
-_STEP_RE = re.compile(r"([A-Za-z])([+\-*])([0-9])([0-9])")
+_STEP_RE = re.compile(r"([A-Za-z])\1([+\-*][0-9])([0-9])")
 _SUMMARY_RE = re.compile(r"^\s*([A-Za-z])=([0-9])\s*$")
 
 
@@ -102,7 +106,8 @@ class ChainProblem:
         """The reasoning step that continues from the state after k operations."""
         vals = self.values
         end = min(self.num_ops, k + ops_per_step)
-        body = "".join(f"{LABELS[i]}{self.ops[i]}{vals[i + 1]}" for i in range(k, end))
+        body = "".join(f"{LABELS[i]}{LABELS[i]}{self.ops[i]}{vals[i + 1]}"
+                       for i in range(k, end))
         return f"{body}{BOX_OPEN}{vals[end]}{BOX_CLOSE}"
 
     def reference_rc(self, ops_per_step: int, num_steps: int) -> list[tuple[str, str]]:
@@ -152,7 +157,7 @@ def last_state(reasoning: str) -> tuple[str, int] | None:
     steps = _STEP_RE.findall(reasoning)
     if not steps:
         return None
-    label, _, _, value = steps[-1]
+    label, _, value = steps[-1]
     return label, int(value)
 
 

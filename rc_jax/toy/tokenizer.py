@@ -27,7 +27,7 @@ PAD, IM_START, IM_END, UNK = "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|u
 SPECIAL_TOKENS = (PAD, IM_START, IM_END)
 WORDS = ("user", "assistant", "solve", "summarize", "state", "work")
 OP_TOKENS = tuple(label + op for label in task.LABELS for op in task.OPS)
-MULTI = ("\\boxed{",) + OP_TOKENS + WORDS
+PLAIN_OP_TOKENS = task.OPS
 CHARS = tuple(chr(c) for c in range(0x20, 0x7F)) + ("\n", "\t")
 
 CHAT_TEMPLATE = (
@@ -40,24 +40,31 @@ CHAT_TEMPLATE = (
 )
 
 
-def vocabulary() -> list[str]:
+def multi_char_tokens(labelled_ops: bool = True) -> tuple[str, ...]:
+    ops = OP_TOKENS if labelled_ops else PLAIN_OP_TOKENS
+    return ("\\boxed{",) + ops + WORDS
+
+
+def vocabulary(labelled_ops: bool = True) -> list[str]:
     """All tokens in id order (specials last, as in Qwen's layout)."""
-    return [*CHARS, *MULTI, UNK, *SPECIAL_TOKENS]
+    return [*CHARS, *multi_char_tokens(labelled_ops), UNK, *SPECIAL_TOKENS]
 
 
-def _split_pattern() -> str:
-    words = sorted(MULTI, key=len, reverse=True)
+def _split_pattern(labelled_ops: bool = True) -> str:
+    words = sorted(multi_char_tokens(labelled_ops), key=len, reverse=True)
     return "|".join(re.escape(w) for w in words) + r"|[\s\S]"
 
 
-def build_toy_tokenizer(out_dir: str | os.PathLike) -> str:
+def build_toy_tokenizer(out_dir: str | os.PathLike, labelled_ops: bool = True) -> str:
     """Writes tokenizer.json + tokenizer_config.json to `out_dir`; returns its path.
 
-    Deterministic: the same ids on every build.
+    labelled_ops: one token per labelled operation (`c-5`); False: label and operation
+    are separate tokens (`c`, `-5`). Deterministic: the same ids on every build.
     """
-    vocab = {t: i for i, t in enumerate(vocabulary())}
+    vocab = {t: i for i, t in enumerate(vocabulary(labelled_ops))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(_split_pattern()), behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(_split_pattern(labelled_ops)),
+                                             behavior="isolated")
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
                             for t in SPECIAL_TOKENS])
