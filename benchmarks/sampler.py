@@ -93,6 +93,7 @@ def machine_facts() -> dict:
         "jax_backend": jax.default_backend(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "loadavg_start": _loadavg(),
+        "niceness": os.nice(0),
     }
 
 

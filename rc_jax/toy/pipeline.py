@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -43,17 +44,18 @@ class Settings:
     t_eval: int = 8                      # RC steps at test time (>= 4 x T_train)
     temperature: float = 1.0             # all sampling (RL and evaluation), as in the paper
     # Model (Qwen3-shaped: GQA, q/k-norm, SwiGLU, RoPE, tied embeddings).
-    vocab_size: int = 800
+    vocab_size: int = 704
     hidden: int = 96
     layers: int = 4
     heads: int = 4
     kv_heads: int = 2
     mlp: int = 256
     # SFT: single-step traces from problems of sft_min_ops..sft_max_ops operations.
-    sft_steps: int = 1500
-    sft_batch: int = 64
+    sft_steps: int = 2400
+    sft_batch: int = 32
     sft_lr: float = 1e-3
     sft_warmup: int = 100
+    sft_summary_fraction: float = 0.2    # share of summarization examples
     sft_min_ops: int = 1
     sft_max_ops: int = 32
     # RC RL (rc_jax.rl): problems solvable within T_train steps.
@@ -90,7 +92,7 @@ class Settings:
         """Hash of the fields that determine the SFT model."""
         keys = ("seed", "ops_per_step", "vocab_size", "hidden", "layers", "heads", "kv_heads",
                 "mlp", "sft_steps", "sft_batch", "sft_lr", "sft_warmup", "sft_min_ops",
-                "sft_max_ops")
+                "sft_max_ops", "sft_summary_fraction", "max_reasoning_tokens")
         d = {k: getattr(self, k) for k in keys}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -196,7 +198,8 @@ def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = Fal
         examples = sft.build_examples(data_rng, s.sft_steps * s.sft_batch + 4 * s.sft_batch,
                                       tokenizer=tokenizer, reasoning_plan=r_plan,
                                       summary_plan=s_plan, ops_per_step=s.ops_per_step,
-                                      min_ops=s.sft_min_ops, max_ops=s.sft_max_ops)
+                                      min_ops=s.sft_min_ops, max_ops=s.sft_max_ops,
+                                      summary_fraction=s.sft_summary_fraction)
         batches = sft.make_batches(examples, s.sft_batch, tokenizer.pad_id, data_rng)[:s.sft_steps]
         log(f"SFT: {len(batches)} steps x {s.sft_batch} single-step traces "
             f"({s.sft_min_ops}-{s.sft_max_ops} operations, <= {s.ops_per_step} per trace)")
@@ -209,6 +212,8 @@ def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = Fal
 
     # ------------------------------------------------------------------ RL
     rl_out = work_dir / "rl"
+    if rl_out.exists():  # a fresh run (the trainer would resume or refuse to overwrite)
+        shutil.rmtree(rl_out)
     cfg = rl.rl_config(model_dir=str(sft_dir), data_path=rl_data, output_dir=str(rl_out),
                        reasoning_template=str(REASONING_TEMPLATE),
                        summary_template=str(SUMMARY_TEMPLATE), num_steps=s.t_train,

@@ -2,27 +2,28 @@
 
 A problem is a start value and N labelled operations, all modulo 10::
 
-    7:a+3b*7c-5d+1
+    7:a+3b+7c-5d+1
 
-reads "start at 7; op a is +3, op b is *7, op c is -5, op d is +1; what is the final
-value (mod 10)?" (answer: 7+3=0, 0*7=0, 0-5=5, 5+1=6 -> 6). Labels are the letters
+reads "start at 7; op a is +3, op b is +7, op c is -5, op d is +1; what is the final
+value (mod 10)?" (answer: 7+3=0, 0+7=7, 7-5=2, 2+1=3 -> 3). Labels are the letters
 a..z then A..F, so N <= 32; the toy tokenizer makes each labelled operation (`c-5`) one
-token, so a problem is N + 2 tokens. Operations are +d or -d (d in 1..9) and *3, *7, *9 (the
-units of Z/10), so every operation is a bijection and the final value is uniform: a
-blind guess is right 10% of the time.
+token, so a problem is N + 2 tokens. Operations are +d or -d (d in 1..9), so every operation is a
+bijection and the final value is uniform: a blind guess is right 10% of the time.
+(Multiplication by the units 3, 7, 9 would keep that property but made the value table
+too slow to learn for a CPU-sized model; see docs/toy.md.)
 
 One RC reasoning step continues from the state in the summary for at most `ops_per_step`
 operations, writing each as its label, the labelled operation copied from the problem
 and the new value, and ends with the current value boxed (the final answer once the
 last operation is done)::
 
-    state ""      -> aa+30bb*70cc-55dd+16\\boxed{6}   (4 ops per step: 16 tokens)
-    state "d=6"   -> \\boxed{6}                        (nothing left to do)
+    state ""      -> aa+30bb+77cc-52dd+13\\boxed{3}   (4 ops per step: 16 tokens)
+    state "d=3"   -> \\boxed{3}                        (nothing left to do)
 
-(`cc-55` reads: next is op c; op c is `c-5`; the value is now 5. With the toy
-tokenizer that is 3 tokens, `c` `c-5` `5`.)
+(`cc-52` reads: next is op c; op c is `c-5`; the value is now 2. With the toy
+tokenizer that is 3 tokens, `c` `c-5` `2`.)
 
-A summary records the last operation done and the value after it: ``d=6`` (empty
+A summary records the last operation done and the value after it: ``d=3`` (empty
 before any progress). So a problem of N operations needs ceil(N / ops_per_step)
 reasoning steps, and the progress between steps fits in a 3-token summary: the
 difficulty knob is N (and `ops_per_step`, fixed by the reasoning budget).
@@ -38,12 +39,10 @@ import numpy as np
 MOD = 10
 LABELS = "abcdefghijklmnopqrstuvwxyzABCDEF"
 MAX_OPS = len(LABELS)
-ADD_SUB = tuple(f"{s}{d}" for s in "+-" for d in range(1, 10))
-MUL = ("*3", "*7", "*9")
-OPS = ADD_SUB + MUL
+OPS = tuple(f"{s}{d}" for s in "+-" for d in range(1, 10))
 BOX_OPEN, BOX_CLOSE = "\\boxed{", "}"
 
-_STEP_RE = re.compile(r"([A-Za-z])\1([+\-*][0-9])([0-9])")
+_STEP_RE = re.compile(r"([A-Za-z])\1([+\-][0-9])([0-9])")
 _SUMMARY_RE = re.compile(r"^\s*([A-Za-z])=([0-9])\s*$")
 
 
@@ -53,8 +52,6 @@ def apply_op(value: int, op: str) -> int:
         return (value + d) % MOD
     if sign == "-":
         return (value - d) % MOD
-    if sign == "*":
-        return (value * d) % MOD
     raise ValueError(f"unknown operation {op!r}")
 
 
@@ -122,7 +119,7 @@ class ChainProblem:
     @classmethod
     def parse(cls, text: str) -> "ChainProblem":
         start, _, body = text.partition(":")
-        ops = re.findall(r"[A-Za-z]([+\-*][0-9])", body)
+        ops = re.findall(r"[A-Za-z]([+\-][0-9])", body)
         return cls(int(start), tuple(ops))
 
 
