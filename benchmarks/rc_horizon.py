@@ -19,10 +19,13 @@ import json
 import os
 import platform
 import tempfile
+import sys
 import time
 from pathlib import Path
 
-import jax
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+import jax  # noqa: E402  (imports below also follow the path setup)
 import jax.numpy as jnp
 import numpy as np
 
@@ -55,6 +58,7 @@ def _best_time(fn, repeats: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    ap.add_argument("--out_dir", default=str(OUT), help="where the JSON and PNG go")
     args = ap.parse_args()
     steps = [1, 2] if args.quick else [1, 2, 4, 8]
     h_r, h_s = (32, 16) if args.quick else (256, 64)
@@ -81,21 +85,22 @@ def main() -> None:
         print(f"RC T={t}: {secs:.2f}s for {generated} generated tokens "
               f"({generated / secs:.0f} tok/s)")
     # One program serves every T: its memory does not depend on T.
-    width = buckets.prompt(max(len(tok.encode(p)) for p in problems))
-    lowered = engine._program.lower(
-        params, params, np.zeros((batch, width), np.int32), np.ones(batch, np.int32),
-        np.zeros((batch, 2), np.uint32), np.ones(batch, bool), 1,
-        np.array([h_r, h_s], np.int32), np.full(8, -1, np.int32), sampling.values())
+    lowered = engine.lower(batch, max(len(tok.encode(p)) for p in problems))
     rc_mem = lowered.compile().memory_analysis()
     rc_bytes = int(rc_mem.temp_size_in_bytes + rc_mem.argument_size_in_bytes)
 
-    prompt = [tok.encode(problems[0])] * batch
+    # The growing context starts from RC's first prompt (reasoning template, empty
+    # summary), so both sides prefill the same instructions and problem.
+    first_prompt = engine.reasoning_plan.host_ids({"problem": tok.encode(problems[0]),
+                                                   "curr_summary": []})
+    prompt = [first_prompt] * batch
     for row in rows:
         new = row["rc_generated_tokens"] // batch
         run = lambda: generate(params, config, prompt, sampling, jax.random.PRNGKey(0), new,  # noqa: E731
                                [], buckets=Buckets(min_new_tokens=16))
         row["ar_seconds"] = _best_time(run, repeats)
         row["ar_new_tokens_per_row"] = new
+        row["ar_prompt_tokens"] = len(first_prompt)
         row["ar_cache_slots"] = buckets.prompt(len(prompt[0])) + buckets.new_tokens(new)
         row["ar_kv_cache_bytes"] = (2 * config.num_layers * batch * row["ar_cache_slots"]
                                     * config.num_kv_heads * config.head_dim * 4)
@@ -112,13 +117,17 @@ def main() -> None:
                     "jax": jax.__version__, "device": str(jax.devices()[0])},
         "model": {"layers": config.num_layers, "hidden": config.hidden_size,
                   "params": config.num_params},
-        "batch": batch, "H_R": h_r, "H_S": h_s, "quick": args.quick, "rows": rows,
+        "batch": batch, "H_R": h_r, "H_S": h_s,
+        "rc_prompt_widths": dict(zip(("reasoning", "summary"), engine.prompt_lengths(
+            buckets.prompt(max(len(tok.encode(p)) for p in problems))))),
+        "quick": args.quick, "rows": rows,
         "goal": "rc_over_fixed_contexts <= 1.05 for every T",
     }
-    OUT.mkdir(exist_ok=True)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     name = "rc_horizon_quick" if args.quick else "rc_horizon"
-    (OUT / f"{name}.json").write_text(json.dumps(result, indent=2))
-    _plot(rows, OUT / f"{name}.png")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    _plot(rows, out / f"{name}.png")
     print(json.dumps([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
                       for r in rows], indent=1))
 

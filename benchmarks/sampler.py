@@ -10,7 +10,8 @@ and reports:
     (for rc_jax both share one compiled program, the budget is a traced argument), and
     decode tokens/s = batch * (N - 1) / (t_N - t_1);
   * end-to-end tokens/s = batch * N / t_N, and the prefill time t_1;
-  * rc_jax compile time: the first call (compile + run) minus a steady-state call;
+  * rc_jax compile time, separately from the steady state: JAX's compile events during
+    the first call (trace + lowering + XLA compile), and first call minus a steady call;
   * whether the greedy tokens agree token for token (first mismatch per row);
   * at batch 1, the fraction of the memory-bandwidth roofline: bytes that must be read
     per decode step (all weights + the KV cache of the current context) divided by the
@@ -181,25 +182,46 @@ def hf_caller(model, prompts):
     return call
 
 
-def run_pair(callers: dict, batch: int, new: int, repeats: int) -> tuple[dict, dict]:
-    """First call of each side, then `repeats` rounds of (N, 1) calls, interleaved across
-    sides so that a busy spell of the machine slows both rather than one."""
-    first, tokens = {}, {}
-    for name, call in callers.items():
+class CompileTimer:
+    """Sums JAX's own compile-phase durations (trace, lowering, XLA backend compile)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __enter__(self):
+        def listener(event: str, duration: float, **_) -> None:
+            if event.startswith("/jax/core/compile/"):
+                self.seconds += duration
+        self._listener = listener
+        jax.monitoring.register_event_duration_secs_listener(listener)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listener)
+
+
+def run_side(name: str, call, batch: int, new: int, repeats: int) -> tuple[dict, list]:
+    """The first call (rc_jax: compile + run), then `repeats` rounds of N and 1 new tokens.
+
+    The sides run one after the other, not interleaved: XLA's and PyTorch's worker threads
+    spin for a while after each call, and alternating calls makes them fight over the two
+    cores (transformers at batch 1 then runs ~8x slower).
+    """
+    with CompileTimer() as compiled:
         t = time.perf_counter()
-        tokens[name] = call(new)
-        first[name] = time.perf_counter() - t
-        assert all(len(row) == new for row in tokens[name]), f"{name} stopped early"
-    full = {name: [] for name in callers}
-    one = {name: [] for name in callers}
+        tokens = call(new)
+        first = time.perf_counter() - t
+    assert all(len(row) == new for row in tokens), f"{name} stopped early"
+    full, one = [], []
     for _ in range(repeats):
-        for name, call in callers.items():
-            full[name] += _time(lambda: call(new), 1)
-        for name, call in callers.items():
-            one[name] += _time(lambda: call(1), 1)
-    res = {name: _summary(batch, new, first[name], full[name], one[name]) for name in callers}
-    if "transformers" in res:  # nothing to compile: the first call is a warm-up
-        res["transformers"].pop("compile_s")
+        full += _time(lambda: call(new), 1)
+        one += _time(lambda: call(1), 1)
+    res = _summary(batch, new, first, full, one)
+    if name == "transformers":  # nothing to compile: the first call is a warm-up
+        res.pop("compile_s")
+    else:
+        res["jax_compile_events_s"] = compiled.seconds
+    time.sleep(1.0)  # let worker threads go idle before the other side starts
     return res, tokens
 
 
@@ -296,12 +318,15 @@ def main() -> None:
         callers = {"rc_jax": rc_caller(params, config, prompts, new)}
         if hf_model is not None:
             callers["transformers"] = hf_caller(hf_model, prompts)
-        timings, tokens = run_pair(callers, batch, new, reps)
+        timings, tokens = {}, {}
+        for name, call in callers.items():
+            timings[name], tokens[name] = run_side(name, call, batch, new, reps)
         rc = row["rc_jax"] = timings["rc_jax"]
         print(f"[b={batch:3d}] rc_jax       decode {rc['decode_tokens_per_s']:8.1f} tok/s "
               f"({rc['decode_ms_per_step']:.1f} ms/step), end-to-end "
               f"{rc['end_to_end_tokens_per_s']:8.1f} tok/s, prefill {rc['prefill_s']:.2f}s, "
-              f"compile {rc['compile_s']:.1f}s", flush=True)
+              f"first call {rc['first_call_s']:.1f}s (compile {rc['jax_compile_events_s']:.1f}s)",
+              flush=True)
         if hf_model is not None:
             hf = row["transformers"] = timings["transformers"]
             row["decode_speedup"] = rc["decode_tokens_per_s"] / hf["decode_tokens_per_s"]
