@@ -1,0 +1,49 @@
+"""The benchmark scripts still run (quick mode) and write the figures they document."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], tmp_path: Path) -> str:
+    # A fresh process with one CPU device (the test session forces 8 fake devices).
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_rc_horizon_quick(tmp_path):
+    _run([str(ROOT / "benchmarks" / "rc_horizon.py"), "--quick", "--out_dir", str(tmp_path)],
+         tmp_path)
+    res = json.loads((tmp_path / "rc_horizon_quick.json").read_text())
+    rows = res["rows"]
+    assert [r["steps"] for r in rows] == [1, 2]
+    # every phase spends its whole budget, so T steps generate T x one step's tokens
+    assert rows[1]["rc_generated_tokens"] == 2 * rows[0]["rc_generated_tokens"]
+    assert all(r["rc_seconds"] > 0 and r["ar_seconds"] > 0 for r in rows)
+    assert (tmp_path / "rc_horizon_quick.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_sampler_quick(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "sampler.json"
+    _run([str(ROOT / "benchmarks" / "sampler.py"), "--quick", "--batches", "2",
+          "--out", str(out)], tmp_path)
+    res = json.loads(out.read_text())
+    (row,) = res["results"]
+    assert row["batch"] == 2
+    assert row["greedy_match"]["rows_identical"] == 2   # same weights, same greedy tokens
+    assert row["rc_jax"]["decode_tokens_per_s"] > 0
+    assert row["transformers"]["decode_tokens_per_s"] > 0
