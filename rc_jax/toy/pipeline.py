@@ -36,20 +36,20 @@ METHOD_RL_AR = "(d) RC-RL, autoregressive"
 class Settings:
     seed: int = 0
     # Task and RC budgets. One reasoning step fits `ops_per_step` operations:
-    # 3 tokens each ("c" "c-5" "5") + "\boxed{v}" (3) + <|im_end|> (1) = 16 = H_R.
+    # 4 tokens each ("c" "c-5" "7" "2") + "\boxed{v}" (3) + <|im_end|> (1) = 20 = H_R.
     ops_per_step: int = 4
-    max_reasoning_tokens: int = 16
+    max_reasoning_tokens: int = 20
     max_summary_tokens: int = 6          # "x=v" + <|im_end|> = 4 tokens
     t_train: int = 2                     # RC steps per online chain in RL (T_train)
     t_eval: int = 8                      # RC steps at test time (>= 4 x T_train)
     temperature: float = 1.0             # all sampling (RL and evaluation), as in the paper
     # Model (Qwen3-shaped: GQA, q/k-norm, SwiGLU, RoPE, tied embeddings).
     vocab_size: int = 704
-    hidden: int = 96
+    hidden: int = 128
     layers: int = 4
     heads: int = 4
     kv_heads: int = 2
-    mlp: int = 256
+    mlp: int = 512
     # SFT: single-step traces from problems of sft_min_ops..sft_max_ops operations.
     sft_steps: int = 2400
     sft_batch: int = 32
@@ -58,24 +58,29 @@ class Settings:
     sft_summary_fraction: float = 0.2    # share of summarization examples
     sft_min_ops: int = 1
     sft_max_ops: int = 32
-    # RC RL (rc_jax.rl): problems solvable within T_train steps.
+    # RC RL (rc_jax.rl): chains of T_train steps on problems of the whole difficulty
+    # range. With `rl_replay`, chains start from summaries in a replay buffer warm-started
+    # with the SFT model's own RC rollouts on the RL problems (the paper's Stage II), so
+    # short chains also visit deep states; without it every chain starts from "" and only
+    # sees the first T_train * ops_per_step operations.
     rl_steps: int = 40
     rl_batch: int = 16                   # problems per step (x 2 snapshots x group)
     rl_group: int = 8
     rl_lr: float = 1e-4
     rl_kl_coef: float = 0.001
     rl_min_ops: int = 1
-    rl_max_ops: int = 8                  # = t_train * ops_per_step
-    rl_problems: int = 2048
+    rl_max_ops: int = 32
+    rl_problems: int = 256
+    rl_replay: bool = True
     # Evaluation: problems stratified over eval_min_ops..eval_max_ops operations.
     eval_per_ops: int = 8
     eval_min_ops: int = 1
     eval_max_ops: int = 32
-    eval_samples: int = 1
+    eval_samples: int = 2
     eval_batch: int = 256
 
     def __post_init__(self):
-        need = 3 * self.ops_per_step + 4
+        need = 4 * self.ops_per_step + 4
         if self.max_reasoning_tokens < need:
             raise ValueError(f"max_reasoning_tokens={self.max_reasoning_tokens} cannot hold "
                              f"{self.ops_per_step} operations ({need} tokens)")
@@ -93,7 +98,8 @@ class Settings:
         keys = ("seed", "ops_per_step", "vocab_size", "hidden", "layers", "heads", "kv_heads",
                 "mlp", "sft_steps", "sft_batch", "sft_lr", "sft_warmup", "sft_min_ops",
                 "sft_max_ops", "sft_summary_fraction", "max_reasoning_tokens")
-        d = {k: getattr(self, k) for k in keys}
+        from rc_jax.toy.sft import DATA_VERSION
+        d = {k: getattr(self, k) for k in keys} | {"sft_data_version": DATA_VERSION}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -102,7 +108,7 @@ FULL = Settings()
 SMOKE = Settings(
     t_eval=4, hidden=32, layers=2, heads=2, kv_heads=1, mlp=64,
     sft_steps=24, sft_batch=16, sft_lr=3e-3, sft_warmup=4, sft_max_ops=8,
-    rl_steps=2, rl_batch=2, rl_group=4, rl_problems=16,
+    rl_steps=2, rl_batch=2, rl_group=4, rl_problems=16, rl_max_ops=12,
     eval_per_ops=1, eval_max_ops=12, eval_batch=16)
 
 
@@ -130,6 +136,32 @@ def _write_problems(path: Path, records: list[dict]) -> str:
         for r in records:
             f.write(json.dumps(r) + "\n")
     return str(path)
+
+
+def write_replay_warm_start(engine, params, problems: list, s: Settings, path: str) -> int:
+    """RC rollouts of `params` (t_eval steps, one sample) on the RL problems, stored in
+    the replay-buffer JSON format ({problem: {summaries, starting_steps}}).
+
+    Per problem: the empty summary (depth 0) and the rollout's summaries s_1..s_n at
+    depths 1..n, n = the steps the problem needs, so the states with work left and the
+    first finished state (from which the model must keep its answer: the SFT model
+    drifts there, see docs/toy.md). Later summaries repeat that finished state. The
+    summaries are the model's own, wrong ones included.
+    """
+    from rc_jax.rc.engine import row_key
+    out: dict[str, dict[str, list]] = {}
+    for i in range(0, len(problems), s.eval_batch):
+        chunk = problems[i:i + s.eval_batch]
+        keys = np.stack([row_key(s.seed + 500, f"rl-{i + j}", 0) for j in range(len(chunk))])
+        engine.params = engine.summarizer_params = params
+        rollouts = engine.run([p.text for p in chunk], keys, num_steps=s.t_eval)
+        for p, r in zip(chunk, rollouts):
+            depth = p.steps_needed(s.ops_per_step)
+            summaries = [""] + list(r.summary_text[:depth])
+            out[p.text] = {"summaries": summaries,
+                           "starting_steps": list(range(len(summaries)))}
+    Path(path).write_text(json.dumps(out))
+    return sum(len(v["summaries"]) for v in out.values())
 
 
 def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = False,
@@ -176,7 +208,6 @@ def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = Fal
                                  summary_template=str(SUMMARY_TEMPLATE))
     sampling = SamplingParams(temperature=s.temperature)
     buckets = Buckets(min_prompt=16, min_new_tokens=8, max_cache_length=4096)
-    engine = None
     sft_dir = work_dir / "sft"
     marker = sft_dir / "toy_sft.json"
     model_cfg = sft.toy_model_config(s.vocab_size, hidden=s.hidden, layers=s.layers,
@@ -211,16 +242,24 @@ def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = Fal
     t = clock.lap("sft", t)
 
     # ------------------------------------------------------------------ RL
+    engine = RCEngine(sft_params, model_cfg, tokenizer, engine_settings, sampling,
+                      buckets=buckets)
     rl_out = work_dir / "rl"
     if rl_out.exists():  # a fresh run (the trainer would resume or refuse to overwrite)
         shutil.rmtree(rl_out)
+    replay_path = ""
+    if s.rl_replay:
+        replay_path = str(work_dir / "data" / "rl_replay.json")
+        stored = write_replay_warm_start(engine, sft_params, rl_problems, s, replay_path)
+        log(f"RL replay buffer: {stored} summaries of the SFT model's RC rollouts on the "
+            f"{len(rl_problems)} RL problems (up to the first finished state)")
     cfg = rl.rl_config(model_dir=str(sft_dir), data_path=rl_data, output_dir=str(rl_out),
                        reasoning_template=str(REASONING_TEMPLATE),
                        summary_template=str(SUMMARY_TEMPLATE), num_steps=s.t_train,
                        max_reasoning_tokens=s.max_reasoning_tokens,
                        max_summary_tokens=s.max_summary_tokens, train_steps=s.rl_steps,
                        batch_size=s.rl_batch, group_size=s.rl_group, learning_rate=s.rl_lr,
-                       seed=s.seed, kl_coef=s.rl_kl_coef)
+                       seed=s.seed, kl_coef=s.rl_kl_coef, replay_path=replay_path)
     cfg.sampling.temperature = s.temperature
     log(f"RC RL: {s.rl_steps} steps, T_train={s.t_train}, {s.rl_batch} problems x "
         f"{cfg.rl.snapshots_per_chain} snapshots x {s.rl_group} responses per step "
@@ -236,8 +275,6 @@ def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = Fal
     log(f"evaluation: {len(problems)} problems ({s.eval_min_ops}-{s.eval_max_ops} operations, "
         f"1-{max(steps_needed.values())} RC steps needed) x {s.eval_samples} samples, "
         f"T = 1..{s.t_eval}, temperature {s.temperature}")
-    engine = RCEngine(sft_params, model_cfg, tokenizer, engine_settings, sampling,
-                      buckets=buckets)
     common = dict(num_samples=s.eval_samples, seed=s.seed + 1000, batch_size=s.eval_batch,
                   log=log)
     records = {}

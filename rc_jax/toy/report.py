@@ -95,7 +95,7 @@ def table(summary: dict[str, Any]) -> str:
     g = ch["rl_rc_gain_beyond_t_train"]
     lines += ["", f"RC-RL with RC decoding: {_pct(ch['rl_rc_accuracy_at_t_train'])}% at "
               f"T_train = {s['t_train']} -> {_pct(ch['rl_rc_accuracy_at_t_eval'])}% at "
-              f"T = {s['t_eval']} (+{100 * g['difference']:.1f} ± {100 * g['stderr']:.1f} points).",
+              f"T = {s['t_eval']} ({100 * g['difference']:+.1f} ± {100 * g['stderr']:.1f} points).",
               f"At the largest budget, (c) - (a) = {100 * ch['c_minus_a_at_largest_budget']['difference']:+.1f} "
               f"± {100 * ch['c_minus_a_at_largest_budget']['stderr']:.1f} points, "
               f"(c) - (b) = {100 * ch['c_minus_b_at_largest_budget']['difference']:+.1f} "

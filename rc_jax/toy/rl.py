@@ -19,7 +19,8 @@ def rl_config(*, model_dir: str, data_path: str, output_dir: str, reasoning_temp
               summary_template: str, num_steps: int, max_reasoning_tokens: int,
               max_summary_tokens: int, train_steps: int, batch_size: int, group_size: int,
               learning_rate: float, seed: int, num_minibatches: int = 2,
-              kl_coef: float = 0.001, micro_batch_tokens: int = 8192
+              kl_coef: float = 0.001, micro_batch_tokens: int = 8192,
+              replay_path: str = ""
               ) -> ml_collections.ConfigDict:
     """The RCT config of the toy: authors' algorithm (GRPO groups per (problem, summary)
     snapshot, PPO dual clip 0.2/0.28/3, low-var KL to the SFT model, token-mean loss),
@@ -49,6 +50,10 @@ def rl_config(*, model_dir: str, data_path: str, output_dir: str, reasoning_temp
     c.rl.learning_rate = learning_rate
     c.rl.kl_coef = kl_coef
     c.rl.reward = "string_match"
+    if replay_path:  # chains start from stored summaries (one chain per drawn problem)
+        c.rl.replay_buffer = True
+        c.rl.replay_initial_path = replay_path
+        c.rl.replay_samples_per_problem = 1
     c.checkpoint.save_every = 0
     c.checkpoint.export_final = False
     c.checkpoint.resume = False

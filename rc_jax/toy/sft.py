@@ -63,6 +63,10 @@ def compositional_init(params: Any, tokenizer) -> Any:
     return {**params, "embedding": jnp.asarray(emb, params["embedding"].dtype)}
 
 
+# Bump when build_examples draws different data (invalidates cached SFT models).
+DATA_VERSION = 3
+
+
 @dataclasses.dataclass
 class Example:
     prompt: list[int]
@@ -73,22 +77,29 @@ class Example:
 def build_examples(rng: np.random.Generator, count: int, *, tokenizer, reasoning_plan: PromptPlan,
                    summary_plan: PromptPlan, ops_per_step: int, min_ops: int, max_ops: int,
                    summary_fraction: float = 0.3, truncate_fraction: float = 0.2,
-                   aligned_fraction: float = 0.5) -> list[Example]:
+                   aligned_fraction: float = 0.5, finished_fraction: float = 0.05
+                   ) -> list[Example]:
     """`count` SFT examples from fresh random problems.
 
-    States k: with probability `aligned_fraction` a multiple of ops_per_step (what an RC
-    rollout visits) or N, else uniform in [0, N].
+    The state k (operations already done) is drawn first and the problem length N
+    after it (N uniform in [max(k + 1, min_ops), max_ops]), so every label is the next
+    operation equally often: drawing N first and k in [0, N] makes the late labels
+    (A..F exist only in problems of 27+ operations) rare, and a model trained that way
+    fails on them systematically. k is a multiple of ops_per_step (the states an RC
+    rollout visits) with probability `aligned_fraction`; with probability
+    `finished_fraction` the problem is already done (k = N: re-box the answer).
     """
     eos = tokenizer.hf.convert_tokens_to_ids("<|im_end|>")
     enc = tokenizer.encode
     out = []
     for _ in range(count):
-        p = task.sample_problem(rng, int(rng.integers(min_ops, max_ops + 1)))
-        n = p.num_ops
+        k = int(rng.integers(0, max_ops))
         if rng.random() < aligned_fraction:
-            k = min(n, ops_per_step * int(rng.integers(0, -(-n // ops_per_step) + 1)))
-        else:
-            k = int(rng.integers(0, n + 1))
+            k -= k % ops_per_step
+        n = int(rng.integers(max(k + 1, min_ops), max_ops + 1))
+        p = task.sample_problem(rng, n)
+        if rng.random() < finished_fraction:
+            k = n
         problem_ids, summary_ids = enc(p.text), enc(p.summary(k))
         reasoning = p.reasoning(k, ops_per_step)
         if rng.random() < summary_fraction:

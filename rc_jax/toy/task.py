@@ -13,15 +13,17 @@ bijection and the final value is uniform: a blind guess is right 10% of the time
 too slow to learn for a CPU-sized model; see docs/toy.md.)
 
 One RC reasoning step continues from the state in the summary for at most `ops_per_step`
-operations, writing each as its label, the labelled operation copied from the problem
-and the new value, and ends with the current value boxed (the final answer once the
-last operation is done)::
+operations. It writes each operation as its label, the labelled operation copied from
+the problem, the value before and the value after it; the step that does the last
+operation then boxes the final value (an unfinished step gives no answer)::
 
-    state ""      -> aa+30bb+77cc-52dd+13\\boxed{3}   (4 ops per step: 16 tokens)
-    state "d=3"   -> \\boxed{3}                        (nothing left to do)
+    state ""      -> aa+370bb+707cc-572dd+123\\boxed{3}   (4 ops, the last ones: 20 tokens)
+    state ""      -> aa+370bb+707cc-572dd+123              (4 ops of 6: no answer yet)
+    state "d=3"   -> \\boxed{3}                              (nothing left to do)
 
-(`cc-52` reads: next is op c; op c is `c-5`; the value is now 2. With the toy
-tokenizer that is 3 tokens, `c` `c-5` `2`.)
+(`cc-572` reads: next is op c; op c is `c-5`; 7 - 5 = 2. With the toy tokenizer that is
+4 tokens, `c` `c-5` `7` `2`: finding the operation is a one-hop lookup of the label,
+and the new value depends only on the two tokens before it.)
 
 A summary records the last operation done and the value after it: ``d=3`` (empty
 before any progress). So a problem of N operations needs ceil(N / ops_per_step)
@@ -42,7 +44,7 @@ MAX_OPS = len(LABELS)
 OPS = tuple(f"{s}{d}" for s in "+-" for d in range(1, 10))
 BOX_OPEN, BOX_CLOSE = "\\boxed{", "}"
 
-_STEP_RE = re.compile(r"([A-Za-z])\1([+\-][0-9])([0-9])")
+_STEP_RE = re.compile(r"([A-Za-z])\1([+\-][0-9])([0-9])([0-9])")
 _SUMMARY_RE = re.compile(r"^\s*([A-Za-z])=([0-9])\s*$")
 
 
@@ -103,8 +105,10 @@ class ChainProblem:
         """The reasoning step that continues from the state after k operations."""
         vals = self.values
         end = min(self.num_ops, k + ops_per_step)
-        body = "".join(f"{LABELS[i]}{LABELS[i]}{self.ops[i]}{vals[i + 1]}"
+        body = "".join(f"{LABELS[i]}{LABELS[i]}{self.ops[i]}{vals[i]}{vals[i + 1]}"
                        for i in range(k, end))
+        if end < self.num_ops:  # unfinished: no answer (a boxed partial value would be
+            return body         # right by chance 1 time in 10 and reward a wrong step)
         return f"{body}{BOX_OPEN}{vals[end]}{BOX_CLOSE}"
 
     def reference_rc(self, ops_per_step: int, num_steps: int) -> list[tuple[str, str]]:
@@ -154,7 +158,7 @@ def last_state(reasoning: str) -> tuple[str, int] | None:
     steps = _STEP_RE.findall(reasoning)
     if not steps:
         return None
-    label, _, value = steps[-1]
+    label, _, _, value = steps[-1]
     return label, int(value)
 
 

@@ -1,0 +1,153 @@
+"""The toy RC experiment (rc_jax.toy, experiments/toy): task, tokenizer, prompts, smoke run."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rc_jax.toy import task
+
+
+# ---------------------------------------------------------------- task
+def test_problem_text_values_and_parse():
+    p = task.ChainProblem(7, ("+3", "+7", "-5", "+1"))
+    assert p.text == "7:a+3b+7c-5d+1"
+    assert p.values == [7, 0, 7, 2, 3]
+    assert p.answer == 3
+    assert task.ChainProblem.parse(p.text) == p
+    assert p.steps_needed(4) == 1 and p.steps_needed(3) == 2
+
+
+def test_every_operation_is_a_bijection_mod_10():
+    for op in task.OPS:
+        assert sorted(task.apply_op(v, op) for v in range(10)) == list(range(10))
+
+
+def test_traces_and_summaries():
+    p = task.ChainProblem(7, ("+3", "+7", "-5", "+1", "-9"))
+    assert p.summary(0) == "" and p.summary(3) == "c=2"
+    # label, labelled operation, value before, value after; the final step boxes the answer
+    assert p.reasoning(0, 4) == "aa+370bb+707cc-572dd+123"   # unfinished: no answer
+    assert p.reasoning(0, 5) == "aa+370bb+707cc-572dd+123ee-934\\boxed{4}"
+    assert p.reasoning(4, 4) == "ee-934\\boxed{4}"
+    assert p.reasoning(5, 4) == "\\boxed{4}"  # nothing left: re-box the answer
+    steps = p.reference_rc(4, 3)
+    assert [s for _, s in steps] == ["d=3", "e=4", "e=4"]
+    assert task.summary_of("", steps[0][0]) == "d=3"
+    assert task.summary_of("d=3", "ee-93") == "d=3"          # incomplete op: keep the old state
+    assert task.summary_of("d=3", "\\boxed{3}") == "d=3"
+    assert task.parse_summary("c=2") == (3, 2) and task.parse_summary("") is None
+    assert task.last_state("aa+370bb+70") == ("a", 0)
+
+
+def test_sample_problems_stratified_and_seeded():
+    a = task.sample_problems(np.random.default_rng(3), 20, 1, 10)
+    b = task.sample_problems(np.random.default_rng(3), 20, 1, 10)
+    assert a == b
+    assert sorted(p.num_ops for p in a) == sorted(list(range(1, 11)) * 2)
+    recs = task.problem_records(a, "x")
+    assert recs[0]["problem_id"] == "x-00000" and recs[0]["answer"] == str(a[0].answer)
+    with pytest.raises(ValueError):
+        task.ChainProblem(3, ("*2",))  # not an operation of the family
+    with pytest.raises(ValueError):
+        task.sample_problems(np.random.default_rng(0), 1, 1, task.MAX_OPS + 1)
+
+
+# ---------------------------------------------------------------- tokenizer + prompts
+@pytest.fixture(scope="module")
+def toy_tokenizer(tmp_path_factory):
+    from rc_jax.tokenizer import load_tokenizer
+    from rc_jax.toy.tokenizer import build_toy_tokenizer
+    return load_tokenizer(build_toy_tokenizer(tmp_path_factory.mktemp("toy_tok")))
+
+
+def test_tokenizer_round_trip_and_compactness(toy_tokenizer):
+    tok = toy_tokenizer
+    p = task.sample_problem(np.random.default_rng(0), 31)
+    assert len(tok.encode(p.text)) == 2 + 31   # one token per labelled operation
+    r = p.reasoning(0, 4)
+    assert tok.decode(tok.encode(r)) == r
+    assert len(tok.encode(r)) == 4 * 4   # a, a+3, 7, 0 per op; unfinished: no box
+    last = p.reasoning(28, 4)
+    assert tok.decode(tok.encode(last)) == last
+    assert len(tok.encode(last)) == 3 * 4 + 3   # 3 ops left, then \\boxed{ v }
+    assert tok.decode(tok.encode("Any ASCII text: 1+2=3 \\boxed{x}\n")) == \
+        "Any ASCII text: 1+2=3 \\boxed{x}\n"
+    assert tok.hf.convert_ids_to_tokens(tok.eos_ids[0]) == "<|im_end|>"
+    assert tok.vocab_size <= 800
+
+
+def test_sft_prompts_are_the_engine_prompts(toy_tokenizer):
+    """SFT examples use the token plans the RC engine assembles on device, and they equal
+    the chat template applied to the filled text template."""
+    from rc_jax.rc.prompts import load_template
+    from rc_jax.rc.tokens import make_plan
+    from rc_jax.toy import pipeline, sft
+    tok = toy_tokenizer
+    rt = load_template(str(pipeline.REASONING_TEMPLATE), "reasoning")
+    st = load_template(str(pipeline.SUMMARY_TEMPLATE), "summary")
+    r_plan, s_plan = make_plan(tok, rt), make_plan(tok, st)
+    ex = sft.build_examples(np.random.default_rng(0), 40, tokenizer=tok, reasoning_plan=r_plan,
+                            summary_plan=s_plan, ops_per_step=4, min_ops=1, max_ops=12)
+    assert {e.role for e in ex} == {"reasoning", "summary"}
+    for e in ex:
+        text = tok.decode(e.prompt, skip_special_tokens=False)
+        user = text.split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
+        assert tok.chat_prompt_ids(user) == e.prompt
+        assert e.response[-1] == tok.eos_ids[0]
+        if e.role == "reasoning":
+            problem = task.ChainProblem.parse(user.split("\n")[0].split(" ", 1)[1])
+            state = task.parse_summary(user.split("\n")[1].removeprefix("state "))
+            done = state[0] if state else 0
+            finishes = problem.num_ops - done <= 4
+            assert tok.decode(e.response, skip_special_tokens=True).endswith("}") == finishes
+            assert len(e.response) <= 4 * 4 + 3 + 1
+            assert problem.num_ops <= 12
+    # The solve template of the autoregressive baseline is the empty-summary RC prompt.
+    p = "3:a+1b-3"
+    assert (r_plan.host_ids({"problem": tok.encode(p), "curr_summary": []})
+            == tok.chat_prompt_ids(pipeline.SOLVE_TEMPLATE.read_text().format(problem=p)))
+
+
+def test_sft_batches_mask_only_responses(toy_tokenizer):
+    from rc_jax.toy import sft
+    e = sft.Example([1, 2, 3, 4], [5, 6, 7], "reasoning")
+    b = sft.make_batches([e] * 4, 2, 0, np.random.default_rng(0), length_multiple=8)
+    assert len(b) == 2
+    row = b[0]
+    assert row["tokens"].shape == (2, 8)
+    # position t predicts token t+1: positions 3, 4, 5 predict the response 5, 6, 7
+    assert row["loss_mask"][0].tolist() == [False, False, False, True, True, True, False, False]
+
+
+# ---------------------------------------------------------------- the whole pipeline
+@pytest.mark.slow
+def test_smoke_pipeline(tmp_path):
+    """data -> SFT -> RC RL (rc_jax.rl) -> RC / autoregressive evaluation -> plot, tiny."""
+    from rc_jax.toy import pipeline
+    s = pipeline.SMOKE
+    summary = pipeline.run(s, work_dir=tmp_path / "work", results_dir=tmp_path / "results",
+                           log=lambda *_: None)
+    for name in ("toy_curve.png", "table.md", "metrics.json"):
+        assert (tmp_path / "results" / name).is_file()
+    m = json.loads((tmp_path / "results" / "metrics.json").read_text())
+    assert m["methods"] == [pipeline.METHOD_AR, pipeline.METHOD_SFT_RC, pipeline.METHOD_RL_RC,
+                            pipeline.METHOD_RL_AR]
+    for method in m["methods"]:
+        curve = m["curves"][method]
+        assert [p["step"] for p in curve] == list(range(1, s.t_eval + 1))
+        assert all(p["num_samples"] == s.eval_per_ops * s.eval_max_ops * s.eval_samples
+                   for p in curve)
+        tokens = [p["tokens"] for p in curve]
+        assert tokens == sorted(tokens)  # cumulative
+    rc = m["curves"][pipeline.METHOD_SFT_RC]
+    # an RC step spends at most H_R + H_S tokens
+    assert rc[-1]["tokens"] <= s.t_eval * (s.max_reasoning_tokens + s.max_summary_tokens)
+    assert len(m["rl_history"]) == s.rl_steps
+    assert m["oracle"][-1] == 1.0
+    assert "| T |" in (tmp_path / "results" / "table.md").read_text()
+    assert summary["checks"].keys() >= {"rl_rc_still_rising_beyond_t_train",
+                                        "c_above_a_and_b_at_largest_budget"}
+    # the RL model was saved and differs from the SFT model (an update happened)
+    assert (tmp_path / "work" / "rl_model" / "config.json").is_file()
