@@ -121,6 +121,18 @@ def test_sft_batches_mask_only_responses(toy_tokenizer):
     assert row["loss_mask"][0].tolist() == [False, False, False, True, True, True, False, False]
 
 
+def test_paired_difference():
+    from rc_jax.toy.evaluate import paired_difference
+    a = {("p", 0): [False, True], ("q", 0): [True, True], ("r", 0): [False, False],
+         ("s", 0): [True]}                               # too short for step 2: left out
+    b = {("p", 0): [False, False], ("q", 0): [True, True], ("r", 0): [False, True],
+         ("s", 0): [True, True]}
+    d = paired_difference(a, b, 2)
+    assert d["pairs"] == 3 and d["a_only"] == 1 and d["b_only"] == 1
+    assert d["difference"] == 0.0 and abs(d["stderr"] - np.sqrt(1 / 3)) < 1e-12
+    assert paired_difference(a, b, 1)["difference"] == 0.0
+
+
 # ---------------------------------------------------------------- the whole pipeline
 @pytest.mark.slow
 def test_smoke_pipeline(tmp_path):
@@ -148,6 +160,9 @@ def test_smoke_pipeline(tmp_path):
     assert m["oracle"][-1] == 1.0
     assert "| T |" in (tmp_path / "results" / "table.md").read_text()
     assert summary["checks"].keys() >= {"rl_rc_still_rising_beyond_t_train",
-                                        "c_above_a_and_b_at_largest_budget"}
+                                        "c_above_a_and_b_at_largest_budget",
+                                        "paired_at_largest_budget"}
+    paired = summary["checks"]["paired_at_largest_budget"]["c_minus_b"]
+    assert paired["pairs"] == s.eval_per_ops * s.eval_max_ops * s.eval_samples
     # the RL model was saved and differs from the SFT model (an update happened)
     assert (tmp_path / "work" / "rl_model" / "config.json").is_file()

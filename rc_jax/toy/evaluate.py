@@ -96,3 +96,16 @@ def graded_by_record(records: Sequence[dict]) -> dict[tuple[str, int], list[bool
         res = grader.grade_batch([(t, r["label"]) for t in r["reasoning_store"]])
         out[(str(r["problem_id"]), int(r["sample_id"]))] = [g.correct for g in res]
     return out
+
+
+def paired_difference(a: dict[tuple[str, int], list[bool]], b: dict[tuple[str, int], list[bool]],
+                      step: int) -> dict[str, float]:
+    """Mean of (a - b) correctness at `step` over the (problem, sample) pairs both graded,
+    with the standard error of that mean (paired: same problems, same sampling keys)."""
+    keys = sorted(k for k in a.keys() & b.keys() if len(a[k]) >= step and len(b[k]) >= step)
+    d = np.array([float(a[k][step - 1]) - float(b[k][step - 1]) for k in keys])
+    if len(d) == 0:
+        return {"difference": float("nan"), "stderr": float("nan"), "pairs": 0}
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return {"difference": float(d.mean()), "stderr": se, "pairs": int(len(d)),
+            "a_only": int(np.sum(d > 0)), "b_only": int(np.sum(d < 0))}

@@ -301,10 +301,16 @@ def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = Fal
     paths = [evaluate.write_jsonl(work_dir / "eval" / f"{i}.jsonl", records[m])
              for i, m in enumerate(order)]
     metrics = evaluate.grade(paths, order, work_dir / "eval" / "report")
-    difficulty = {m: evaluate.per_difficulty(records[m], evaluate.graded_by_record(records[m]),
-                                             steps_needed, s.t_eval) for m in order}
+    graded = {m: evaluate.graded_by_record(records[m]) for m in order}
+    difficulty = {m: evaluate.per_difficulty(records[m], graded[m], steps_needed, s.t_eval)
+                  for m in order}
     clock.lap("grading", t)
     summary = report.summarize(metrics, difficulty, steps_needed, s)
+    # Same problems and sampling keys on both sides: the paired error is the right one.
+    summary["checks"]["paired_at_largest_budget"] = {
+        "c_minus_a": evaluate.paired_difference(graded[METHOD_RL_RC], graded[METHOD_AR], s.t_eval),
+        "c_minus_b": evaluate.paired_difference(graded[METHOD_RL_RC], graded[METHOD_SFT_RC],
+                                                s.t_eval)}
     summary["settings"] = dataclasses.asdict(s) | {"hash": s.hash()}
     summary["model"] = {"num_params": model_cfg.num_params, **model_cfg.to_hf_dict()}
     summary["sft_history"] = sft_history

@@ -99,7 +99,14 @@ def table(summary: dict[str, Any]) -> str:
               f"At the largest budget, (c) - (a) = {100 * ch['c_minus_a_at_largest_budget']['difference']:+.1f} "
               f"± {100 * ch['c_minus_a_at_largest_budget']['stderr']:.1f} points, "
               f"(c) - (b) = {100 * ch['c_minus_b_at_largest_budget']['difference']:+.1f} "
-              f"± {100 * ch['c_minus_b_at_largest_budget']['stderr']:.1f} points.", ""]
+              f"± {100 * ch['c_minus_b_at_largest_budget']['stderr']:.1f} points."]
+    paired = ch.get("paired_at_largest_budget")
+    if paired:
+        cb = paired["c_minus_b"]
+        lines.append(f"Paired over the same {cb['pairs']} (problem, sample) rollouts: (c) - (b) = "
+                     f"{100 * cb['difference']:+.1f} ± {100 * cb['stderr']:.1f} points "
+                     f"({cb['a_only']} solved only by (c), {cb['b_only']} only by (b)).")
+    lines.append("")
     return "\n".join(lines)
 
 
