@@ -85,7 +85,8 @@ def main() -> None:
         print(f"RC T={t}: {secs:.2f}s for {generated} generated tokens "
               f"({generated / secs:.0f} tok/s)")
     # One program serves every T: its memory does not depend on T.
-    lowered = engine.lower(batch, max(len(tok.encode(p)) for p in problems))
+    problem_tokens = max(len(tok.encode(p)) for p in problems)
+    lowered = engine.lower(batch, problem_tokens)
     rc_mem = lowered.compile().memory_analysis()
     rc_bytes = int(rc_mem.temp_size_in_bytes + rc_mem.argument_size_in_bytes)
 
@@ -118,8 +119,8 @@ def main() -> None:
         "model": {"layers": config.num_layers, "hidden": config.hidden_size,
                   "params": config.num_params},
         "batch": batch, "H_R": h_r, "H_S": h_s,
-        "rc_prompt_widths": dict(zip(("reasoning", "summary"), engine.prompt_lengths(
-            buckets.prompt(max(len(tok.encode(p)) for p in problems))))),
+        "rc_prompt_widths": dict(zip(("reasoning", "summary"),
+                                     engine.prompt_lengths(buckets.prompt(problem_tokens)))),
         "quick": args.quick, "rows": rows,
         "goal": "rc_over_fixed_contexts <= 1.05 for every T",
     }

@@ -148,18 +148,16 @@ def write_replay_warm_start(engine, params, problems: list, s: Settings, path: s
     drifts there, see docs/toy.md). Later summaries repeat that finished state. The
     summaries are the model's own, wrong ones included.
     """
-    from rc_jax.rc.engine import row_key
+    from rc_jax.data import Problem
+    from rc_jax.toy import evaluate
+    records = evaluate.rc_records(
+        engine, params, [Problem(f"rl-{i}", p.text, str(p.answer)) for i, p in enumerate(problems)],
+        num_samples=1, num_steps=s.t_eval, seed=s.seed + 500, method="replay warm start",
+        batch_size=s.eval_batch, log=lambda *_: None)
     out: dict[str, dict[str, list]] = {}
-    for i in range(0, len(problems), s.eval_batch):
-        chunk = problems[i:i + s.eval_batch]
-        keys = np.stack([row_key(s.seed + 500, f"rl-{i + j}", 0) for j in range(len(chunk))])
-        engine.params = engine.summarizer_params = params
-        rollouts = engine.run([p.text for p in chunk], keys, num_steps=s.t_eval)
-        for p, r in zip(chunk, rollouts):
-            depth = p.steps_needed(s.ops_per_step)
-            summaries = [""] + list(r.summary_text[:depth])
-            out[p.text] = {"summaries": summaries,
-                           "starting_steps": list(range(len(summaries)))}
+    for p, r in zip(problems, records):
+        summaries = [""] + list(r["summarization_store"][:p.steps_needed(s.ops_per_step)])
+        out[p.text] = {"summaries": summaries, "starting_steps": list(range(len(summaries)))}
     Path(path).write_text(json.dumps(out))
     return sum(len(v["summaries"]) for v in out.values())
 

@@ -10,7 +10,7 @@ a..z then A..F, so N <= 32; the toy tokenizer makes each labelled operation (`c-
 token, so a problem is N + 2 tokens. Operations are +d or -d (d in 1..9), so every operation is a
 bijection and the final value is uniform: a blind guess is right 10% of the time.
 (Multiplication by the units 3, 7, 9 would keep that property but made the value table
-too slow to learn for a CPU-sized model; see docs/toy.md.)
+too slow to learn for a CPU-sized model in an earlier version of this toy.)
 
 One RC reasoning step continues from the state in the summary for at most `ops_per_step`
 operations. It writes each operation as its label, the labelled operation copied from
