@@ -150,6 +150,23 @@ class Tokenizer:
             text += THINK_START
         return text
 
+    def phase_prompt(self, user_text: str, *, use_think_tags: bool,
+                     open_think: bool = False) -> str:
+        """The one chat-wrapping rule of every RC phase and every method (docs/design.md).
+
+        `user_text` becomes a single user message, generation prompt on, and the template
+        gets `enable_thinking=use_think_tags` (templates without that variable ignore it).
+        With `open_think` (RC's summary-conditioned reasoning steps) and think tags on, a
+        `<think>` is appended when the rendered prompt holds none, as the paper's code does;
+        a first step leaves opening the block to the model.
+        """
+        text = self.apply_chat_template([{"role": "user", "content": user_text}],
+                                        add_generation_prompt=True,
+                                        enable_thinking=bool(use_think_tags))
+        if use_think_tags and open_think and THINK_START not in text:
+            text += THINK_START
+        return text
+
     def chat_prompt_ids(
         self,
         user_text: str,
