@@ -6,7 +6,8 @@ from setuptools import find_packages, setup
 
 def _requirements(name: str) -> list[str]:
     lines = Path(__file__).with_name(name).read_text().splitlines()
-    return [l.strip() for l in lines if l.strip() and not l.startswith("#")]
+    reqs = (line.split("#", 1)[0].strip() for line in lines)  # drop comments
+    return [r for r in reqs if r]
 
 
 setup(
