@@ -1,4 +1,4 @@
-"""AIME 2025 with the paper's evaluation settings (DESIGN §1).
+"""AIME 2025 with the paper's evaluation settings (docs/design.md, RC semantics).
 
 python -m rc_jax.main --config=experiments/aime.py \
     --config.model.path=/ckpt/Qwen3-4B-Instruct-2507

@@ -1,6 +1,6 @@
 """RCT Stage II: continue from the Stage I policy on the "_with_dishsoap" data.
 
-The authors released no Stage II script (RC_TRAINING_NOTES §2.7): the released RCT-4B is
+The authors released no Stage II script (docs/training.md, Stage II): the released RCT-4B is
 step 120 of a run named `offline_..._with_dishsoap_16k_no_summ_curr`, i.e. the Stage I
 recipe on the Stage II dataset, started from the Stage I policy. Here Stage I's final HF
 export is both the initial policy and the frozen KL reference (the authors' reference
