@@ -57,7 +57,7 @@ def test_capacity_evicts_oldest_first_and_age_expires():
         SummaryReplayBuffer(capacity=-1)
 
 
-def test_save_load_round_trip_and_the_authors_format(tmp_path):
+def test_save_load_round_trip(tmp_path):
     buf = SummaryReplayBuffer(capacity=10)
     buf.add("P", ["s1", "s2"], start_depth=0, step=4, ids=[[5, 6], [7]])
     buf.add("Q\nwith newline", ["ü"], start_depth=2, step=5)
@@ -69,12 +69,57 @@ def test_save_load_round_trip_and_the_authors_format(tmp_path):
     # Continuing after a reload keeps insertion order (eviction) consistent.
     back.add("R", ["r"], start_depth=0, step=6)
     assert back.summaries("R")[0].seq == 4
-    authors = {"A problem": {"summaries": ["x", "y"], "starting_steps": [1, 2],
-                             "problem_id": "u", "label": "3"}}
-    (tmp_path / "authors.json").write_text(json.dumps(authors))
-    warm = SummaryReplayBuffer().load(tmp_path / "authors.json")
-    assert [(e.text, e.depth, e.ids) for e in warm.summaries("A problem")] == \
-        [("x", 1, None), ("y", 2, None)]
-    (tmp_path / "bad.json").write_text(json.dumps({"p": {"texts": []}}))
-    with pytest.raises(ValueError, match="has no 'summaries' list"):
-        SummaryReplayBuffer().load(tmp_path / "bad.json")
+
+
+def test_load_the_authors_saved_buffer_file(tmp_path):
+    # The layout the authors' trainer writes (one object per problem, indented JSON).
+    authors = [
+        {"problem": "A problem", "problem_id": "17", "prompt_id": "17", "sample_id": "0",
+         "label": "3", "starting_steps": [1, 2, 1], "summaries": ["x", "y", "z"]},
+        {"problem": "Another\nproblem", "problem_id": "4", "prompt_id": "4",
+         "sample_id": "0", "label": "\\frac{1}{2}", "starting_steps": [3],
+         "summaries": ["w"]},
+        {"problem": "Purged", "problem_id": "9", "prompt_id": "9", "sample_id": "0",
+         "label": "1", "starting_steps": [], "summaries": []},
+    ]
+    (tmp_path / "replay_buffer_global_step_10").write_text(json.dumps(authors, indent=4))
+    warm = SummaryReplayBuffer().load(tmp_path / "replay_buffer_global_step_10", step=10)
+    assert [(e.text, e.depth, e.step, e.ids) for e in warm.summaries("A problem")] == \
+        [("x", 1, 10, None), ("y", 2, 10, None), ("z", 1, 10, None)]
+    assert [(e.text, e.depth) for e in warm.summaries("Another\nproblem")] == [("w", 3)]
+    assert "Purged" not in warm and len(warm) == 4
+    rng = np.random.default_rng(0)
+    assert {e.text for e in warm.sample("A problem", 3, rng)} == {"x", "y", "z"}
+    # The summary-free variant saves reasoning traces under their own key.
+    free = [{"problem": "P", "problem_id": "1", "prompt_id": "1", "sample_id": "0",
+             "label": "2", "starting_steps": [1], "reasoning_traces": ["r1"]}]
+    (tmp_path / "free.json").write_text(json.dumps(free))
+    assert [e.text for e in SummaryReplayBuffer().load(tmp_path / "free.json")
+            .summaries("P")] == ["r1"]
+    # rc_jax's compact layout (the toy pipeline's warm start) still loads.
+    (tmp_path / "compact.json").write_text(json.dumps(
+        {"A problem": {"summaries": ["", "x"], "starting_steps": [0, 1]}}))
+    assert [(e.text, e.depth) for e in SummaryReplayBuffer().load(
+        tmp_path / "compact.json").summaries("A problem")] == [("", 0), ("x", 1)]
+    # Capacity applies to a warm start too (oldest = first in the file).
+    assert [e.text for es in SummaryReplayBuffer(capacity=2).load(
+        tmp_path / "replay_buffer_global_step_10").entries.values() for e in es] == ["z", "w"]
+
+
+def test_load_rejects_malformed_buffer_files(tmp_path):
+    bad = {
+        "scalar.json": "x",
+        "no_list.json": [{"problem": "p", "starting_steps": [1], "texts": ["x"]}],
+        "mismatch.json": [{"problem": "p", "starting_steps": [1, 2], "summaries": ["x"]}],
+        "no_problem.json": [{"starting_steps": [1], "summaries": ["x"]}],
+    }
+    for name, data in bad.items():
+        (tmp_path / name).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="expected a buffer saved by rc_jax"):
+        SummaryReplayBuffer().load(tmp_path / "scalar.json")
+    with pytest.raises(ValueError, match="has no 'summaries'"):
+        SummaryReplayBuffer().load(tmp_path / "no_list.json")
+    with pytest.raises(ValueError, match="1 summaries but starting_steps"):
+        SummaryReplayBuffer().load(tmp_path / "mismatch.json")
+    with pytest.raises(ValueError, match="'problem' string"):
+        SummaryReplayBuffer().load(tmp_path / "no_problem.json")

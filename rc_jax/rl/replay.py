@@ -11,9 +11,14 @@ Beyond the authors' (unbounded) buffer, `capacity` (total summaries, oldest evic
 first) and `max_age` (in training steps) bound it. `purge_on_add` drops a problem's old
 summaries when its new ones arrive, as the authors' Stage-II script sets.
 
-The buffer is plain data (`state_dict` / `from_state_dict`), saved with checkpoints and
-loadable from a JSON file to warm-start (`load`, which also reads the authors' format:
-{problem: {"summaries": [...], "starting_steps": [...]}}).
+The buffer is plain data (`state_dict` / `load_state_dict`), saved with checkpoints and
+loadable from a JSON file to warm-start (`load`). `load` also reads the file the authors'
+trainer saves: a JSON list with one object per problem holding `problem`, `problem_id`,
+`prompt_id`, `sample_id`, `label`, `starting_steps` and `summaries` (`reasoning_traces`
+instead of `summaries` for the summary-free variant); `starting_steps[j]` is the chain
+depth of `summaries[j]`, exactly rc_jax's `Entry.depth`. A compact warm-start layout,
+{problem: {"summaries": [...], "starting_steps": [...]}} (rc_jax's own, written by the
+toy pipeline), is read too.
 """
 from __future__ import annotations
 
@@ -146,8 +151,12 @@ class SummaryReplayBuffer:
         return path
 
     def load(self, path: str | Path, step: int = 0) -> "SummaryReplayBuffer":
-        """Loads a saved buffer, or the authors' JSON ({problem: {summaries,
-        starting_steps}}); authors' entries get step `step` and no ids."""
+        """Loads a buffer saved by `save`, the authors' saved buffer (a JSON list of
+        per-problem objects) or the compact layout (see the module docstring). The authors' summaries get
+        training step `step` and no token ids (they are re-encoded when used); their
+        `problem_id` / `prompt_id` / `sample_id` / `label` are not needed (entries are
+        keyed by problem text, as theirs are). A problem with an empty list is skipped
+        (its chains start from the empty summary)."""
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -155,21 +164,29 @@ class SummaryReplayBuffer:
             raise ValueError(f"replay buffer file {path}: cannot read ({e})") from None
         if isinstance(data, dict) and data.get("version") == 1 and "entries" in data:
             return self.load_state_dict(data)
-        if not isinstance(data, dict):
-            raise ValueError(f"replay buffer file {path}: expected a JSON object")
+        if isinstance(data, dict):  # compact layout {problem: {summaries, starting_steps}}
+            data = [dict(value, problem=problem) if isinstance(value, dict) else value
+                    for problem, value in data.items()]
+        if not isinstance(data, list):
+            raise ValueError(f"replay buffer file {path}: expected a buffer saved by rc_jax "
+                             "or the authors' JSON list of per-problem objects")
         self.entries, self._seq = {}, 0
-        for problem, value in data.items():
-            if not isinstance(value, dict) or "summaries" not in value:
-                raise ValueError(f"replay buffer file {path}: entry for problem "
-                                 f"{problem[:40]!r} has no 'summaries' list")
-            summaries = value["summaries"]
-            depths = value.get("starting_steps", list(range(1, len(summaries) + 1)))
-            if len(depths) != len(summaries):
-                raise ValueError(f"replay buffer file {path}: problem {problem[:40]!r} has "
-                                 f"{len(summaries)} summaries but {len(depths)} starting_steps")
-            for text, depth in zip(summaries, depths):
+        for n, item in enumerate(data):
+            where = f"replay buffer file {path}: item {n}"
+            if not isinstance(item, dict) or not isinstance(item.get("problem"), str):
+                raise ValueError(f"{where}: expected an object with a 'problem' string")
+            key = "summaries" if "summaries" in item else "reasoning_traces"
+            texts = item.get(key)
+            if not isinstance(texts, list):
+                raise ValueError(f"{where} ({item['problem'][:40]!r}) has no 'summaries' "
+                                 "(or 'reasoning_traces') list")
+            depths = item.get("starting_steps")
+            if not isinstance(depths, list) or len(depths) != len(texts):
+                raise ValueError(f"{where} ({item['problem'][:40]!r}): {len(texts)} {key} "
+                                 f"but starting_steps is {depths!r:.60}")
+            for text, depth in zip(texts, depths):
                 self._seq += 1
-                self.entries.setdefault(problem, []).append(
+                self.entries.setdefault(item["problem"], []).append(
                     Entry(str(text), int(depth), step, None, self._seq))
         self._evict_over_capacity()
         return self
