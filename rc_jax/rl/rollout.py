@@ -1,6 +1,6 @@
 """RCT rollouts: online RC chains -> snapshot prompts -> GRPO groups -> rewards.
 
-One training step (RC_TRAINING_NOTES §1.1, §6):
+One training step (see docs/training.md):
 
 A. Online chains. With the current weights, each chain runs RC for T steps from its seed
    summary (the empty summary, or a replay-buffer summary): r_0 from (problem, s_0),
