@@ -273,3 +273,30 @@ def test_authors_dataset_format_loads(tmp_path):
     c.data.source = str(tmp_path / "train.jsonl")
     (p,) = load_training_problems(c)
     assert (p.problem, p.answer, p.problem_id) == ("Find 2+2.", "4", "17")
+
+
+def test_each_buffered_summary_seeds_chains_per_problem_chains():
+    from types import SimpleNamespace
+    from rc_jax.rl.replay import SummaryReplayBuffer
+    from rc_jax.rl.train import seed_chains
+    buf = SummaryReplayBuffer()
+    buf.add("A", ["s1", "s2", "s3"], start_depth=0, step=1, ids=[[1], [2, 2], [3, 3, 3]])
+    buf.add("C", ["long summary"], start_depth=4, step=1)  # warm start: no ids
+    problems = [SimpleNamespace(problem=p) for p in ("A", "B", "C")]
+    chains = seed_chains(problems, buf, np.random.default_rng(0), 2, chains_per_problem=3,
+                         samples_per_problem=2, encode=lambda t: list(range(len(t))),
+                         max_seed_tokens=5)
+    a = [ch for ch in chains if ch.problem_index == 0]
+    assert [ch.chain_index for ch in a] == list(range(6))  # 2 summaries x 3 chains each
+    seeds = [tuple(ch.seed_ids) for ch in a]
+    assert len(set(seeds)) == 2 and all(seeds[3 * s:3 * s + 3] == [seeds[3 * s]] * 3
+                                        for s in range(2))
+    assert [ch.start_depth for ch in a] == [len(x) for x in seeds]  # s_j has depth j here
+    b = [ch for ch in chains if ch.problem_index == 1]  # not stored: 3 chains from ""
+    assert [(ch.chain_index, ch.seed_ids, ch.start_depth) for ch in b] == \
+        [(0, [], 0), (1, [], 0), (2, [], 0)]
+    c = [ch for ch in chains if ch.problem_index == 2]  # re-encoded, cut to H_S
+    assert [(ch.seed_ids, ch.start_depth) for ch in c] == [([0, 1, 2, 3, 4], 5)] * 3
+    # Without a buffer every problem gets its chains from "".
+    assert len(seed_chains(problems, None, np.random.default_rng(0), 2, chains_per_problem=2,
+                           samples_per_problem=2, encode=None, max_seed_tokens=5)) == 6

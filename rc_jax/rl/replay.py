@@ -4,7 +4,8 @@ After each training step every chain summary s_1..s_T is stored under its proble
 (as the authors key it, so a problem repeated under another id shares an entry) with its
 chain depth (seed depth + position in the chain). When a stored problem is drawn again,
 its online chains start from summaries sampled uniformly *without replacement* (k per
-problem) instead of the empty summary. Stored summaries only condition the chain: they
+problem) instead of the empty summary; each sampled summary seeds `rl.chains_per_problem`
+chains, as the empty summary of a fresh problem does. Stored summaries only condition the chain: they
 are never trained on and need no importance weight.
 
 Beyond the authors' (unbounded) buffer, `capacity` (total summaries, oldest evicted

@@ -1,7 +1,7 @@
 """RCT training: short-horizon RL on RC rollouts (`python -m rc_jax.main --config=...`
 with `method='train'`; config schema in `rc_jax.rl.config`).
 
-One step (`Trainer.train_step`), following the authors' recipe (RC_TRAINING_NOTES §6):
+One step (`Trainer.train_step`), following the authors' recipe (see docs/training.md):
   1. draw B problems (deterministic, resumable order);
   2. online RC chains with the current weights (replay-buffer seeds if enabled);
   3. k snapshots per chain -> G fresh responses per snapshot prompt (one group each);
@@ -277,19 +277,11 @@ class Trainer:
 
     def _make_chains(self, problems, rng, step) -> list[Chain]:
         """Chains of this step: buffer-seeded for stored problems, else from ""."""
-        chains = []
-        for pi, p in enumerate(problems):
-            seeds = (self.buffer.sample(p.problem, self.c.rl.replay_samples_per_problem, rng,
-                                        step=step) if self.buffer is not None else [])
-            if seeds:
-                for j, e in enumerate(seeds):
-                    ids = e.ids if e.ids is not None else self.tokenizer.encode(e.text)
-                    if not self.c.rl.summary_free:  # a summary longer than H_S (warm start)
-                        ids = ids[:self.rollout.engine.summary_buffer]
-                    chains.append(Chain(pi, j, list(ids), e.depth))
-            else:
-                chains.extend(Chain(pi, j, [], 0) for j in range(self.c.rl.chains_per_problem))
-        return chains
+        r = self.c.rl
+        return seed_chains(
+            problems, self.buffer, rng, step, chains_per_problem=r.chains_per_problem,
+            samples_per_problem=r.replay_samples_per_problem, encode=self.tokenizer.encode,
+            max_seed_tokens=None if r.summary_free else self.rollout.engine.summary_buffer)
 
     def _summary_groups(self, problems, problem_ids, chains, groups, rng, step, timer):
         """Summarizer training: sample summaries of (s_i, r_i); reward each by the mean
@@ -454,6 +446,32 @@ class Trainer:
         grader = getattr(self.reward_fn, "grader", None)
         if self._owns_grader and grader is not None and hasattr(grader, "close"):
             grader.close()
+
+
+def seed_chains(problems, buffer: SummaryReplayBuffer | None, rng: np.random.Generator,
+                step: int, *, chains_per_problem: int, samples_per_problem: int, encode,
+                max_seed_tokens: int | None) -> list[Chain]:
+    """The step's online chains. A problem with stored summaries draws up to
+    `samples_per_problem` of them (without replacement) and each seeds
+    `chains_per_problem` chains, as the empty summary does for a problem not in the
+    buffer. Chain indices are unique per problem (seed s, copy c -> s * chains + c), so
+    every chain gets its own sampling key. A seed longer than `max_seed_tokens` (a
+    warm-start summary longer than H_S) is cut to it.
+    """
+    chains = []
+    for pi, p in enumerate(problems):
+        seeds = (buffer.sample(p.problem, samples_per_problem, rng, step=step)
+                 if buffer is not None else [])
+        if not seeds:
+            chains.extend(Chain(pi, j, [], 0) for j in range(chains_per_problem))
+            continue
+        for s, e in enumerate(seeds):
+            ids = list(e.ids if e.ids is not None else encode(e.text))
+            if max_seed_tokens is not None:
+                ids = ids[:max_seed_tokens]
+            chains.extend(Chain(pi, s * chains_per_problem + j, list(ids), e.depth)
+                          for j in range(chains_per_problem))
+    return chains
 
 
 def _param_shardings(config, mesh):
