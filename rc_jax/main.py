@@ -23,6 +23,25 @@ from rc_jax.config import config_hash, steps_per_record, validate  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Show library logs (JAX backend probing, absl INFO lines, XLA "
+    "messages). Also on with the environment variable RC_JAX_VERBOSE=1.")
+
+
+def _quiet_logs() -> None:
+    """A clean console by default: banner, progress bars, results; warnings still show.
+
+    Runs after flag parsing and before `main`, i.e. before JAX is first imported (the
+    environment variables only take effect then). `--verbose` keeps everything.
+    """
+    if _VERBOSE.value or os.environ.get("RC_JAX_VERBOSE", "") not in ("", "0"):
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # XLA's C++ INFO/WARNING lines
+    logging.set_verbosity(logging.WARNING)  # absl INFO, incl. JAX's "Unable to initialize
+    #                                          backend 'tpu'" from probing absent backends
+
+
+app.call_after_init(_quiet_logs)
 
 
 def load_problem_set(config) -> list:
