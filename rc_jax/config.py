@@ -258,3 +258,56 @@ def semantic_dict(c: ml_collections.ConfigDict) -> dict:
 def config_hash(c: ml_collections.ConfigDict) -> str:
     blob = json.dumps(semantic_dict(c), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def flag_error_message(error: BaseException, argv: list[str]) -> str | None:
+    """One line for a mistake on the command line or in a config file, or None.
+
+    Handles what `ml_collections.config_flags` raises while parsing `--config=FILE` and
+    `--config.a.b=value`: a config file that does not exist or fails to load, and an
+    override naming a field the schema does not have (with ml_collections' suggestion).
+    """
+    import traceback
+    inner = error.args[0] if error.args else ""
+    while isinstance(inner, BaseException):  # AttributeError(KeyError(message))
+        inner = inner.args[0] if inner.args else ""
+    text = str(inner) if inner else str(error)
+    config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if config_arg is None and "--config" in argv[:-1]:
+        config_arg = argv[argv.index("--config") + 1]
+    if isinstance(error, (KeyError, AttributeError)):
+        # ml_collections: "'num_stepz'\nDid you mean "num_steps" instead of "num_stepz"?"
+        lines = [line.strip() for line in text.strip("'\"").replace("\\n", "\n").splitlines()]
+        key = lines[0].strip("'\"") if lines else ""
+        hint = next((line for line in lines[1:] if line.startswith("Did you mean")), "")
+        flag = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.")
+                     and key in a.split("=", 1)[0].split(".")), None)
+        if flag is not None:
+            field = flag[len("--config."):]
+            suggestion = ""
+            if hint:
+                import re
+                m = re.match(r'Did you mean "([^"]+)"', hint)
+                if m:
+                    parts = field.split(".")
+                    parts[parts.index(key)] = m.group(1)
+                    suggestion = f"; did you mean --config.{'.'.join(parts)}?"
+            return f"{flag}: the config has no field {field!r}{suggestion}"
+    if config_arg is not None:
+        path = Path(config_arg.split(":", 1)[0])
+        if not path.is_file():
+            where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+            return f"--config={config_arg}: config file {str(path)!r} not found{where}"
+        cause = error.__cause__ or error.__context__ or error
+        while isinstance(cause, OSError) and (cause.__cause__ or cause.__context__):
+            cause = cause.__cause__ or cause.__context__  # config_flags wraps the real error
+        line = ""
+        if isinstance(cause, SyntaxError):
+            line = f" line {cause.lineno}"
+        else:
+            frames = [f for f in traceback.extract_tb(cause.__traceback__)
+                      if Path(f.filename).resolve() == path.resolve()]
+            line = f" line {frames[-1].lineno}" if frames else ""
+        detail = cause.msg if isinstance(cause, SyntaxError) else str(cause)
+        return f"config file {str(path)!r}{line}: {type(cause).__name__}: {detail}"
+    return None

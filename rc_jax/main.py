@@ -130,6 +130,8 @@ def run(config) -> dict[str, Any] | None:
     if todo:
         model_dir = resolve_model_path(config.model.path)
         tokenizer = load_tokenizer(config.tokenizer.path or model_dir)
+        from rc_jax.limits import check_run_fits  # every phase fits the context (no params yet)
+        check_run_fits(config, tokenizer, [p for p, _ in todo], model_dir)
         mesh = None
         if config.mesh or jax.process_count() > 1:  # several hosts: one global mesh
             from rc_jax.parallel import make_mesh
@@ -205,7 +207,10 @@ def print_step_table(metrics: dict[str, Any]) -> None:
         print("step  accuracy (± s.e.)  no answer  cumulative tokens")
         for s in entry["steps"]:
             tokens = (s.get("mean_tokens") or {}).get("cumulative")
-            print(f"{s['step']:>4}  {100 * s['accuracy']:6.1f}% ± {100 * s['stderr']:4.1f}"
+            # One problem x one sample has no standard error (None): print n/a, not crash.
+            acc = "n/a" if s.get("accuracy") is None else f"{100 * s['accuracy']:.1f}%"
+            err = "n/a" if s.get("stderr") is None else f"{100 * s['stderr']:.1f}"
+            print(f"{s['step']:>4}  {acc:>7} ± {err:>4}"
                   f"  {s.get('no_answer', 0):>9}  {tokens if tokens is not None else 'n/a'}")
 
 
@@ -237,17 +242,43 @@ def _batch_runner(config, params, model_config, tokenizer, settings, sampling, b
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    config = _CONFIG.value
+        sys.exit(f"rc_jax: error: unexpected arguments: {' '.join(argv[1:])} "
+                 "(overrides are written --config.a.b=value)")
+    try:
+        config = _CONFIG.value
+        if config is not None:
+            config.method  # noqa: B018  (a file that failed to load raises on first use)
+    except Exception as e:  # noqa: BLE001
+        from rc_jax.config import flag_error_message
+        message = flag_error_message(e, list(sys.argv))
+        if message is None:
+            raise
+        sys.exit(f"rc_jax: error: {message}")
     if config is None:
-        raise app.UsageError("--config=experiments/<name>.py is required")
+        sys.exit("rc_jax: error: --config=experiments/<name>.py is required")
     try:
         run(config)
-    except (ValueError, FileNotFoundError) as e:
-        # Bad input: one clear line naming the culprit, not a traceback.
+    except (ValueError, OSError, UnicodeError) as e:
+        # Bad input (DataError is a ValueError), an output directory that cannot be
+        # written, text that cannot be encoded: one line naming the culprit, exit 1.
         logging.debug("failed", exc_info=True)
         sys.exit(f"rc_jax: error: {e}")
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with mistakes in the config file or an override (unknown
+    field, missing file, error inside the file) reported in one line, not a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"rc_jax: error: {e} (--helpshort lists the flags)")
+    except Exception as e:  # noqa: BLE001  (config_flags raises KeyError, OSError, ...)
+        from rc_jax.config import flag_error_message
+        message = flag_error_message(e, list(argv))
+        if message is None:
+            raise
+        sys.exit(f"rc_jax: error: {message}")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

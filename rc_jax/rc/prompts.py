@@ -116,6 +116,10 @@ class Template:
         for _, name, spec, conv in parsed:
             if name is None:
                 continue
+            if name == "" or name.isdigit():
+                raise ValueError(f"template {self.source}: unnamed placeholder {{{name}}}; "
+                                 "a literal brace is written doubled, e.g. \\boxed{{}} "
+                                 "for \\boxed{}")
             if name not in self.fields:
                 raise ValueError(f"template {self.source}: unknown placeholder {{{name}}}; "
                                  f"allowed: {', '.join('{%s}' % f for f in self.fields)}")
