@@ -15,12 +15,14 @@ import ml_collections
 
 METHODS = ("rc", "autoregressive", "self_refine", "self_verify", "budget_forcing", "rsa")
 ENGINES = ("device", "reference")
+SCHEDULES = ("continuous", "lockstep")
 DTYPES = ("float32", "bfloat16")
 BUILTIN_MODEL_PREFIX = "builtin:"
 
 # Fields that do not change what a run computes: changing them keeps a run resumable.
 _NON_SEMANTIC = ("batch_size", "output_dir", "data.limit", "evaluate", "show_rollouts", "mesh",
-                 "grading_timeout", "model.max_cache_length", "rc.engine")
+                 "grading_timeout", "model.max_cache_length", "rc.engine",
+                 "rc.scheduling", "rc.refill_rows")
 
 # Config sections that only some methods read. A run's resume hash leaves out the sections
 # its method does not read, so adding or changing another method's knobs never makes
@@ -28,9 +30,9 @@ _NON_SEMANTIC = ("batch_size", "output_dir", "data.limit", "evaluate", "show_rol
 METHOD_SECTIONS = {
     "rc": (),
     "autoregressive": ("baselines", "autoregressive"),
-    "self_refine": ("baselines", "self_refine"),
-    "self_verify": ("baselines", "self_verify"),
-    "budget_forcing": ("baselines", "budget_forcing"),
+    "self_refine": ("self_refine",),
+    "self_verify": ("self_verify",),
+    "budget_forcing": ("budget_forcing",),
     "rsa": ("baselines", "rsa"),
 }
 # Methods that run a summarization phase (the only ones a summarizer model can serve).
@@ -51,6 +53,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.summarizer = ml_collections.ConfigDict()
     c.summarizer.model = ml_collections.ConfigDict()
     c.summarizer.model.path = ""      # empty: the reasoning model also summarizes
+    c.summarizer.tokenizer = ml_collections.ConfigDict()
+    c.summarizer.tokenizer.path = ""  # empty: the summarizer model's directory
+    c.summarizer.sampling = ml_collections.ConfigDict()  # negative: same as sampling.*
+    c.summarizer.sampling.temperature = -1.0
+    c.summarizer.sampling.top_p = -1.0
+    c.summarizer.sampling.top_k = -1
+    c.summarizer.sampling.min_p = -1.0
 
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.path = ""             # empty: the model directory
@@ -77,21 +86,25 @@ def default_config() -> ml_collections.ConfigDict:
     c.rc.reasoning_template = "math"  # builtin name (math, science) or a text file
     c.rc.summary_template = "math"
     c.rc.use_think_tags = False
-    c.rc.engine = "device"
+    c.rc.engine = "device"            # device: the jitted slot loop; reference: host loop
+    c.rc.scheduling = "continuous"    # continuous: refill a slot when its phase ends;
+    #                                   lockstep: whole batches, phase by phase
+    c.rc.refill_rows = 0              # slots prefilled together (0: min(batch_size, 4))
 
     # Baselines and scaffolds (rc_jax.methods). self_refine / self_verify run rc.num_steps
     # steps of at most rc.max_reasoning_tokens tokens; rsa gives every candidate
     # rc.max_reasoning_tokens and every summary rc.max_summary_tokens; all wrap prompts
-    # like RC does (rc.use_think_tags).
+    # like RC does (Tokenizer.phase_prompt, enable_thinking = rc.use_think_tags).
     c.baselines = ml_collections.ConfigDict()
-    c.baselines.solve_template = "math"   # first attempt ({problem}): math, science or a file
+    c.baselines.solve_template = "math"   # autoregressive, rsa round 0 ({problem}): math,
+    #                                       science or a file
 
     c.autoregressive = ml_collections.ConfigDict()
     c.autoregressive.max_tokens = 131072  # one generation of at most this many tokens
     c.autoregressive.checkpoint_tokens = 16384  # a "step" is read every this many tokens
 
     c.self_refine = ml_collections.ConfigDict()
-    c.self_refine.template = "math"       # {problem}, {previous_attempt}
+    c.self_refine.template = "math"       # {problem}, {previous_attempt} (empty at step 1)
     c.self_refine.max_context_tokens = 0  # previous attempt keeps its last N tokens; 0: all
 
     c.self_verify = ml_collections.ConfigDict()
@@ -99,10 +112,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.self_verify.max_context_tokens = 0
 
     c.budget_forcing = ml_collections.ConfigDict()
-    c.budget_forcing.max_tokens = 32768   # total generated tokens, all continuations
-    c.budget_forcing.num_forcings = 4     # at most this many continuation cues (steps - 1)
-    c.budget_forcing.cue = "Wait"         # text appended where the model stopped
-    c.budget_forcing.stop_tokens = ""     # forcing stops besides EOS, comma-separated;
+    c.budget_forcing.mode = "paper"       # paper: s1 as the paper ran it; on_stop: force
+    #                                       only after an early stop, one shared budget
+    c.budget_forcing.template = "bare"    # the prompt ({problem}); bare: the problem alone
+    c.budget_forcing.max_tokens = 16384   # paper: the first segment's budget;
+    #                                       on_stop: total generated tokens, all generations
+    c.budget_forcing.continuation_tokens = 2048  # paper: budget of every later segment
+    c.budget_forcing.num_forcings = 4     # continuations (steps - 1); on_stop: at most
+    c.budget_forcing.cue = "Wait, let me think this through once more."  # continuation cue
+    c.budget_forcing.stop_tokens = ""     # on_stop: forcing stops besides EOS, comma-separated;
     #                                       empty: </think> when rc.use_think_tags
 
     c.rsa = ml_collections.ConfigDict()
@@ -159,6 +177,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
             _fail(f"rc.{name}", f"must be a positive integer, got {getattr(c.rc, name)}")
     if c.rc.engine not in ENGINES:
         _fail("rc.engine", f"must be one of {ENGINES}, got {c.rc.engine!r}")
+    if c.rc.scheduling not in SCHEDULES:
+        _fail("rc.scheduling", f"must be one of {SCHEDULES}, got {c.rc.scheduling!r}")
+    if int(c.rc.refill_rows) != c.rc.refill_rows or c.rc.refill_rows < 0:
+        _fail("rc.refill_rows", f"must be a non-negative integer, got {c.rc.refill_rows!r}")
+    if c.summarizer.tokenizer.path and not c.summarizer.model.path:
+        _fail("summarizer.tokenizer.path", "needs summarizer.model.path (a second model)")
     for name in ("reasoning_template", "summary_template"):
         kind = "reasoning" if name.startswith("reasoning") else "summary"
         from rc_jax.rc.prompts import load_template
@@ -211,7 +235,12 @@ def _validate_methods(c: ml_collections.ConfigDict) -> None:
     for section, kind in (("self_refine", "refine"), ("self_verify", "verify")):
         template(f"{section}.template", kind)
         _positive(c, f"{section}.max_context_tokens", minimum=0)
+    if c.budget_forcing.mode not in ("paper", "on_stop"):
+        _fail("budget_forcing.mode", f"must be 'paper' or 'on_stop', got "
+              f"{c.budget_forcing.mode!r}")
+    template("budget_forcing.template", "solve")
     _positive(c, "budget_forcing.max_tokens")
+    _positive(c, "budget_forcing.continuation_tokens")
     _positive(c, "budget_forcing.num_forcings", minimum=0)
     if not c.budget_forcing.cue:
         _fail("budget_forcing.cue", "must be non-empty text (e.g. 'Wait')")

@@ -71,7 +71,7 @@ def build_record(problem, sample_id: int, rollout, method: str, wall: float,
     return {
         "problem": problem.problem, "label": problem.answer,
         "problem_id": problem.problem_id, "sample_id": sample_id, "method": method,
-        "reasoning_store": rollout.reasoning_text,
+        "reasoning_store": rollout.reasoning_text,      # raw phase outputs
         "summarization_store": rollout.summary_text,
         "token_counts": {"prompt": rollout.prompt_tokens,
                          "reasoning": rollout.reasoning_tokens,
@@ -150,11 +150,16 @@ def run(config) -> dict[str, Any] | None:
         sampling = SamplingParams(config.sampling.temperature, config.sampling.top_p,
                                   config.sampling.top_k, config.sampling.min_p)
         buckets = Buckets(max_cache_length=config.model.max_cache_length)
+        bar = tqdm(total=len(todo), desc="rollouts", unit="rollout",
+                   disable=not main_process)
+        if config.method == "rc" and config.rc.engine == "device":
+            _run_rc_engine(config, todo, params, model_config, tokenizer, settings, sampling,
+                           buckets, mesh, shardings, summarizer, summarizer_shardings,
+                           results, chash, bar)
+            todo = []
         run_batch = _batch_runner(config, params, model_config, tokenizer, settings, sampling,
                                   buckets, mesh, shardings, summarizer,
                                   summarizer_shardings=summarizer_shardings)
-        bar = tqdm(total=len(todo), desc="rollouts", unit="rollout",
-                   disable=not main_process)
         tokens = 0
         start = time.time()
         for i in range(0, len(todo), config.batch_size):
@@ -214,6 +219,65 @@ def print_step_table(metrics: dict[str, Any]) -> None:
                   f"  {s.get('no_answer', 0):>9}  {tokens if tokens is not None else 'n/a'}")
 
 
+def _summarizer_sampling(config, sampling):
+    """summarizer.sampling.* (negative fields: the reasoner's value)."""
+    from rc_jax.sampling import SamplingParams
+    s = config.summarizer.sampling
+    pick = lambda own, base: base if own < 0 else own  # noqa: E731
+    return SamplingParams(pick(s.temperature, sampling.temperature), pick(s.top_p, sampling.top_p),
+                          pick(s.top_k, sampling.top_k), pick(s.min_p, sampling.min_p))
+
+
+def _run_rc_engine(config, todo, params, model_config, tokenizer, settings, sampling, buckets,
+                   mesh, shardings, summarizer, summarizer_shardings, results, chash, bar):
+    """RC on the device engine: all rollouts through one continuous-batching loop; each
+    finished step goes durably to progress.jsonl, each finished rollout to results.jsonl."""
+    from rc_jax.parallel.distributed import is_main_process
+    from rc_jax.progress import StepLog
+    from rc_jax.rc.engine import Job, RCEngine, row_key
+    from rc_jax.tokenizer import load_tokenizer
+
+    main_process = is_main_process()
+    log = StepLog(config.output_dir, chash) if main_process else None
+    restored = log.load() if main_process else {}
+    s_kwargs = {}
+    if summarizer is not None:
+        s_tok = (load_tokenizer(config.summarizer.tokenizer.path or config.summarizer.model.path)
+                 if (config.summarizer.tokenizer.path or config.summarizer.model.path) else None)
+        s_kwargs = dict(summarizer_config=summarizer[1], summarizer_tokenizer=s_tok,
+                        summarizer_sampling=_summarizer_sampling(config, sampling),
+                        summarizer_shardings=summarizer_shardings)
+    engine = RCEngine(model_config, tokenizer, settings, sampling, slots=config.batch_size,
+                      scheduling=config.rc.scheduling, refill_rows=config.rc.refill_rows,
+                      buckets=buckets, mesh=mesh, param_shardings=shardings, **s_kwargs)
+    jobs = [Job(p.problem, row_key(config.sampling.seed, p.problem_id, j), settings.num_steps,
+                done_steps=restored.get((str(p.problem_id), j), ())) for p, j in todo]
+    resumed = sum(len(j.done_steps) for j in jobs)
+    if resumed:
+        logging.info("resuming %d finished steps from %s", resumed, log.path)
+    tokens = [0]
+    start = time.time()
+
+    def on_step(i, step, record):
+        p, j = todo[i]
+        if log is not None:
+            log.append(p.problem_id, j, step, record)
+        tokens[0] += record.reasoning_tokens + record.summary_tokens
+
+    def on_done(i, rollout, wall):
+        p, j = todo[i]
+        if results is not None:
+            results.append([build_record(p, j, rollout, config.method, wall, chash)])
+        bar.update(1)
+        bar.set_postfix(tok_s=f"{tokens[0] / max(time.time() - start, 1e-9):.1f}")
+
+    _, stats = engine.run(params, jobs, summarizer_params=summarizer[0] if summarizer else None,
+                          on_step=on_step, on_done=on_done)
+    bar.close()
+    logging.info("RC engine: %d loop iterations, slot utilization %.2f, %d host callbacks",
+                 stats.iterations, stats.utilization, stats.services)
+
+
 def _batch_runner(config, params, model_config, tokenizer, settings, sampling, buckets, mesh,
                   shardings, summarizer, summarizer_shardings=None):
     """A function problems, keys -> rollouts for the configured method / engine."""
@@ -225,12 +289,6 @@ def _batch_runner(config, params, model_config, tokenizer, settings, sampling, b
                             mesh=mesh, param_shardings=shardings, summarizer=summarizer,
                             summarizer_shardings=summarizer_shardings)
         return lambda problems, keys: runner(problems, keys, ctx)
-    from rc_jax.rc.engine import RCEngine
-    if config.rc.engine == "device":
-        engine = RCEngine(params, model_config, tokenizer, settings, sampling, buckets=buckets,
-                          mesh=mesh, param_shardings=shardings, summarizer=summarizer,
-                          summarizer_shardings=summarizer_shardings)
-        return engine.run
     from rc_jax.rc.reference import run_text_reference
 
     def run_reference(problems: Sequence[str], keys):

@@ -40,7 +40,8 @@ class KVCache:
       k, v: [L, B, C, K, D] keys/values (rotary already applied to keys).
       valid: [B, C] bool, True where a slot holds a real (non-padding) token.
       index: [] int32, the next slot to write (same for every row: prompts are
-        left-padded so that rows stay aligned).
+        left-padded so that rows stay aligned), or [B] int32, each row's own next slot
+        (the RC scheduler's layout: rows hold unrelated prompts that start at slot 0).
 
     `unstack_cache` makes the per-layer decode form: k and v tuples of L arrays, keys
     [B*K, D, C] and values [B*K, C, D], the layouts in which attention is two plain
@@ -208,10 +209,18 @@ class Attention(nn.Module):
 
         # Write this chunk into the cache at the shared write index, then attend to all of it.
         index, g = ctx["write_index"], h // k
+        per_row = jnp.ndim(index) == 1  # continuous batching: each row has its own slot
+        if per_row:
+            slots = index[:, None] + jnp.arange(s)[None, :]  # [B, S]
         if layer_k.ndim == 4:  # stacked cache layout [B, C, K, D]
-            start = (0, index, 0, 0)
-            layer_k = jax.lax.dynamic_update_slice(layer_k, kk.astype(layer_k.dtype), start)
-            layer_v = jax.lax.dynamic_update_slice(layer_v, vv.astype(layer_v.dtype), start)
+            if per_row:
+                rows = jnp.arange(b)[:, None]
+                layer_k = layer_k.at[rows, slots].set(kk.astype(layer_k.dtype), mode="drop")
+                layer_v = layer_v.at[rows, slots].set(vv.astype(layer_v.dtype), mode="drop")
+            else:
+                start = (0, index, 0, 0)
+                layer_k = jax.lax.dynamic_update_slice(layer_k, kk.astype(layer_k.dtype), start)
+                layer_v = jax.lax.dynamic_update_slice(layer_v, vv.astype(layer_v.dtype), start)
             qg = q.reshape(b, s, k, g, d)
             scores = jnp.einsum("bskgd,bckd->bkgsc", qg, layer_k.astype(dt),
                                 preferred_element_type=jnp.float32) * (d ** -0.5)
@@ -223,10 +232,18 @@ class Attention(nn.Module):
             c = layer_k.shape[-1]
             new_k = jnp.transpose(kk, (0, 2, 3, 1)).reshape(b * k, d, s)
             new_v = jnp.transpose(vv, (0, 2, 1, 3)).reshape(b * k, s, d)
-            layer_k = jax.lax.dynamic_update_slice(layer_k, new_k.astype(layer_k.dtype),
-                                                   (0, 0, index))
-            layer_v = jax.lax.dynamic_update_slice(layer_v, new_v.astype(layer_v.dtype),
-                                                   (0, index, 0))
+            if per_row:  # row n = b * K + kv head: slots of row b
+                rows = jnp.arange(b * k)[:, None]
+                kv_slots = jnp.repeat(slots, k, axis=0)  # [B*K, S]
+                layer_k = layer_k.at[rows, :, kv_slots].set(
+                    jnp.swapaxes(new_k, 1, 2).astype(layer_k.dtype), mode="drop")
+                layer_v = layer_v.at[rows, kv_slots].set(new_v.astype(layer_v.dtype),
+                                                         mode="drop")
+            else:
+                layer_k = jax.lax.dynamic_update_slice(layer_k, new_k.astype(layer_k.dtype),
+                                                       (0, 0, index))
+                layer_v = jax.lax.dynamic_update_slice(layer_v, new_v.astype(layer_v.dtype),
+                                                       (0, index, 0))
             # Queries grouped by kv head: [B*K, G*S, D] @ [B*K, D, C], then @ [B*K, C, D].
             qg = q.reshape(b, s, k, g, d).transpose(0, 2, 3, 1, 4).reshape(b * k, g * s, d)
             scores = jnp.einsum("nmd,ndc->nmc", qg, layer_k.astype(dt),
@@ -422,8 +439,13 @@ def pack_for_decode(params: Params, config: ModelConfig) -> Params:
 
 # ------------------------------------------------------------------------- functional API
 def attention_mask(valid: jax.Array, write_index: jax.Array, chunk: int) -> jax.Array:
-    """[B, S, C] bool: query s (at slot write_index+s) sees slot c iff c is valid and c <= it."""
+    """[B, S, C] bool: query s (at slot write_index+s) sees slot c iff c is valid and c <= it.
+
+    write_index: [] (rows aligned) or [B] (each row writes at its own slot)."""
     slots = jnp.arange(valid.shape[1])
+    if jnp.ndim(write_index) == 1:
+        query_slots = write_index[:, None] + jnp.arange(chunk)[None, :]  # [B, S]
+        return valid[:, None, :] & (slots[None, None, :] <= query_slots[:, :, None])
     query_slots = write_index + jnp.arange(chunk)
     causal = slots[None, :] <= query_slots[:, None]
     return valid[:, None, :] & causal[None]
@@ -463,8 +485,13 @@ def forward(params: Params, config: ModelConfig, tokens: jax.Array, positions: j
     packed = is_packed(params)
     given_unstacked = cache_is_unstacked(cache)
     work = unstack_cache(cache) if packed else stack_cache(cache)
-    valid = jax.lax.dynamic_update_slice(cache.valid, token_mask.astype(bool),
-                                         (0, cache.index))
+    if jnp.ndim(cache.index) == 1:  # per-row write slots (continuous batching)
+        slots = cache.index[:, None] + jnp.arange(s)[None, :]
+        valid = cache.valid.at[jnp.arange(b)[:, None], slots].set(token_mask.astype(bool),
+                                                                   mode="drop")
+    else:
+        valid = jax.lax.dynamic_update_slice(cache.valid, token_mask.astype(bool),
+                                             (0, cache.index))
     mask = attention_mask(valid, cache.index, s)
     cos, sin = rope_tables(positions, config.head_dim, config.rope_theta)
     logits, k, v = Decoder(config, packed=packed).apply(

@@ -1,26 +1,38 @@
-"""The RC device engine: a whole RC rollout — all T steps, both phases — as one program.
+"""The RC engine: exact text prompts, continuous batching, one on-device loop.
 
-Per step (DESIGN §1), for every row at once:
-  1. reason:    prompt = plan_R(problem, summary)                  -> sample <= H_R tokens
-                r = ids before the first </think>, <think>/specials dropped, stripped
-  2. summarize: prompt = plan_S(problem, summary, r)               -> sample <= H_S tokens
-                summary = ids after the last </think>, <think>/specials dropped, stripped
-  3. discard r: only (problem, summary) reach the next step.
+Device side: one jitted `lax.while_loop` over B *slots*. Each iteration decodes one token
+for every slot that is generating. When a slot's phase ends (stop token or budget), an
+`io_callback` hands its generated ids to the host, which
 
-The step loop is a `lax.while_loop` whose carry is (step, summary ids, summary lengths);
-each phase assembles its prompt on device from token segments, prefills a fresh KV cache
-of a fixed bucket (prompt + budget) and decodes with the sampler's inner while_loop. The
-number of steps T is a traced scalar: the program compiles once per (batch, problem
-length) bucket whatever T is, and the cache never exceeds its phase's bucket. Each
-phase's tokens are streamed to the host with an (unordered) `io_callback`, so no output
-buffer grows with T; the host decodes text once at the end.
+  1. decodes them (special tokens skipped) and advances that rollout: the raw text is
+     stored, the cleaned text fills the next template (`rc_jax.rc.rollout`);
+  2. builds the next prompt as ONE string (template + chat template) and encodes it with
+     the real tokenizer, so the model sees exactly the text prompt's ids;
+  3. gives the slot its next phase (same rollout), or a new (problem, sample) when the
+     rollout has done its T steps, or leaves it idle when the queue is empty.
+
+The loop then prefills the slots that received prompts (at most `refill_rows` at a time,
+into rows of the shared KV cache whose prompts start at slot 0) and goes on decoding.
+With `scheduling="continuous"` a slot is refilled as soon as its phase ends; with
+`"lockstep"` the loop waits until every busy slot has ended its phase and admits new
+rollouts only when the whole batch has finished (the classic batch-synchronous schedule).
+Both give identical rollouts: every token's PRNG key depends only on (rollout, step,
+phase, position), and rows never see each other.
+
+One program per (slots, prompt width, cache length) bucket, whatever T, the number of
+problems or the order in which rows finish. Each finished step is reported to `on_step`
+(the CLI appends it durably to a progress log) and each finished rollout to `on_done`.
+Two-model RC runs a second pool of slots with the summarizer's weights, tokenizer and
+sampling settings; a rollout moves between the pools phase by phase.
 """
 from __future__ import annotations
 
+import collections
+import copy
 import dataclasses
-import functools
 import hashlib
-from typing import Any, Sequence
+import time
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,18 +40,17 @@ import numpy as np
 from jax.experimental import io_callback
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from rc_jax.models import qwen3
 from rc_jax.models.config import ModelConfig
 from rc_jax.parallel import (batch_axes, batch_shards, broadcast_from_main, put_global,
                              sharding_context)
-from rc_jax.rc.prompts import Template, load_template
-from rc_jax.rc.tokens import PromptPlan, TokenTables, assemble, clean_generation, make_plan, token_tables
+from rc_jax.rc.rollout import REASON, SUMMARIZE, PhasePrompts, Rollout, StepRecord
 from rc_jax.sampling import core
 from rc_jax.sampling.core import SamplingParams
 from rc_jax.sampling.generate import Buckets, stop_array
 from rc_jax.tokenizer import Tokenizer
 
-REASON, SUMMARIZE = 0, 1
-PHASES = ("reasoning", "summary")
+SCHEDULES = ("continuous", "lockstep")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,29 +70,6 @@ class RCSettings:
                 raise ValueError(f"rc.{name} must be a positive integer, got {value!r}")
 
 
-@dataclasses.dataclass
-class Rollout:
-    """One RC rollout (one problem, one sample), all steps, ids and (later) texts.
-
-    Per step t: reasoning_ids[t] / summary_ids[t] are the *cleaned* ids (what the next
-    prompt sees); *_tokens[t] count generated tokens (the budget actually spent, stop
-    token included); prompt_tokens[t] is the reasoning prompt length.
-    """
-    row: int
-    reasoning_ids: list[list[int]] = dataclasses.field(default_factory=list)
-    summary_ids: list[list[int]] = dataclasses.field(default_factory=list)
-    prompt_tokens: list[int] = dataclasses.field(default_factory=list)
-    summary_prompt_tokens: list[int] = dataclasses.field(default_factory=list)
-    reasoning_tokens: list[int] = dataclasses.field(default_factory=list)
-    summary_tokens: list[int] = dataclasses.field(default_factory=list)
-    reasoning_finish: list[str] = dataclasses.field(default_factory=list)
-    summary_finish: list[str] = dataclasses.field(default_factory=list)
-    reasoning_prompts: list[list[int]] = dataclasses.field(default_factory=list)
-    summary_prompts: list[list[int]] = dataclasses.field(default_factory=list)
-    reasoning_text: list[str] = dataclasses.field(default_factory=list)
-    summary_text: list[str] = dataclasses.field(default_factory=list)
-
-
 def row_key(seed: int, problem_id: str, sample_id: int) -> np.ndarray:
     """A PRNG key that depends only on (seed, problem, sample): never on batching."""
     digest = int.from_bytes(hashlib.sha256(str(problem_id).encode()).digest()[:4], "little")
@@ -89,254 +77,522 @@ def row_key(seed: int, problem_id: str, sample_id: int) -> np.ndarray:
     return np.asarray(jax.random.fold_in(key, sample_id))
 
 
-class RCEngine:
-    """Runs batched RC rollouts with one jitted program per (batch, problem) bucket."""
+def text_bound(budget: int) -> int:
+    """Most tokens the cleaned text of a `budget`-token generation can re-encode to.
 
-    def __init__(self, params: Any, config: ModelConfig, tokenizer: Tokenizer,
-                 settings: RCSettings, sampling: SamplingParams, *,
-                 buckets: Buckets = Buckets(), mesh: Mesh | None = None,
+    Decoding and re-encoding usually gives back the same number of tokens or fewer; a
+    cut multi-byte character or a rare merge can add a few. A prompt that still exceeds
+    its bound stops the run with a message naming the rollout (never a silent cut).
+    """
+    return budget + budget // 16 + 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+    """A model that decodes in the loop: weights' config, tokenizer, sampling, phases."""
+    config: ModelConfig
+    tokenizer: Tokenizer
+    sampling: SamplingParams
+    stop_ids: tuple[int, ...]
+    phases: tuple[int, ...]  # which RC phases run on this pool's slots
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    """Static shapes of one compiled loop (per pool)."""
+    slots: int
+    prompt_width: int   # P: widest prompt a slot can receive
+    cache_length: int   # C: prompt + budget of the longest phase
+    buffer: int         # N: most tokens one phase generates
+    refill_rows: int    # R: slots prefilled together
+
+
+@dataclasses.dataclass
+class RunStats:
+    """Scheduling figures of one `run` (for benchmarks and logs)."""
+    iterations: int          # loop iterations
+    decode_steps: list[int]  # per pool: iterations that decoded
+    useful_tokens: list[int]  # per pool: tokens generated by busy slots
+    slot_steps: list[int]    # per pool: decode_steps x slots
+    services: int            # host callbacks
+    wall_s: float
+
+    @property
+    def utilization(self) -> float:
+        """Useful token-steps / slot-steps over all pools."""
+        return sum(self.useful_tokens) / max(1, sum(self.slot_steps))
+
+
+@dataclasses.dataclass
+class Job:
+    """One rollout to run: its problem, PRNG key, steps, and where it starts."""
+    problem: str
+    key: np.ndarray
+    num_steps: int
+    initial_summary: str = ""
+    done_steps: Sequence[StepRecord] = ()
+
+
+class _Host:
+    """The host half of one `run`: rollouts, queues and slot assignments.
+
+    `service` is the loop's callback. Exceptions are kept and re-raised after the loop
+    (raising inside a callback would surface as an opaque runtime error).
+    """
+
+    def __init__(self, engine: "RCEngine", jobs: Sequence[Job], shapes: Sequence[Shapes],
+                 on_step, on_done, record_prompts: bool):
+        self.engine, self.shapes = engine, shapes
+        self.rollouts = [Rollout(j.problem, np.asarray(j.key, np.uint32), j.num_steps,
+                                 list(j.done_steps), j.initial_summary) for j in jobs]
+        self.todo = collections.deque(i for i, r in enumerate(self.rollouts) if not r.done)
+        self.in_flight: set[int] = set()
+        self.queues = [collections.deque() for _ in shapes]  # (rollout, phase) per pool
+        self.slot = [[None] * s.slots for s in shapes]  # (rollout, phase, prompt len)
+        self.on_step, self.on_done = on_step, on_done
+        self.record_prompts = record_prompts
+        self.started = {}
+        self.error: BaseException | None = None
+        self.services = 0
+
+    # ---------------------------------------------------------------- callback
+    def service(self, *arrays):
+        try:
+            return self._service(*arrays)
+        except BaseException as e:  # noqa: BLE001 (re-raised by RCEngine.run)
+            self.error = e
+            return self._empty(finished=True)
+
+    def _empty(self, finished: bool):
+        out = []
+        for s in self.shapes:
+            out += [np.zeros((s.slots,), bool), np.zeros((s.slots, s.prompt_width), np.int32),
+                    np.zeros((s.slots,), np.int32), np.zeros((s.slots,), np.int32),
+                    np.zeros((s.slots, 2), np.uint32), np.zeros((s.slots,), np.int32)]
+        return tuple(out) + (np.bool_(finished),)
+
+    def _service(self, *arrays):
+        self.services += 1
+        eng = self.engine
+        for p, shape in enumerate(self.shapes):
+            finished, tokens, lengths, stopped = (np.asarray(a) for a in arrays[4 * p:4 * p + 4])
+            for b in np.flatnonzero(finished):
+                rollout, phase, prompt_len = self.slot[p][b]
+                self.slot[p][b] = None
+                ids = tokens[b, :lengths[b]].tolist()
+                self._finish_phase(rollout, phase, ids, prompt_len,
+                                   "stop" if stopped[b] else "length")
+        # Admission: continuing rollouts first (their next phase is already queued), new
+        # ones while the first phase's pool has room (lockstep: only between batches).
+        first = self.engine.pool_of[REASON]
+        free = sum(x is None for x in self.slot[first]) - len(self.queues[first])
+        if eng.scheduling == "lockstep":
+            free = self.shapes[first].slots if not self.in_flight else 0
+        while free > 0 and self.todo:
+            i = self.todo.popleft()
+            self.in_flight.add(i)
+            self.started[i] = time.time()
+            self.queues[first].append((i, REASON))
+            free -= 1
+        out = []
+        for p, shape in enumerate(self.shapes):
+            assign = np.zeros((shape.slots,), bool)
+            prompts = np.full((shape.slots, shape.prompt_width), eng.pad_ids[p], np.int32)
+            plen = np.zeros((shape.slots,), np.int32)
+            budget = np.zeros((shape.slots,), np.int32)
+            keys = np.zeros((shape.slots, 2), np.uint32)
+            key_index = np.zeros((shape.slots,), np.int32)
+            for b in range(shape.slots):
+                if self.slot[p][b] is not None or not self.queues[p]:
+                    continue
+                i, phase = self.queues[p].popleft()
+                r = self.rollouts[i]
+                ids = r.next_prompt(eng.prompts, phase)
+                limit = eng.budgets[phase]
+                if len(ids) > shape.prompt_width or len(ids) + limit > shape.cache_length:
+                    raise ValueError(
+                        f"rollout {i} step {len(r.steps) + 1}: the {('reasoning', 'summary')[phase]}"
+                        f" prompt has {len(ids)} tokens, more than the engine planned for "
+                        f"({shape.prompt_width} prompt slots, {shape.cache_length} cache "
+                        "slots); re-encoding the generated text grew it past its bound")
+                if self.record_prompts:
+                    (r.reasoning_prompt_ids if phase == REASON
+                     else r.summary_prompt_ids).append(ids)
+                self.slot[p][b] = (i, phase, len(ids))
+                assign[b] = True
+                prompts[b, :len(ids)] = ids
+                plen[b], budget[b] = len(ids), limit
+                keys[b] = r.key
+                key_index[b] = 2 * len(r.steps) + phase
+            out += [assign, prompts, plen, budget, keys, key_index]
+        finished = not self.in_flight and not self.todo
+        if not finished and all(x is None for slots in self.slot for x in slots):
+            raise RuntimeError("RC scheduler stalled: rollouts in flight but no slot busy")
+        return tuple(out) + (np.bool_(finished),)
+
+    def _finish_phase(self, i: int, phase: int, ids: list[int], prompt_len: int,
+                      finish: str) -> None:
+        r = self.rollouts[i]
+        p = self.engine.pool_of[phase]
+        raw = self.engine.pools[p].tokenizer.decode(ids, skip_special_tokens=True)
+        if phase == REASON:
+            r.finish_reasoning(raw, prompt_len, len(ids), finish)
+            self.queues[self.engine.pool_of[SUMMARIZE]].append((i, SUMMARIZE))
+            return
+        step = r.finish_summary(raw, prompt_len, len(ids), finish)
+        if self.on_step is not None:
+            self.on_step(i, len(r.steps) - 1, step)
+        if r.done:
+            self.in_flight.discard(i)
+            if self.on_done is not None:
+                self.on_done(i, r, time.time() - self.started.get(i, time.time()))
+        else:
+            self.queues[self.engine.pool_of[REASON]].append((i, REASON))
+
+
+class RCEngine:
+    """Runs RC rollouts on B slots with one jitted loop per shape bucket.
+
+    Stateless with respect to weights: every `run` takes the params, so RL can pass new
+    weights without touching the engine.
+    """
+
+    def __init__(self, config: ModelConfig, tokenizer: Tokenizer, settings: RCSettings,
+                 sampling: SamplingParams, *, slots: int = 8, scheduling: str = "continuous",
+                 refill_rows: int = 0, buckets: Buckets = Buckets(), mesh: Mesh | None = None,
                  data_axes: tuple[str, ...] | None = None, param_shardings: Any = None,
-                 record_prompts: bool = False,
-                 summarizer: tuple[Any, ModelConfig] | None = None,
-                 stop_ids: Sequence[int] | None = None, summarizer_shardings: Any = None):
-        """summarizer: optional (params, config) of a different model that writes the
-        summaries (it must share the tokenizer); by default the reasoning model does.
-        stop_ids: ids that end a phase (default: the tokenizer's eos ids; an empty list
-        makes every phase spend its whole budget, as benchmarks want).
-        mesh / data_axes / param_shardings: rows are sharded over `data_axes` (default:
-        the `activation_batch` rule's axes); params (and a summarizer's, which then
-        needs `summarizer_shardings`) are placed as given, else replicated. Works on a
-        mesh spanning several processes: every process calls `run` with the same
-        problems and gets the same rollouts."""
-        for cfg, role in ((config, "model"), (summarizer[1] if summarizer else config,
-                                               "summarizer model")):
-            if tokenizer.vocab_size > cfg.vocab_size:
-                raise ValueError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} "
-                                 f"tokens but the {role}'s vocab_size is {cfg.vocab_size}")
-        self.params, self.config, self.tokenizer = params, config, tokenizer
-        self.summarizer_params, self.summarizer_config = summarizer or (params, config)
-        self.settings, self.sampling, self.buckets = settings, sampling, buckets
-        self.mesh = mesh
+                 summarizer_config: ModelConfig | None = None,
+                 summarizer_tokenizer: Tokenizer | None = None,
+                 summarizer_sampling: SamplingParams | None = None,
+                 summarizer_shardings: Any = None,
+                 stop_ids: Sequence[int] | None = None):
+        """slots: rows decoded together (rounded up to the mesh's batch shards).
+        scheduling: 'continuous' (refill a slot as soon as its phase ends) or 'lockstep'.
+        refill_rows: slots prefilled per prefill call (0: min(slots, 4)).
+        summarizer_*: a second model that writes the summaries, with its own tokenizer
+          (default: the reasoner's), sampling (default: the reasoner's) and shardings.
+        stop_ids: ids that end a phase (default: each tokenizer's eos ids; an empty list
+          makes every phase spend its whole budget, as benchmarks want)."""
+        if scheduling not in SCHEDULES:
+            raise ValueError(f"rc.scheduling must be one of {SCHEDULES}, got {scheduling!r}")
+        s_tok = summarizer_tokenizer or tokenizer
+        if summarizer_config is None and summarizer_tokenizer is not None:
+            raise ValueError("summarizer.tokenizer needs a summarizer model")
+        for cfg, tok, role in ((config, tokenizer, "model"),
+                               (summarizer_config or config, s_tok, "summarizer model")):
+            if tok.vocab_size > cfg.vocab_size:
+                raise ValueError(f"tokenizer {tok.path} has {tok.vocab_size} tokens but the "
+                                 f"{role}'s vocab_size is {cfg.vocab_size}")
+        self.config, self.tokenizer, self.settings, self.sampling = (config, tokenizer,
+                                                                     settings, sampling)
+        self.scheduling, self.buckets, self.mesh = scheduling, buckets, mesh
         self.data_axes = () if mesh is None else tuple(
             batch_axes(mesh) if data_axes is None else data_axes)
-        self.param_shardings = param_shardings
-        # Without a separate summarizer the program receives the params once (passing
-        # them twice would count them twice in per-device memory).
-        self.shared_summarizer = summarizer is None
-        self.summarizer_shardings = (param_shardings if self.shared_summarizer
-                                     else summarizer_shardings)
-        self.record_prompts = record_prompts
-        self.stop_ids = tuple(tokenizer.eos_ids if stop_ids is None else stop_ids)
-        self.reasoning_template: Template = load_template(settings.reasoning_template, "reasoning")
-        self.summary_template: Template = load_template(settings.summary_template, "summary")
-        think = settings.use_think_tags and tokenizer.think_start_id is not None
-        self.reasoning_plan: PromptPlan = make_plan(
-            tokenizer, self.reasoning_template,
-            **({"enable_thinking": True, "open_think": True} if think else {}))
-        self.summary_plan: PromptPlan = make_plan(
-            tokenizer, self.summary_template,
-            **({"enable_thinking": False} if settings.use_think_tags else {}))
-        self.tables: TokenTables = token_tables(tokenizer, config.vocab_size)
-        self.reasoning_buffer = buckets.new_tokens(settings.max_reasoning_tokens)
-        self.summary_buffer = buckets.new_tokens(settings.max_summary_tokens)
-        self._records: list[tuple] = []
-        self._program = self._build_program()
+        self.slots = buckets.batch(slots, multiple=batch_shards(mesh, self.data_axes))
+        self.refill_rows = min(self.slots, refill_rows or 4)
+        self.prompts = PhasePrompts(tokenizer, settings.reasoning_template,
+                                    settings.summary_template, settings.use_think_tags,
+                                    summary_tokenizer=s_tok)
+        self.budgets = {REASON: settings.max_reasoning_tokens,
+                        SUMMARIZE: settings.max_summary_tokens}
+        stops = lambda tok: tuple(tok.eos_ids if stop_ids is None else stop_ids)  # noqa: E731
+        if summarizer_config is None:
+            self.pools = (Pool(config, tokenizer, sampling, stops(tokenizer), (REASON, SUMMARIZE)),)
+            self.pool_of = {REASON: 0, SUMMARIZE: 0}
+            self.shardings = (param_shardings,)
+        else:
+            self.pools = (Pool(config, tokenizer, sampling, stops(tokenizer), (REASON,)),
+                          Pool(summarizer_config, s_tok, summarizer_sampling or sampling,
+                               stops(s_tok), (SUMMARIZE,)))
+            self.pool_of = {REASON: 0, SUMMARIZE: 1}
+            self.shardings = (param_shardings, summarizer_shardings)
+        self.pad_ids = tuple(p.tokenizer.pad_id for p in self.pools)
+        self._host: _Host | None = None
+        self._programs: dict[tuple, Any] = {}
 
     # ------------------------------------------------------------------ shapes
-    def prompt_lengths(self, problem_bucket: int) -> tuple[int, int]:
-        """Static widths of the reasoning and summarization prompts for a problem bucket."""
-        p_r = self.reasoning_plan.constant_length + problem_bucket + self.summary_buffer
-        p_s = (self.summary_plan.constant_length + problem_bucket + self.summary_buffer
-               + self.reasoning_buffer)
-        return self.buckets.prompt(p_r), self.buckets.prompt(p_s)
+    def _constant(self, phase: int) -> int:
+        """Prompt tokens of a phase's template and chat wrapping with empty fields."""
+        if phase == REASON:
+            return len(self.prompts.reasoning_ids("", "", True))
+        return len(self.prompts.summary_ids("", "", ""))
 
-    def cache_lengths(self, problem_bucket: int) -> tuple[int, int]:
-        """KV-cache slots per row of each phase: prompt width + generation budget."""
-        p_r, p_s = self.prompt_lengths(problem_bucket)
-        return p_r + self.reasoning_buffer, p_s + self.summary_buffer
+    def prompt_bounds(self, problem_tokens: int) -> dict[int, int]:
+        """Longest prompt of each phase for problems of up to `problem_tokens` tokens."""
+        s = text_bound(self.settings.max_summary_tokens)
+        r = text_bound(self.settings.max_reasoning_tokens)
+        slack = 8  # merges across the seams of template and fields
+        return {REASON: self._constant(REASON) + problem_tokens + s + slack,
+                SUMMARIZE: self._constant(SUMMARIZE) + problem_tokens + s + r + slack}
+
+    def shapes(self, problem_tokens: int) -> tuple[Shapes, ...]:
+        """Static shapes of each pool's slots for problems of up to `problem_tokens`."""
+        bounds = self.prompt_bounds(problem_tokens)
+        out = []
+        for pool in self.pools:
+            width = self.buckets.prompt(max(bounds[ph] for ph in pool.phases))
+            buffer = self.buckets.new_tokens(max(self.budgets[ph] for ph in pool.phases))
+            cache = max(max(bounds[ph] + self.budgets[ph] for ph in pool.phases), width)
+            cache = -(-cache // 16) * 16
+            if cache > self.buckets.max_cache_length:
+                raise ValueError(f"problems of {problem_tokens} tokens with H_R="
+                                 f"{self.settings.max_reasoning_tokens}, H_S="
+                                 f"{self.settings.max_summary_tokens} need {cache} cache slots, "
+                                 f"more than max_cache_length={self.buckets.max_cache_length}")
+            out.append(Shapes(self.slots, width, cache, buffer, self.refill_rows))
+        return tuple(out)
 
     # ------------------------------------------------------------------ program
-    def _sink(self, step, phase, prompt_tokens, prompt_mask, raw_lengths, stopped, ids,
-              lengths):
-        self._records.append(tuple(np.asarray(x) for x in (
-            step, phase, prompt_tokens, prompt_mask, raw_lengths, stopped, ids, lengths)))
-
-    def _phase(self, params, cfg, plan, fields, keys, budget, stops, values, *,
-               problem_bucket, phase, step, active):
-        tables, pad = self.tables, self.tokenizer.pad_id
-        width = self.prompt_lengths(problem_bucket)[phase]
-        buffer = self.reasoning_buffer if phase == REASON else self.summary_buffer
-        tokens, mask = assemble(plan, fields, width, pad)
-        phase_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, 2 * step + phase)
-        out = core.sample(params, cfg, tokens, mask, phase_keys, budget, stops, values,
-                          buffer_length=buffer, greedy=self.sampling.greedy,
-                          truncates=self.sampling.truncates, pad_id=pad, active=active)
-        keep = "before_think_end" if phase == REASON else "after_think_end"
-        ids, lengths = clean_generation(out.tokens, out.lengths, tables, keep=keep, pad_id=pad)
-        record = (tokens, mask) if self.record_prompts else (
-            jnp.zeros((1, 1), jnp.int32), jnp.sum(mask, axis=1))
-        io_callback(self._sink, None, step, jnp.int32(phase), *record, out.lengths,
-                    out.stopped, ids, lengths, ordered=False)
-        return ids, lengths
-
-    def _rollout(self, params, summary_params, problem_ids, problem_lens, keys, active,
-                 num_steps, budgets, stops, values, init_summary, init_summary_len):
-        """problem_ids [B, Lp]; keys [B, 2]; active [B]; num_steps, budgets traced;
-        init_summary [B, summary buffer] / init_summary_len [B]: the summary each row
-        starts from (length 0: the empty summary). summary_params is None when the
-        reasoning model also summarizes."""
-        if summary_params is None:
-            summary_params = params
-        b = problem_ids.shape[0]
-        problem = (problem_ids, problem_lens)
-
-        def body(carry):
-            step, summary, summary_len = carry
-            r_ids, r_len = self._phase(
-                params, self.config, self.reasoning_plan,
-                {"problem": problem, "curr_summary": (summary, summary_len)}, keys,
-                budgets[0], stops, values, problem_bucket=problem_ids.shape[1],
-                phase=REASON, step=step, active=active)
-            s_ids, s_len = self._phase(
-                summary_params, self.summarizer_config, self.summary_plan,
-                {"problem": problem, "existing_summary": (summary, summary_len),
-                 "reasoning": (r_ids, r_len)}, keys,
-                budgets[1], stops, values, problem_bucket=problem_ids.shape[1],
-                phase=SUMMARIZE, step=step, active=active)
-            return step + 1, s_ids, s_len
-
-        init = (jnp.int32(0), init_summary.astype(jnp.int32),
-                init_summary_len.astype(jnp.int32))
-        jax.lax.while_loop(lambda c: c[0] < num_steps, body, init)
-        return jnp.int32(0)
+    def _program(self, shapes: tuple[Shapes, ...]):
+        if shapes not in self._programs:
+            fn = jax.jit(lambda *args: self._loop(shapes, *args))
+            if self.mesh is not None:
+                fn = jax.jit(lambda *args: self._loop(shapes, *args),
+                             in_shardings=self._input_shardings(),
+                             out_shardings=NamedSharding(self.mesh, P()))
+            self._programs[shapes] = fn
+        return self._programs[shapes]
 
     def _input_shardings(self) -> tuple:
-        """Shardings of the program's inputs (see `_rollout`)."""
-        rows = NamedSharding(self.mesh, P(self.data_axes))
         repl = NamedSharding(self.mesh, P())
-        params_sh = self.param_shardings if self.param_shardings is not None else repl
-        summary_sh = (self.summarizer_shardings if self.summarizer_shardings is not None
-                      and not self.shared_summarizer else repl)  # (None when shared)
-        return (params_sh, summary_sh, rows, rows, rows, rows, repl, repl, repl, repl, rows,
-                rows)
+        params = tuple(s if s is not None else repl for s in self.shardings)
+        return (params, tuple(repl for _ in self.pools), tuple(repl for _ in self.pools))
 
-    def _build_program(self):
-        fn = self._rollout
-        if self.mesh is None:
-            return jax.jit(fn)
-        return jax.jit(fn, in_shardings=self._input_shardings(),
-                       out_shardings=NamedSharding(self.mesh, P()))
+    def _callback(self, *arrays):
+        return self._host.service(*arrays)
 
-    def lower(self, batch: int, problem_tokens: int):
-        """The RC program for `batch` rows of problems up to `problem_tokens` tokens,
-        lowered from abstract inputs (the engine's params may be `jax.ShapeDtypeStruct`s):
-        `.compile().memory_analysis()` is its per-device memory plan (rc_jax.tools.plan).
-        """
-        rows = self.buckets.batch(batch, multiple=batch_shards(self.mesh, self.data_axes))
-        width = self.buckets.prompt(problem_tokens)
-        sds = jax.ShapeDtypeStruct
-        args = (self.params, None if self.shared_summarizer else self.summarizer_params,
-                sds((rows, width), jnp.int32), sds((rows,), jnp.int32),
-                sds((rows, 2), jnp.uint32), sds((rows,), jnp.bool_), sds((), jnp.int32),
-                sds((2,), jnp.int32), sds((8,), jnp.int32),
-                jax.tree.map(lambda v: sds(v.shape, v.dtype), self.sampling.values()),
-                sds((rows, self.summary_buffer), jnp.int32), sds((rows,), jnp.int32))
-        with sharding_context(self.mesh):
-            return self._program.lower(*args)
+    def _init_pool(self, pool: Pool, shape: Shapes, unroll: bool) -> dict:
+        b, n, c = shape.slots, shape.buffer, shape.cache_length
+        cache = qwen3.init_cache(pool.config, b, c)
+        cache = cache.replace(index=jnp.zeros((b,), jnp.int32))
+        if unroll:
+            cache = qwen3.unstack_cache(cache)
+        return dict(cache=cache, logits=jnp.zeros((b, pool.config.vocab_size), jnp.float32),
+                    tokens=jnp.zeros((b, n), jnp.int32), lengths=jnp.zeros((b,), jnp.int32),
+                    budget=jnp.zeros((b,), jnp.int32), keys=jnp.zeros((b, 2), jnp.uint32),
+                    busy=jnp.zeros((b,), bool), done=jnp.zeros((b,), bool),
+                    stopped=jnp.zeros((b,), bool),
+                    decode_steps=jnp.int32(0), useful=jnp.int32(0))
+
+    def _loop(self, shapes, params, values, stops):
+        """The whole run as one while_loop; returns scheduling counters."""
+        unroll = core.default_unroll_layers()
+        decode_params = tuple(qwen3.pack_for_decode(p, pool.config) if unroll else p
+                              for p, pool in zip(params, self.pools))
+        state = dict(pools=tuple(self._init_pool(pool, s, unroll)
+                                 for pool, s in zip(self.pools, shapes)),
+                     finished=jnp.bool_(False), iterations=jnp.int32(0))
+        result_shapes = []
+        for s in shapes:
+            result_shapes += [jax.ShapeDtypeStruct((s.slots,), jnp.bool_),
+                              jax.ShapeDtypeStruct((s.slots, s.prompt_width), jnp.int32),
+                              jax.ShapeDtypeStruct((s.slots,), jnp.int32),
+                              jax.ShapeDtypeStruct((s.slots,), jnp.int32),
+                              jax.ShapeDtypeStruct((s.slots, 2), jnp.uint32),
+                              jax.ShapeDtypeStruct((s.slots,), jnp.int32)]
+        result_shapes.append(jax.ShapeDtypeStruct((), jnp.bool_))
+        lockstep = self.scheduling == "lockstep"
+
+        def needs_service(st):
+            pools = st["pools"]
+            ended = [ps["busy"] & ps["done"] for ps in pools]
+            idle = jnp.all(jnp.stack([~jnp.any(ps["busy"]) for ps in pools]))
+            if lockstep:
+                waiting = jnp.all(jnp.stack([jnp.all(~ps["busy"] | ps["done"]) for ps in pools]))
+                return waiting
+            return jnp.any(jnp.stack([jnp.any(e) for e in ended])) | idle
+
+        def service(st):
+            args = []
+            for ps in st["pools"]:
+                args += [ps["busy"] & ps["done"], ps["tokens"], ps["lengths"], ps["stopped"]]
+            res = io_callback(self._callback, tuple(result_shapes), *args, ordered=False)
+            pools = []
+            for i, (pool, shape, ps) in enumerate(zip(self.pools, shapes, st["pools"])):
+                assign, prompts, plen, budget, keys, key_index = res[6 * i:6 * i + 6]
+                ended = ps["busy"] & ps["done"]
+                ps = dict(ps)
+                ps["busy"] = (ps["busy"] & ~ended) | assign
+                ps["done"] = jnp.where(assign, False, ps["done"])
+                ps["stopped"] = jnp.where(assign, False, ps["stopped"])
+                ps["lengths"] = jnp.where(assign, 0, ps["lengths"])
+                ps["budget"] = jnp.where(assign, budget, ps["budget"])
+                phase_keys = jax.vmap(jax.random.fold_in)(keys, key_index)
+                ps["keys"] = jnp.where(assign[:, None], phase_keys, ps["keys"])
+                ps["cache"], ps["logits"] = self._refill(params[i], i, shape, ps["cache"],
+                                                         ps["logits"], assign, prompts, plen)
+                pools.append(ps)
+            return dict(st, pools=tuple(pools), finished=res[-1])
+
+        def decode(i):
+            pool, shape = self.pools[i], shapes[i]
+
+            def step(ps):
+                live = ps["busy"] & ~ps["done"]
+                rows = jnp.arange(shape.slots)
+                keys = jax.vmap(jax.random.fold_in)(ps["keys"], ps["lengths"])
+                choice = core.choose_tokens(ps["logits"], keys, values[i],
+                                            greedy=pool.sampling.greedy,
+                                            truncates=pool.sampling.truncates)
+                token = jnp.where(live, choice.token, self.pad_ids[i])
+                hit = live & jnp.any(token[:, None] == stops[i][None, :], axis=-1)
+                # Non-live rows write padding past their end (never read) or nothing.
+                tokens = ps["tokens"].at[rows, ps["lengths"]].set(token, mode="drop")
+                lengths = ps["lengths"] + live
+                done = ps["done"] | hit | (live & (lengths >= ps["budget"]))
+                cache = ps["cache"]
+                logits, new_cache = qwen3.forward(
+                    decode_params[i], pool.config, token[:, None], cache.index[:, None], cache,
+                    token_mask=live[:, None])
+                new_cache = new_cache.replace(index=cache.index + live)
+                return dict(ps, cache=new_cache, logits=logits[:, 0], tokens=tokens,
+                            lengths=lengths, done=done, stopped=ps["stopped"] | hit,
+                            decode_steps=ps["decode_steps"] + 1,
+                            useful=ps["useful"] + jnp.sum(live, dtype=jnp.int32))
+            return step
+
+        def body(st):
+            st = jax.lax.cond(needs_service(st), service, lambda s: s, st)
+            pools = tuple(jax.lax.cond(jnp.any(ps["busy"] & ~ps["done"]), decode(i),
+                                       lambda s: s, ps)
+                          for i, ps in enumerate(st["pools"]))
+            return dict(st, pools=pools, iterations=st["iterations"] + 1)
+
+        out = jax.lax.while_loop(lambda st: ~st["finished"], body, state)
+        counters = [out["iterations"]]
+        for ps in out["pools"]:
+            counters += [ps["decode_steps"], ps["useful"]]
+        return jnp.stack(counters)
+
+    def _refill(self, params, pool_index: int, shape: Shapes, cache, logits, assign, prompts,
+                plen):
+        """Prefills the assigned slots' prompts (left-aligned in `prompts` [B, P]) into
+        their cache rows, `refill_rows` slots per prefill call."""
+        pool, pad = self.pools[pool_index], self.pad_ids[pool_index]
+        width, r, c = shape.prompt_width, shape.refill_rows, shape.cache_length
+
+        def cond(carry):
+            return jnp.any(carry[0])
+
+        def body(carry):
+            pending, cache, logits = carry
+            idx = jnp.argsort(~pending, stable=True)[:r]  # pending slots first
+            sel = pending[idx]
+            lens = jnp.where(sel, plen[idx], 1)
+            # Right-align for the left-padded prefill: token j of row sits at j + (P - len).
+            shift = width - lens
+            src = jnp.arange(width)[None, :] - shift[:, None]
+            tokens = jnp.where(src >= 0, jnp.take_along_axis(prompts[idx], jnp.maximum(src, 0),
+                                                             axis=1), pad)
+            mask = src >= 0
+            last, sub = core.prefill(params, pool.config, tokens, mask, width)
+            sub = qwen3.stack_cache(sub)
+            # Back to slot = position: slot s of row holds prompt token s.
+            gather = jnp.minimum(jnp.arange(c)[None, :] + shift[:, None], width - 1)  # [R, C]
+            k = jnp.take_along_axis(sub.k, gather[None, :, :, None, None], axis=2)
+            v = jnp.take_along_axis(sub.v, gather[None, :, :, None, None], axis=2)
+            valid = jnp.arange(c)[None, :] < lens[:, None]
+            cache = _write_rows(cache, idx, sel, k, v, valid, lens)
+            logits = logits.at[idx].set(jnp.where(sel[:, None], last, logits[idx]))
+            pending = pending.at[idx].set(False)
+            return pending, cache, logits
+
+        _, cache, logits = jax.lax.while_loop(cond, body, (assign, cache, logits))
+        return cache, logits
 
     # ------------------------------------------------------------------ host API
-    def run(self, problems: Sequence[str], keys: np.ndarray, *,
-            num_steps: int | None = None,
-            initial_summaries: Sequence[Sequence[int]] | None = None) -> list[Rollout]:
-        """Runs RC on `problems` (one row each; repeat a problem for more samples).
-
-        keys: [len(problems), 2] per-row PRNG keys (see `row_key`).
-        initial_summaries: optional summary ids each row starts from instead of the empty
-          summary (RL's replay buffer seeds chains this way); at most `summary_buffer`
-          tokens each.
-        Returns one `Rollout` per problem, texts decoded.
-        """
-        num_steps = self.settings.num_steps if num_steps is None else num_steps
-        if not problems:
-            raise ValueError("problems: empty list")
-        ids = [self.tokenizer.encode(p) for p in problems]
-        for i, x in enumerate(ids):
-            if not x:
-                raise ValueError(f"problems[{i}] is empty")
-        shards = batch_shards(self.mesh, self.data_axes)
-        batch = self.buckets.batch(len(problems), multiple=shards)
-        width = self.buckets.prompt(max(map(len, ids)))
-        if max(self.cache_lengths(width)) > self.buckets.max_cache_length:
-            raise ValueError(f"problems: longest problem ({max(map(len, ids))} tokens) with "
-                             f"budgets H_R={self.settings.max_reasoning_tokens}, "
-                             f"H_S={self.settings.max_summary_tokens} needs "
-                             f"{max(self.cache_lengths(width))} cache slots, more than "
-                             f"max_cache_length={self.buckets.max_cache_length}")
-        problem_ids = np.zeros((batch, width), np.int32)
-        lens = np.zeros((batch,), np.int32)
-        for i, x in enumerate(ids):
-            problem_ids[i, :len(x)] = x
-            lens[i] = len(x)
-        active = np.arange(batch) < len(problems)
-        lens[~active] = 1  # padding rows: a one-token dummy problem, never reported
-        all_keys = np.zeros((batch, 2), np.uint32)
-        all_keys[:len(problems)] = keys
-        budgets = np.asarray([self.settings.max_reasoning_tokens,
-                              self.settings.max_summary_tokens], np.int32)
-        init_summary = np.zeros((batch, self.summary_buffer), np.int32)
-        init_len = np.zeros((batch,), np.int32)
-        if initial_summaries is not None:
-            if len(initial_summaries) != len(problems):
-                raise ValueError(f"initial_summaries: {len(initial_summaries)} entries for "
-                                 f"{len(problems)} problems")
-            for i, x in enumerate(initial_summaries):
-                if len(x) > self.summary_buffer:
-                    raise ValueError(f"initial_summaries[{i}] has {len(x)} tokens, more than "
-                                     f"the summary buffer ({self.summary_buffer})")
-                init_summary[i, :len(x)] = x
-                init_len[i] = len(x)
-        self._records = []
-        args = (self.params, None if self.shared_summarizer else self.summarizer_params,
-                problem_ids, lens, all_keys, active, np.int32(num_steps), budgets,
-                stop_array(self.stop_ids), self.sampling.values(), init_summary, init_len)
+    def lower(self, params: Any, batch: int, problem_tokens: int,
+              summarizer_params: Any = None):
+        """The loop for `batch` slots and problems up to `problem_tokens` tokens, lowered
+        from (possibly abstract) params: `.compile().memory_analysis()` is its
+        per-device memory plan (rc_jax.tools.plan)."""
+        engine = self
+        if batch != self.slots:
+            engine = copy.copy(self)
+            engine.slots = self.buckets.batch(batch, multiple=batch_shards(self.mesh,
+                                                                           self.data_axes))
+            engine.refill_rows = min(engine.slots, self.refill_rows)
+            engine._programs = {}
+        shapes = engine.shapes(engine.buckets.prompt(problem_tokens))
         with sharding_context(self.mesh):
-            if self.mesh is not None:  # global arrays: each process places its devices' rows
-                args = put_global(args, self._input_shardings())
-            out = self._program(*args)
-        jax.block_until_ready(out)
-        jax.effects_barrier()  # all io_callbacks have run
-        # The io_callback runs on the host of one device only (process 0 on a
-        # multi-process mesh); hand its records to every process.
-        self._records = broadcast_from_main(self._records, is_source=bool(self._records))
-        return self._collect(len(problems), num_steps)
+            return engine._program(shapes).lower(*engine._args(params, summarizer_params))
 
-    def _collect(self, rows: int, num_steps: int) -> list[Rollout]:
-        records = sorted(self._records, key=lambda r: (int(r[0]), int(r[1])))
-        if len(records) != 2 * num_steps:
-            raise RuntimeError(f"RC engine produced {len(records)} phase records, "
-                               f"expected {2 * num_steps}")
-        outs = [Rollout(row=i) for i in range(rows)]
-        for step, phase, ptoks, pmask, raw_len, stopped, ids, lengths in records:
-            for i, r in enumerate(outs):
-                cleaned = ids[i, :lengths[i]].tolist()
-                finish = "stop" if stopped[i] else "length"
-                prompt_len = int(pmask[i].sum()) if self.record_prompts else int(pmask[i])
-                if phase == REASON:
-                    r.reasoning_ids.append(cleaned)
-                    r.reasoning_tokens.append(int(raw_len[i]))
-                    r.reasoning_finish.append(finish)
-                    r.prompt_tokens.append(prompt_len)
-                    if self.record_prompts:
-                        r.reasoning_prompts.append(ptoks[i][pmask[i]].tolist())
-                else:
-                    r.summary_ids.append(cleaned)
-                    r.summary_tokens.append(int(raw_len[i]))
-                    r.summary_finish.append(finish)
-                    r.summary_prompt_tokens.append(prompt_len)
-                    if self.record_prompts:
-                        r.summary_prompts.append(ptoks[i][pmask[i]].tolist())
-        decode = functools.partial(self.tokenizer.decode, skip_special_tokens=True)
-        for r in outs:
-            r.reasoning_text = [decode(x) for x in r.reasoning_ids]
-            r.summary_text = [decode(x) for x in r.summary_ids]
-        return outs
+    def _args(self, params, summarizer_params):
+        all_params = (params,) if len(self.pools) == 1 else (params, summarizer_params)
+        if any(p is None for p in all_params):
+            raise ValueError("two-model RC needs summarizer_params")
+        values = tuple(pool.sampling.values() for pool in self.pools)
+        stops = tuple(stop_array(pool.stop_ids) for pool in self.pools)
+        return all_params, values, stops
+
+    def run(self, params: Any, jobs: Sequence[Job], *, summarizer_params: Any = None,
+            on_step: Callable[[int, int, StepRecord], None] | None = None,
+            on_done: Callable[[int, Rollout, float], None] | None = None,
+            record_prompts: bool = False) -> tuple[list[Rollout], RunStats]:
+        """Runs every job to its `num_steps`; returns the rollouts (in job order) and the
+        run's scheduling figures.
+
+        on_step(job index, step index, record): called when a step finishes (the CLI
+          appends it durably to its progress log).
+        on_done(job index, rollout, wall seconds): called when a rollout finishes.
+        Jobs with `done_steps` continue from there (resume); the result equals an
+        uninterrupted run's.
+        """
+        if not jobs:
+            raise ValueError("jobs: empty list, nothing to run")
+        problem_tokens = 1
+        for i, job in enumerate(jobs):
+            n = len(self.tokenizer.encode(job.problem))
+            if n == 0:
+                raise ValueError(f"problems[{i}] is empty")
+            problem_tokens = max(problem_tokens, n)
+        shapes = self.shapes(self.buckets.prompt(problem_tokens))
+        host = _Host(self, jobs, shapes, on_step, on_done, record_prompts)
+        self._host = host
+        start = time.time()
+        args = self._args(params, summarizer_params)
+        with sharding_context(self.mesh):
+            if self.mesh is not None:
+                args = put_global(args, self._input_shardings())
+            counters = np.asarray(jax.device_get(self._program(shapes)(*args)))
+        jax.effects_barrier()
+        self._host = None
+        if host.error is not None:
+            raise host.error
+        # The callback runs on the host of one device (process 0 on a multi-process
+        # mesh); hand the rollouts to every process.
+        rollouts = broadcast_from_main(host.rollouts, is_source=host.services > 0)
+        n = len(self.pools)
+        stats = RunStats(int(counters[0]), [int(counters[1 + 2 * i]) for i in range(n)],
+                         [int(counters[2 + 2 * i]) for i in range(n)],
+                         [int(counters[1 + 2 * i]) * s.slots for i, s in enumerate(shapes)],
+                         host.services, time.time() - start)
+        return rollouts, stats
+
+
+def _write_rows(cache: qwen3.KVCache, idx: jax.Array, sel: jax.Array, k: jax.Array,
+                v: jax.Array, valid: jax.Array, lens: jax.Array) -> qwen3.KVCache:
+    """Writes R rows (k, v: [L, R, C, K, D] stacked layout) into cache rows `idx` where
+    `sel`; the cache may be stacked or in the per-layer decode form."""
+    index = cache.index.at[idx].set(jnp.where(sel, lens, cache.index[idx]))
+    new_valid = cache.valid.at[idx].set(jnp.where(sel[:, None], valid, cache.valid[idx]))
+    if not qwen3.cache_is_unstacked(cache):
+        pick = sel[None, :, None, None, None]
+        ck = cache.k.at[:, idx].set(jnp.where(pick, k.astype(cache.k.dtype), cache.k[:, idx]))
+        cv = cache.v.at[:, idx].set(jnp.where(pick, v.astype(cache.v.dtype), cache.v[:, idx]))
+        return cache.replace(k=ck, v=cv, valid=new_valid, index=index)
+    b = cache.valid.shape[0]
+    pick = sel[:, None, None, None]
+    ks, vs = [], []
+    for layer, (lk, lv) in enumerate(zip(cache.k, cache.v)):
+        bk, d, c = lk.shape
+        kv = bk // b
+        lk = lk.reshape(b, kv, d, c)   # [B, K, D, C]
+        lv = lv.reshape(b, kv, c, d)   # [B, K, C, D]
+        nk = k[layer].transpose(0, 2, 3, 1).astype(lk.dtype)  # [R, K, D, C]
+        nv = v[layer].transpose(0, 2, 1, 3).astype(lv.dtype)  # [R, K, C, D]
+        lk = lk.at[idx].set(jnp.where(pick, nk, lk[idx]))
+        lv = lv.at[idx].set(jnp.where(pick, nv, lv[idx]))
+        ks.append(lk.reshape(bk, d, c))
+        vs.append(lv.reshape(bk, c, d))
+    return cache.replace(k=tuple(ks), v=tuple(vs), valid=new_valid, index=index)

@@ -1,4 +1,5 @@
-"""DESIGN §1 post-processing on text (the reference loop's rules)."""
+"""RC's post-processing on text (docs/design.md): what of a phase's raw output feeds the
+next prompt. The raw output itself is what the records store."""
 from __future__ import annotations
 
 THINK_START, THINK_END = "<think>", "</think>"
@@ -7,12 +8,14 @@ THINK_START, THINK_END = "<think>", "</think>"
 def clean_reasoning(text: str) -> str:
     """Keep the text before the first `</think>` (if any), drop `<think>`, strip."""
     if THINK_END in text:
-        text = text.split(THINK_END, 1)[0]
+        text = text.split(THINK_END)[0]
     return text.replace(THINK_START, "").strip()
 
 
 def clean_summary(text: str) -> str:
-    """Keep the text after the last `</think>` (if any), drop `<think>`, strip."""
+    """Keep the text after the first `</think>` up to a second one (if any), drop
+    `<think>`, strip. (A summarizer closes one think block; text after a second `</think>`
+    is dropped, as the paper's code does.)"""
     if THINK_END in text:
-        text = text.rsplit(THINK_END, 1)[1]
+        text = text.split(THINK_END)[1]
     return text.replace(THINK_START, "").strip()

@@ -37,9 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rc_jax.rc.engine import RCEngine, RCSettings
-from rc_jax.rc.prompts import Template
-from rc_jax.rc.tokens import PromptPlan, clean_host, make_plan
+from rc_jax.rc.engine import Job, RCEngine, RCSettings
+from rc_jax.rc.prompts import Template, load_template
+from rc_jax.rc.tokens import PromptPlan, clean_host, make_plan, token_tables
 from rc_jax.sampling.core import SamplingParams
 from rc_jax.sampling.generate import Buckets, GenerationResult, generate
 
@@ -208,13 +208,18 @@ class _Key:
 
 @functools.lru_cache(maxsize=2)
 def shared_engine(config, tokenizer, settings: RCSettings, sampling: SamplingParams,
-                  buckets: Buckets, mesh, data_axes, shardings_key: _Key) -> RCEngine:
+                  buckets: Buckets, mesh, data_axes, shardings_key: _Key,
+                  slots: int) -> RCEngine:
     """One `RCEngine` per (model config, tokenizer, settings, mesh...): its jitted program
     compiles once per process even if several trainers are built (tests, restarts).
-    The caller sets `engine.params` before every run."""
-    return RCEngine(None, config, tokenizer, settings, sampling, buckets=buckets, mesh=mesh,
-                    param_shardings=shardings_key.value,
+    Weights are an argument of every `run`."""
+    return RCEngine(config, tokenizer, settings, sampling, slots=slots, buckets=buckets,
+                    mesh=mesh, param_shardings=shardings_key.value,
                     **({} if data_axes is None else {"data_axes": data_axes}))
+
+
+def think_tags(settings: RCSettings, tokenizer) -> bool:
+    return bool(settings.use_think_tags and tokenizer.think_start_id is not None)
 
 
 RewardFn = Callable[[Sequence[tuple[str, str]]], Sequence[float]]
@@ -242,24 +247,27 @@ class RCTRollout:
         self.summary_free = summary_free
         self.params = params
         self.engine = shared_engine(config, tokenizer, settings, sampling, buckets, mesh,
-                                    data_axes, _Key(param_shardings))
-        self.engine.params = self.engine.summarizer_params = params
-        self.tables = self.engine.tables
+                                    data_axes, _Key(param_shardings), max_rows or 8)
+        self.stop_ids = tuple(tokenizer.eos_ids)
+        self.tables = token_tables(tokenizer, config.vocab_size)
         if summary_free:
             template, self.context_field = summary_free_template(summary_free_template_spec)
-            think = settings.use_think_tags and tokenizer.think_start_id is not None
             self.reasoning_plan = make_plan(
                 tokenizer, template,
-                **({"enable_thinking": True, "open_think": True} if think else {}))
+                **({"enable_thinking": True, "open_think": True} if think_tags(
+                    settings, tokenizer) else {}))
         else:
             self.context_field = "curr_summary"
-            self.reasoning_plan = self.engine.reasoning_plan
-        self.summary_plan = self.engine.summary_plan
+            self.reasoning_plan = make_plan(
+                tokenizer, load_template(settings.reasoning_template, "reasoning"),
+                **({"enable_thinking": True, "open_think": True} if think_tags(
+                    settings, tokenizer) else {}))
+        self.summary_plan = make_plan(
+            tokenizer, load_template(settings.summary_template, "summary"),
+            **({"enable_thinking": False} if settings.use_think_tags else {}))
 
     def set_params(self, params: Any) -> None:
         self.params = params
-        self.engine.params = params
-        self.engine.summarizer_params = params
 
     # ------------------------------------------------------------ sampling helper
     def generate(self, prompts: Sequence[Sequence[int]], budget: int, keys: np.ndarray,
@@ -267,7 +275,7 @@ class RCTRollout:
         """One batched sampler call; keys: [len(prompts) * num_samples, 2]."""
         kwargs = {} if self.data_axes is None else {"data_axes": self.data_axes}
         return generate(self.params, self.config, prompts, self.sampling,
-                        jax.random.PRNGKey(0), budget, self.engine.stop_ids,
+                        jax.random.PRNGKey(0), budget, self.stop_ids,
                         num_samples=num_samples, pad_id=self.tokenizer.pad_id,
                         buckets=self.buckets, mesh=self.mesh,
                         param_shardings=self.param_shardings, row_keys=keys, **kwargs)
@@ -294,22 +302,23 @@ class RCTRollout:
         problems: the step's problem texts; chains[j].problem_index points into them.
         keys: [len(chains), 2], one per chain.
         """
-        per_call = self.max_rows or len(chains)
-        if len(chains) > per_call:  # bounded KV-cache memory: several calls
-            for start in range(0, len(chains), per_call):
-                self.run_chains(problems, chains[start:start + per_call],
-                                keys[start:start + per_call], num_steps)
-            return list(chains)
         if self.summary_free:
-            return self._run_summary_free(problems, chains, keys, num_steps)
-        self.engine.params = self.engine.summarizer_params = self.params  # engine is shared
-        seeds = [c.seed_ids for c in chains]
-        outs = self.engine.run([problems[c.problem_index] for c in chains], keys,
-                               num_steps=num_steps,
-                               initial_summaries=seeds if any(seeds) else None)
+            per_call = self.max_rows or len(chains)
+            for start in range(0, len(chains), per_call):  # bounded KV-cache memory
+                self._run_summary_free(problems, chains[start:start + per_call],
+                                       keys[start:start + per_call], num_steps)
+            return list(chains)
+        # The engine's slots (max_rows of them) bound the cache; chains stream through.
+        jobs = [Job(problems[c.problem_index], k, num_steps,
+                    initial_summary=self.tokenizer.decode(c.seed_ids) if c.seed_ids else "")
+                for c, k in zip(chains, keys)]
+        outs, _ = self.engine.run(self.params, jobs)
+        encode = self.tokenizer.encode
         for chain, out in zip(chains, outs):
-            chain.reasoning_ids, chain.reasoning_text = out.reasoning_ids, out.reasoning_text
-            chain.summary_ids, chain.summary_text = out.summary_ids, out.summary_text
+            # Cleaned texts (what the next prompt sees) and their ids for the snapshot plans.
+            chain.reasoning_text, chain.summary_text = out.reasoning_clean, out.summary_clean
+            chain.reasoning_ids = [encode(t) for t in out.reasoning_clean]
+            chain.summary_ids = [encode(t) for t in out.summary_clean]
         return list(chains)
 
     def _run_summary_free(self, problems, chains, keys, num_steps):

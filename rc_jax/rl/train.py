@@ -39,7 +39,9 @@ def loss_settings(c: ml_collections.ConfigDict) -> LossSettings:
     r = c.rl
     return LossSettings(policy_loss=r.policy_loss, clip_low=float(r.clip_ratio_low),
                         clip_high=float(r.clip_ratio_high), clip_c=float(r.clip_ratio_c),
-                        kl_coef=float(r.kl_coef), kl_type=r.kl_type,
+                        kl_coef=float(r.kl_coef),
+                        kl_coef_summary=(float(r.kl_coef_summary) if r.kl_coef_summary >= 0
+                                         else None), kl_type=r.kl_type,
                         entropy_coef=float(r.entropy_coef), tis_cap=float(r.tis_cap),
                         temperature=float(c.sampling.temperature),
                         logprob_chunk=int(r.logprob_chunk))
@@ -188,8 +190,8 @@ class Trainer:
         return cfg, params, shardings
 
     def _load_reference(self, model):
-        """The frozen initial policy for the KL term (None when kl_coef is 0)."""
-        if self.c.rl.kl_coef == 0:
+        """The frozen initial policy for the KL term (None when no KL coefficient is on)."""
+        if not loss_settings(self.c).uses_kl:
             return None
         if self.c.rl.reference_path:
             from rc_jax.models import load_hf_checkpoint
@@ -281,7 +283,8 @@ class Trainer:
         return seed_chains(
             problems, self.buffer, rng, step, chains_per_problem=r.chains_per_problem,
             samples_per_problem=r.replay_samples_per_problem, encode=self.tokenizer.encode,
-            max_seed_tokens=None if r.summary_free else self.rollout.engine.summary_buffer)
+            max_seed_tokens=None if r.summary_free else self.rollout.buckets.new_tokens(
+                self.rollout.settings.max_summary_tokens))
 
     def _summary_groups(self, problems, problem_ids, chains, groups, rng, step, timer):
         """Summarizer training: sample summaries of (s_i, r_i); reward each by the mean
@@ -342,7 +345,8 @@ class Trainer:
                     continue
                 for j in range(size):
                     samples.append(Sample(g.prompt, g.responses[j], float(adv[gi * size + j]),
-                                          g.group_id, g.rewards[j], g.sampler_logprobs[j]))
+                                          g.group_id, g.rewards[j], g.sampler_logprobs[j],
+                                          is_summary=kind == SUMMARY))
         metrics["trained_sequences"] = len(samples)
         return samples, metrics
 
@@ -494,17 +498,9 @@ def train_on_samples(programs, params, opt_state, ref_params, samples: Sequence[
     t = time.perf_counter()
     minibatches = []
     for idx in split_minibatches([s.group_id for s in samples], rl.num_minibatches):
-        mb = [samples[i] for i in idx]
-        plans = plan_micro_batches([s.length for s in mb], rl.micro_batch_tokens, shards,
-                                   per_octave=rl.length_buckets_per_octave)
-        micro_ids = np.zeros(len(mb), np.int64)
-        for m, plan in enumerate(plans):
-            micro_ids[plan.indices] = m
-        weights = losses.aggregation_weights(
-            rl.loss_agg_mode, np.array([len(s.response) for s in mb]), micro_ids)
         micros = []
-        for plan in plans:
-            host = pack_rows(mb, plan, weights, pad_id)
+        for host in pack_minibatch([samples[i] for i in idx], rl, shards=shards,
+                                   pad_id=pad_id):
             host["old_logp"] = np.zeros_like(host["sampler_logp"])
             host["ref_logp"] = np.zeros_like(host["sampler_logp"])
             micro = programs.put_micro(host)
@@ -538,6 +534,10 @@ def train_on_samples(programs, params, opt_state, ref_params, samples: Sequence[
         "loss": sums["loss"] / rl.num_minibatches,
         "pg_loss": sums["pg_loss"] / rl.num_minibatches,
         "kl": sums["kl"] / n if ref_params is not None else 0.0,
+        **({"kl_summary": sums["kl_summary"] / sums["summary_tokens"],
+            "kl_reasoning": (sums["kl"] - sums["kl_summary"])
+            / max(sums["tokens"] - sums["summary_tokens"], 1.0)}
+           if ref_params is not None and sums["summary_tokens"] > 0 else {}),
         "entropy": sums["entropy"] / n, "clip_frac_high": sums["clip_high"] / n,
         "clip_frac_low": sums["clip_low"] / n, "dual_clip_frac": sums["dual_clip"] / n,
         "ratio_mean": sums["ratio"] / n, "ppo_kl_abs": sums["log_ratio_abs"] / n,
@@ -545,6 +545,30 @@ def train_on_samples(programs, params, opt_state, ref_params, samples: Sequence[
         "updates_skipped_nonfinite": float(skipped), "trained_tokens": sums["tokens"],
         "micro_batches": float(sum(len(m) for m in minibatches)),
     }
+
+
+def pack_minibatch(mb: Sequence[Sample], rl: ml_collections.ConfigDict, *, shards: int,
+                   pad_id: int) -> list[dict[str, np.ndarray]]:
+    """Host arrays of one mini-batch's micro-batches (`batch.pack_rows`), with the loss
+    weights of `rl.loss_agg_mode` and the KL term's token-mean weights.
+
+    The physical micro-batches are length-sorted token-budget batches
+    (`plan_micro_batches`); the weights are per sequence, so they can come from other,
+    logical micro-batches: for 'microbatch_token_mean' the authors' token-balanced
+    partition (`losses.token_balanced_partition`, `rl.micro_batch_tokens` per part,
+    `rl.microbatch_agg_shards` parts, default the batch shards).
+    """
+    plans = plan_micro_batches([s.length for s in mb], rl.micro_batch_tokens, shards,
+                               per_octave=rl.length_buckets_per_octave)
+    micro_ids = None  # logical micro-batches: only microbatch_token_mean has them
+    if rl.loss_agg_mode == "microbatch_token_mean":
+        micro_ids = losses.token_balanced_partition(
+            np.array([s.length for s in mb]), rl.micro_batch_tokens,
+            rl.microbatch_agg_shards or shards)
+    response_lengths = np.array([len(s.response) for s in mb])
+    weights = losses.aggregation_weights(rl.loss_agg_mode, response_lengths, micro_ids)
+    kl_weights = losses.kl_aggregation_weights(rl.loss_agg_mode, response_lengths, micro_ids)
+    return [pack_rows(mb, plan, weights, pad_id, kl_weights) for plan in plans]
 
 
 def batch_shards(mesh) -> int:
