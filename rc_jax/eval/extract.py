@@ -19,6 +19,9 @@ Rules (documented because accuracy depends on them):
   depth, while ``\\\\{`` (a LaTeX line break then a real brace) does.
 * ``None`` when there is no box, when the last box is unbalanced (e.g. the
   generation was cut off inside it), or when it is empty.
+
+``extract_boxed_paper`` reproduces the paper authors' extraction instead (used by
+``grading.mode = paper``); see its docstring for how it differs.
 """
 from __future__ import annotations
 
@@ -132,3 +135,62 @@ def extract_boxed(text: str | None) -> str | None:
         return None
     boxes = find_boxed_all(text)
     return boxes[-1] if boxes else None
+
+
+_PAPER_OPEN = "\\boxed{"
+
+
+def _paper_box_end(text: str, start: int) -> int:
+    """Index of the ``}`` ending a paper-style box whose content starts at ``start``.
+
+    The content may hold any character but a brace, plus brace groups one level deep
+    whose inside has no brace at all. Braces count literally (``\\{`` too). Returns -1
+    when the content breaks that rule (a second level of braces, or no closing brace
+    before the text ends). A scan stops at the first brace after a group's opening one,
+    so each attempt reads little beyond the next ``\\boxed{``.
+    """
+    i, n = start, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "}":
+            return i
+        if ch == "{":
+            j = i + 1
+            while j < n and text[j] not in "{}":
+                j += 1
+            if j >= n or text[j] == "{":
+                return -1
+            i = j
+        i += 1
+    return -1
+
+
+def extract_boxed_paper(text: str | None) -> str | None:
+    """The paper authors' final-answer extraction (their evaluation script's behaviour).
+
+    Differences from ``extract_boxed`` (which is the stricter, fully nested scanner):
+
+    * only ``\\boxed{`` directly followed by its brace counts (no ``\\fbox``, no
+      ``\\boxed 42``, no space before the brace);
+    * the content may nest braces only one level deep: ``\\boxed{\\frac{1}{2}}`` is
+      read, ``\\boxed{\\frac{\\sqrt{3}}{2}}`` is not a box at all, so an *earlier*
+      box in the text (or nothing) becomes the answer;
+    * braces are not escapable (``\\{`` opens a group like ``{``);
+    * boxes are found left to right without overlap (a box found inside the content of
+      a box that was not readable can still count), and the last one found wins;
+    * the content is returned as written: not stripped, not unwrapped, and an empty
+      box gives ``""``, not None.
+    """
+    if not text:
+        return None
+    found = None
+    pos = text.find(_PAPER_OPEN)
+    while pos != -1:
+        start = pos + len(_PAPER_OPEN)
+        end = _paper_box_end(text, start)
+        if end == -1:
+            pos = text.find(_PAPER_OPEN, pos + 1)
+            continue
+        found = text[start:end]
+        pos = text.find(_PAPER_OPEN, end + 1)
+    return found

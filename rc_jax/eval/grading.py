@@ -16,6 +16,19 @@ Design:
   timeout.
 
 ``Grader`` is the plug-in interface (an LLM judge can implement it later).
+
+Grading modes (``GRADING_MODES``; ``MathVerifyGrader(mode=...)``, config ``grading.mode``,
+CLI ``python -m rc_jax.eval --grading=paper,rc_jax``):
+
+* ``rc_jax`` (default): ``extract_boxed`` (any brace nesting, ``\\fbox``, ``\\boxed 42``),
+  the gold's own box if it has one, a normalised string match first, then
+  ``verify(gold, answer)``.
+* ``paper``: the paper authors' evaluator: ``extract_boxed_paper`` (one level of nested
+  braces), no string match, both sides wrapped in ``\\boxed{}``, ``verify(answer,
+  gold)``; a response with no readable box is graded as the text ``None`` (as theirs
+  is), so it is wrong unless the gold parses the same. Scores from it are comparable
+  with the paper's numbers; rc_jax's own mode reads more answers (deeply nested ones)
+  and can score higher on the same generations.
 """
 from __future__ import annotations
 
@@ -32,13 +45,17 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
-from rc_jax.eval.extract import extract_boxed
+from rc_jax.eval.extract import extract_boxed, extract_boxed_paper
 from rc_jax.eval.normalize import strings_match
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MEMORY_LIMIT_MB = 4096
 _MAX_STARTUP_DEATHS = 5
 _WORKER_MODULE = "rc_jax.eval.verify"  # run as `python -m` in each worker
+GRADING_MODES = ("rc_jax", "paper")
+# What the paper's evaluator grades when it finds no box: its extraction gives None,
+# which it formats into the box it verifies.
+_PAPER_NO_ANSWER = "None"
 
 
 @dataclass(frozen=True)
@@ -135,7 +152,7 @@ def _stop_workers(workers: list[_Worker]) -> None:
 
 
 class WorkerPool:
-    """Processes that run ``verify_answer(answer, gold)`` with a per-task time limit.
+    """Processes that run ``verify_answer(answer, gold[, mode])`` with a per-task time limit.
 
     Workers are separate interpreters (``python -m rc_jax.eval.verify``) rather
     than ``multiprocessing`` children: nothing of the parent is forked (it may run
@@ -211,11 +228,11 @@ class WorkerPool:
 
     def run(
         self,
-        tasks: Sequence[tuple[str, str]],
+        tasks: Sequence[tuple[str, ...]],
         timeout_s: float,
         on_done: Callable[[int, _TaskOutcome], None] | None = None,
     ) -> list[_TaskOutcome]:
-        """Verify each ``(answer, gold)``; each task gets at most ``timeout_s`` seconds."""
+        """Verify each ``(answer, gold[, mode])``; each gets at most ``timeout_s`` seconds."""
         if self.closed:
             raise RuntimeError("WorkerPool is closed")
         try:
@@ -316,10 +333,11 @@ class _CacheEntry:
 class MathVerifyGrader:
     """``Grader`` using math-verify (symbolic) plus a normalised string match.
 
-    An answer is correct when its normalised string equals the gold's, or when
-    math-verify finds them equivalent within ``timeout_s`` seconds. Use as a
-    context manager (or call ``close()``) to stop the worker processes; they
-    start on first use.
+    In ``mode='rc_jax'`` an answer is correct when its normalised string equals the
+    gold's, or when math-verify finds them equivalent within ``timeout_s`` seconds;
+    ``mode='paper'`` reproduces the paper authors' evaluator (see the module
+    docstring). Use as a context manager (or call ``close()``) to stop the worker
+    processes; they start on first use.
     """
 
     def __init__(
@@ -328,9 +346,13 @@ class MathVerifyGrader:
         num_workers: int | None = None,
         memory_limit_mb: int | None = DEFAULT_MEMORY_LIMIT_MB,
         progress: bool = False,
+        mode: str = "rc_jax",
     ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if mode not in GRADING_MODES:
+            raise ValueError(f"unknown grading mode {mode!r}; choose from {', '.join(GRADING_MODES)}")
+        self.mode = mode
         self.timeout_s = timeout_s
         self.num_workers = num_workers
         self.memory_limit_mb = memory_limit_mb
@@ -378,7 +400,8 @@ class MathVerifyGrader:
         self, items: Sequence[tuple[str, str]], *, progress: bool | None = None, timeout_s: float | None = None
     ) -> list[GradeResult]:
         """Extract the last boxed answer of each response and grade it against gold."""
-        pairs = [(extract_boxed(response), gold) for response, gold in items]
+        extract = extract_boxed_paper if self.mode == "paper" else extract_boxed
+        pairs = [(extract(response), gold) for response, gold in items]
         return self.grade_answers(pairs, progress=progress, timeout_s=timeout_s)
 
     def grade_answers(
@@ -388,7 +411,10 @@ class MathVerifyGrader:
         progress: bool | None = None,
         timeout_s: float | None = None,
     ) -> list[GradeResult]:
-        """Grade already-extracted answers (None = no answer) against gold answers."""
+        """Grade already-extracted answers (None = no answer) against gold answers.
+
+        In paper mode a None answer is graded as the paper does (as the text ``None``).
+        """
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         with self._lock:
             return self._grade_locked(pairs, progress if progress is not None else self.progress, timeout_s)
@@ -397,24 +423,30 @@ class MathVerifyGrader:
         self.stats["graded"] += len(pairs)
         batch: dict[tuple[str, str], _CacheEntry] = {}  # this batch's answers
         todo: dict[tuple[str, str], None] = {}  # ordered set of keys for the pool
+        paper = self.mode == "paper"
         for answer, gold in pairs:
-            if answer is None:
+            if answer is None and not paper:
                 continue
-            key = (answer, str(gold))
+            key = self._key(answer, gold)
             if key in batch or key in todo:
                 continue
             entry = self._cache.get(key)
             if entry is not None and not (entry.timed_out and timeout_s > entry.timeout_s):
                 self.stats["cache_hits"] += 1
                 batch[key] = entry
-            elif strings_match(answer, gold_answer_text(key[1])):
+            elif not paper and strings_match(answer, gold_answer_text(key[1])):
                 batch[key] = self._cache[key] = _CacheEntry(True, False, None, timeout_s)
                 self.stats["string_matches"] += 1
             else:
                 todo[key] = None
         if todo:
             batch.update(self._verify_in_pool(list(todo), progress, timeout_s))
-        return [_result(answer, batch.get((answer, str(gold)))) for answer, gold in pairs]
+        return [_result(answer, batch.get(self._key(answer, gold)), paper) for answer, gold in pairs]
+
+    def _key(self, answer: str | None, gold) -> tuple[str, str]:
+        if answer is None:  # paper mode only: the paper grades the text "None"
+            answer = _PAPER_NO_ANSWER
+        return answer, str(gold)
 
     def _verify_in_pool(
         self, keys: list[tuple[str, str]], progress: bool, timeout_s: float
@@ -433,14 +465,14 @@ class MathVerifyGrader:
                     self._cache[keys[i]] = entry
                 bar.update(1)
 
-            pool.run(keys, timeout_s, on_done)
+            pool.run([(a, g, self.mode) for a, g in keys], timeout_s, on_done)
         self.stats["verified"] += len(keys)
         self.stats["timeouts"] += sum(e.timed_out for e in out.values())
         return out
 
 
-def _result(answer: str | None, entry: _CacheEntry | None) -> GradeResult:
-    if answer is None or entry is None:
+def _result(answer: str | None, entry: _CacheEntry | None, paper: bool = False) -> GradeResult:
+    if (answer is None and not paper) or entry is None:
         return GradeResult(extracted=answer, correct=False)
     return GradeResult(extracted=answer, correct=entry.correct, timed_out=entry.timed_out, error=entry.error)
 

@@ -31,12 +31,28 @@ def as_boxed(text: str) -> str:
     return text if "\\boxed" in text or "\\fbox" in text else "\\boxed{" + text + "}"
 
 
-def verify_answer(answer: str, gold: str) -> bool:
+def verify_answer(answer: str, gold: str, mode: str = "rc_jax") -> bool:
     """math-verify equivalence of an extracted answer and a gold answer.
+
+    ``mode`` (see ``rc_jax.eval.grading.GRADING_MODES``):
+
+    * ``rc_jax``: the gold is boxed unless it already holds a box; an empty parse on
+      either side is incorrect; ``verify(gold, answer)``, math-verify's documented order
+      (its first argument is the reference).
+    * ``paper``: as the paper authors' evaluator: both sides are always wrapped in
+      ``\\boxed{}`` (the gold too, even if it holds a box) and ``verify`` gets the
+      *answer first* and the gold second. math-verify is not symmetric, so this differs,
+      e.g. a gold interval ``[1,2]`` against the answer ``1 \\le x \\le 2``.
 
     No timeout: call it only in a process that can be killed (a grading worker)
     or on trusted, small inputs.
     """
+    if mode == "paper":
+        answer_parsed = parse("\\boxed{" + answer + "}", parsing_timeout=None)
+        gold_parsed = parse("\\boxed{" + gold + "}", parsing_timeout=None)
+        return bool(verify(answer_parsed, gold_parsed, timeout_seconds=None))
+    if mode != "rc_jax":
+        raise ValueError(f"unknown grading mode {mode!r}")
     gold_parsed = parse(as_boxed(gold), parsing_timeout=None)
     # The answer is already a box's content: always wrap it, even if it contains a box.
     answer_parsed = parse("\\boxed{" + answer + "}", parsing_timeout=None)
@@ -66,7 +82,7 @@ def _warm_up() -> None:
 
 
 def worker_main(tasks: Connection, results: Connection, memory_limit_mb: int | None) -> None:
-    """Loop: receive ``(task_id, answer, gold)``, reply ``(task_id, correct, error)``.
+    """Loop: receive ``(task_id, answer, gold[, mode])``, reply ``(task_id, correct, error)``.
 
     Runs in the worker's main thread. ``None`` (or a closed pipe) from the parent
     means exit. The worker ignores SIGINT so that Ctrl-C reaches only the parent,
@@ -87,9 +103,9 @@ def worker_main(tasks: Connection, results: Connection, memory_limit_mb: int | N
             return  # parent is gone
         if msg is None:
             return
-        task_id, answer, gold = msg
+        task_id, answer, gold, *mode = msg
         try:
-            correct, error = verify_answer(answer, gold), None
+            correct, error = verify_answer(answer, gold, *mode), None
         except MemoryError:
             correct, error = False, "MemoryError"
         except Exception as exc:  # a grading error is an incorrect answer, not a crash
