@@ -221,3 +221,124 @@ def test_non_finite_gradient_skips_the_update(tiny_model):
     step = np.asarray(jax.device_get(newer)["final_norm"]["scale"]) - \
         before["final_norm"]["scale"] * (1 - 0.1 * 0.01)
     np.testing.assert_allclose(step, -0.1, rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------- the authors'
+# micro-batch weighting, the KL token mean and the summary KL coefficient
+
+
+def _authors_token_weights(lengths, response_lengths, budget, workers):
+    """Per-sequence weight of each response token, computed the way the authors' verl
+    actor weights it: the mini-batch split in order over `workers`; each worker cuts its
+    share into ceil(tokens / budget) micro-batches (token-balanced, greedy LPT here);
+    each micro-batch's loss is the token mean of its responses times n_m / N_worker;
+    gradients are averaged over the workers."""
+    n = len(lengths)
+    w = np.zeros(n)
+    for part in np.split(np.arange(n), workers):
+        k = -(-int(lengths[part].sum()) // budget)
+        bins = [[] for _ in range(k)]
+        for i in sorted(part, key=lambda i: -lengths[i]):  # longest first
+            min(bins, key=lambda b: sum(lengths[j] for j in b)).append(i)
+        for b in bins:
+            tokens = sum(response_lengths[j] for j in b)
+            for j in b:
+                w[j] = (1 / workers) * (len(b) / len(part)) / tokens
+    return w
+
+
+def test_microbatch_token_mean_weights_are_the_authors_token_balanced_partition():
+    from rc_jax.rl import config as rl_config
+    from rc_jax.rl.batch import Sample
+    from rc_jax.rl.train import pack_minibatch
+    rng = np.random.RandomState(0)
+    n, shards, budget = 64, 2, 400
+    prompt_len = 8
+    # 30% long responses, the rest short, in random order.
+    resp = np.where(rng.rand(n) < 0.3, rng.randint(150, 200, n), rng.randint(5, 40, n))
+    lengths = resp + prompt_len
+    ids = losses.token_balanced_partition(lengths, budget, shards)
+    # Each part has ceil(tokens / budget) micro-batches that mix long and short sequences
+    # and hold similar token counts.
+    for part in np.split(np.arange(n), shards):
+        mids = np.unique(ids[part])
+        assert len(mids) == -(-lengths[part].sum() // budget)
+        loads = [lengths[part][ids[part] == m].sum() for m in mids]
+        assert max(loads) - min(loads) <= lengths.max()
+        assert all(set(np.flatnonzero(ids == m)) <= set(part) for m in mids)
+        mixed = [m for m in mids
+                 if (resp[ids == m] >= 150).any() and (resp[ids == m] < 40).any()]
+        assert len(mixed) >= len(mids) - 1
+    want = _authors_token_weights(lengths, resp, budget, shards)
+    np.testing.assert_allclose(losses.aggregation_weights("microbatch_token_mean", resp, ids),
+                               want, rtol=1e-6)
+    # What reaches the loss: the packed rows' weights on each response token, whatever
+    # physical (length-sorted) micro-batch a sequence lands in.
+    c = rl_config.default_config()
+    c.rl.loss_agg_mode = "microbatch_token_mean"
+    c.rl.micro_batch_tokens = budget
+    c.rl.length_buckets_per_octave = 1
+    # Rows are matched back to their samples by a marker token in the prompt.
+    marked = [Sample([i] * prompt_len, list(range(r)), 1.0, i // 8)
+              for i, r in enumerate(resp)]
+    per_sample = {}
+    for host in pack_minibatch(marked, c.rl, shards=shards, pad_id=0):
+        for row in np.flatnonzero(host["response_mask"].any(1)):
+            i = int(host["tokens"][row, 0])
+            per_sample.setdefault(i, []).append((host["seq_weights"][row],
+                                                 host["kl_weights"][row]))
+    assert sorted(per_sample) == list(range(n)) and all(len(v) == 1 for v in per_sample.values())
+    np.testing.assert_allclose([per_sample[i][0][0] for i in range(n)], want, rtol=1e-6)
+    # The KL term in this mode is the authors' per-micro-batch token mean too.
+    np.testing.assert_allclose([per_sample[i][0][1] for i in range(n)], want, rtol=1e-6)
+    # Sum of weights x tokens = 1 (a mean); a length-sorted partition would differ.
+    assert float(np.sum(want * resp)) == pytest.approx(1.0)
+    sorted_ids = np.zeros(n, np.int64)
+    sorted_ids[np.argsort(-lengths, kind="stable")] = np.arange(n) // 4
+    assert not np.allclose(losses.aggregation_weights("microbatch_token_mean", resp,
+                                                      sorted_ids), want)
+
+
+def test_kl_term_is_a_plain_token_mean_in_every_mode():
+    lengths = np.array([2, 3, 5, 10])
+    micro = np.array([0, 0, 1, 1])
+    for mode in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"):
+        np.testing.assert_allclose(losses.kl_aggregation_weights(mode, lengths, micro),
+                                   [1 / 20] * 4, rtol=1e-6)
+    np.testing.assert_allclose(losses.kl_aggregation_weights("microbatch_token_mean", lengths,
+                                                             micro),
+                               [0.5 / 5, 0.5 / 5, 0.5 / 15, 0.5 / 15], rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown loss_agg_mode"):
+        losses.kl_aggregation_weights("sum", lengths)
+
+
+def test_kl_coef_summary_applies_to_summary_tokens_only(tiny_model):
+    config, params = tiny_model
+    micro = _micro(config)
+    logp, _ = jax.jit(token_logprobs, static_argnums=1)(
+        params, config, micro["tokens"], micro["positions"], micro["mask"])
+    logp = np.asarray(logp)
+    micro["old_logp"] = logp - 0.05
+    micro["ref_logp"] = logp + 0.3
+    resp = micro["response_mask"]
+    # The policy loss per sequence; the KL a token mean over all rows.
+    micro["seq_weights"] = losses.aggregation_weights("seq_mean_token_sum", resp.sum(1))
+    micro["kl_weights"] = losses.kl_aggregation_weights("seq_mean_token_sum", resp.sum(1))
+    micro["summary_rows"] = np.array([False, True, False])
+    loss = jax.jit(lambda ls: micro_loss(params, micro, config, ls), static_argnums=0)
+    base, sums0 = loss(LossSettings(kl_coef=0.0, kl_coef_summary=0.0))
+    k3 = np.asarray(losses.kl_penalty("low_var_kl", jnp.asarray(logp), micro["ref_logp"]))
+    kl_sum = (k3 * resp).sum(1) / resp.sum()  # token mean over every row's tokens
+    for a, b in ((0.1, 0.0), (0.0, 0.7), (0.1, 0.7), (0.2, None)):
+        got, sums = loss(LossSettings(kl_coef=a, kl_coef_summary=b))
+        coef = np.array([a, a if b is None else b, a])
+        assert float(got) == pytest.approx(float(base) + float((coef * kl_sum).sum()),
+                                           rel=1e-5, abs=1e-7), (a, b)
+    assert float(sums["summary_tokens"]) == resp[1].sum()
+    assert float(sums["kl_summary"]) == pytest.approx(float((k3 * resp)[1].sum()), rel=1e-5)
+    # Without the optional fields: kl weights = seq weights, no summary rows (old behaviour).
+    plain = {k: v for k, v in micro.items() if k not in ("kl_weights", "summary_rows")}
+    got, _ = jax.jit(lambda: micro_loss(params, plain, config,
+                                        LossSettings(kl_coef=0.1, kl_coef_summary=5.0)))()
+    want = float(base) + 0.1 * float(((k3 * resp).sum(1) * micro["seq_weights"]).sum())
+    assert float(got) == pytest.approx(want, rel=1e-5)

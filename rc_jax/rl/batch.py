@@ -5,7 +5,10 @@ A *sample* is one trained sequence: prompt ids + response ids, its advantage and
 group. One training step's samples are split into `M` mini-batches (one optimizer step
 each) along group boundaries, in order (the authors do not shuffle). Each mini-batch is
 cut into micro-batches whose padded size fits a per-shard token budget; gradients of
-micro-batches add up (see `losses.aggregation_weights`).
+micro-batches add up (see `losses.aggregation_weights`). These physical micro-batches are
+length-sorted, to waste little padding; since every sequence carries its own loss weight,
+they need not be the micro-batches a weighting is defined on (the authors'
+'microbatch_token_mean' weights come from `losses.token_balanced_partition`).
 
 Shapes stay in a small known set, so few programs compile: a micro-batch is
 [rows, length] with length a bucket of the longest sequence it holds (`length_bucket`)
@@ -28,6 +31,7 @@ class Sample:
     group_id: int
     reward: float = 0.0
     sampler_logprobs: np.ndarray | None = None  # [len(response)] from the sampler
+    is_summary: bool = False  # a summarizer-training response (its own KL coefficient)
 
     @property
     def length(self) -> int:
@@ -97,14 +101,20 @@ def plan_micro_batches(lengths: Sequence[int], token_budget: int, shards: int, *
 
 
 def pack_rows(samples: Sequence[Sample], plan: MicroPlan, seq_weights: np.ndarray,
-              pad_id: int) -> dict[str, np.ndarray]:
+              pad_id: int, kl_weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Host arrays for one micro-batch (padding rows have weight 0 and no response).
+
+    `seq_weights` / `kl_weights` are per-sample weights of the policy loss and of the KL
+    term over the whole mini-batch (`losses.aggregation_weights` /
+    `losses.kl_aggregation_weights`; kl_weights defaults to seq_weights).
 
     Returns:
       tokens, positions [R, L] int32 (prompt + response, right-padded);
       mask [R, L] bool (real tokens); response_mask [R, L] bool (loss-bearing tokens);
-      advantages, seq_weights [R] float32; sampler_logp [R, L] float32 (0 where unknown).
+      advantages, seq_weights, kl_weights [R] float32; summary_rows [R] bool (summary
+      responses); sampler_logp [R, L] float32 (0 where unknown).
     """
+    kl_weights = seq_weights if kl_weights is None else kl_weights
     r, length = plan.rows, plan.length
     out = {
         "tokens": np.full((r, length), pad_id, np.int32),
@@ -113,6 +123,8 @@ def pack_rows(samples: Sequence[Sample], plan: MicroPlan, seq_weights: np.ndarra
         "response_mask": np.zeros((r, length), bool),
         "advantages": np.zeros((r,), np.float32),
         "seq_weights": np.zeros((r,), np.float32),
+        "kl_weights": np.zeros((r,), np.float32),
+        "summary_rows": np.zeros((r,), bool),
         "sampler_logp": np.zeros((r, length), np.float32),
     }
     for row, i in enumerate(plan.indices):
@@ -126,6 +138,8 @@ def pack_rows(samples: Sequence[Sample], plan: MicroPlan, seq_weights: np.ndarra
         out["response_mask"][row, p:n] = True
         out["advantages"][row] = s.advantage
         out["seq_weights"][row] = seq_weights[i]
+        out["kl_weights"][row] = kl_weights[i]
+        out["summary_rows"][row] = s.is_summary
         if s.sampler_logprobs is not None:
             out["sampler_logp"][row, p:n] = s.sampler_logprobs
     return out

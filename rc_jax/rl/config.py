@@ -3,7 +3,7 @@ before any model is loaded or any token generated.
 
 Field names follow `rc_jax.config.default_config` for the shared sections (model,
 tokenizer, data, sampling, rc) and add `rl` (the algorithm), `checkpoint` and the run
-fields. Defaults are the authors' released Stage-I run (RC_TRAINING_NOTES §3):
+fields. Defaults are the authors' released Stage-I run (see docs/training.md):
 64 problems x 2 snapshots x 8 responses = 1024 sequences per step, 2 mini-batches,
 lr 1e-6, clip 0.2 / 0.28, dual clip 3, low-variance KL 0.001, no entropy bonus.
 `experiments/rct_stage1.py` spells them out.
@@ -89,11 +89,19 @@ def default_config() -> ml_collections.ConfigDict:
     r.clip_ratio_high = 0.28
     r.clip_ratio_c = 3.0
     r.kl_coef = 0.001
+    # KL coefficient of summary tokens (rl.train_summarizer); < 0: the same as kl_coef.
+    # The KL term is a plain token mean in every loss_agg_mode (as the authors' is).
+    r.kl_coef_summary = -1.0
     r.kl_type = "low_var_kl"
     r.entropy_coef = 0.0
-    # token_mean: over the whole mini-batch (ours). The authors' verl runs aggregate per
-    # micro-batch (microbatch_token_mean); see losses.aggregation_weights.
+    # token_mean: over the whole mini-batch (ours). The authors' verl runs take a token mean
+    # per micro-batch, their micro-batches being token-balanced mixed-length partitions of
+    # ~micro_batch_tokens per GPU: microbatch_token_mean reproduces that weighting
+    # (losses.token_balanced_partition); see losses.aggregation_weights.
     r.loss_agg_mode = "token_mean"
+    # microbatch_token_mean only: data-parallel parts the partition is made in (the
+    # authors' GPUs; their run: 8); 0: the mesh's batch shards.
+    r.microbatch_agg_shards = 0
     r.old_logprobs = "recompute"      # recompute (authors) | sampler
     r.tis_cap = 0.0                   # >0: truncated IS weight min(pi_old/pi_sampler, cap)
     r.num_minibatches = 2             # M optimizer steps per training step
@@ -282,6 +290,12 @@ def _validate_rl(c: ml_collections.ConfigDict) -> None:
     if r.kl_coef < 0 or r.entropy_coef < 0:
         _fail("rl.kl_coef", f"kl_coef and entropy_coef must be >= 0, got {r.kl_coef} / "
               f"{r.entropy_coef}")
+    if r.kl_coef_summary >= 0 and not r.train_summarizer:
+        _fail("rl.kl_coef_summary", "applies to summary tokens, which are trained only with "
+              "rl.train_summarizer=True (leave it < 0 otherwise)")
+    if int(r.microbatch_agg_shards) != r.microbatch_agg_shards or r.microbatch_agg_shards < 0:
+        _fail("rl.microbatch_agg_shards", f"must be an integer >= 0 (0: the mesh's batch "
+              f"shards), got {r.microbatch_agg_shards!r}")
     if r.loss_agg_mode not in losses.LOSS_AGG_MODES:
         _fail("rl.loss_agg_mode", f"unknown {r.loss_agg_mode!r}; choose from "
               f"{', '.join(losses.LOSS_AGG_MODES)}")
@@ -373,14 +387,26 @@ def _validate_batch_layout(c: ml_collections.ConfigDict, device_count: int | Non
             shards = mesh_batch_shards(c.mesh, device_count)
         except ValueError as e:
             _fail("mesh", str(e))
+    if r.microbatch_agg_shards and per_mini % r.microbatch_agg_shards:
+        _fail("rl.microbatch_agg_shards", f"a mini-batch of {per_mini} sequences does not "
+              f"split into {r.microbatch_agg_shards} equal parts")
     if per_mini % shards:
         _fail("rl.batch_size", f"a mini-batch of {per_mini} sequences does not divide over "
               f"the {shards} batch shards (data x fsdp) of mesh {c.mesh or 'data:-1'!r}; "
               "change rl.batch_size, rl.num_minibatches or the mesh")
 
 
+# Fields added after runs were checkpointed: left out of the hash at their default, so
+# those runs still resume.
+_ADDED_LATER = {"rl.kl_coef_summary": -1.0, "rl.microbatch_agg_shards": 0}
+
+
 def semantic_dict(c: ml_collections.ConfigDict) -> dict:
     d = json.loads(c.to_json())
+    for dotted, default in _ADDED_LATER.items():
+        section, name = dotted.split(".")
+        if d.get(section, {}).get(name, default) == default:
+            d.get(section, {}).pop(name, None)
     for dotted in _NON_SEMANTIC:
         node = d
         parts = dotted.split(".")

@@ -233,7 +233,14 @@ def _seq_mean_token_sum(lengths, micro_ids):
 
 def _microbatch_token_mean(lengths, micro_ids):
     """The authors' (verl, dynamic batch size) mode: a token mean inside each micro-batch,
-    scaled by that micro-batch's share of the sequences. w_i = (n_m / N) / tokens_m."""
+    scaled by that micro-batch's share of the sequences. w_i = (n_m / N) / tokens_m.
+    With D equal data-parallel parts of N / D sequences this is exactly verl's weight:
+    each worker scales its micro-batch's token mean by n_m / (N / D) and the gradients
+    are averaged over the D workers.
+
+    The micro-batches that matter here are the *logical* ones of `micro_ids`: for the
+    authors' weighting they must be token-balanced, mixed-length partitions
+    (`token_balanced_partition`), not rc_jax's length-sorted physical micro-batches."""
     w = np.zeros(lengths.shape)
     for m in np.unique(micro_ids):
         sel = micro_ids == m
@@ -265,6 +272,58 @@ def aggregation_weights(mode: str, response_lengths: np.ndarray,
     lengths = np.asarray(response_lengths, np.float64)
     micro_ids = np.zeros(lengths.shape, np.int64) if micro_ids is None else np.asarray(micro_ids)
     return LOSS_AGG_MODES[mode](lengths, micro_ids).astype(np.float32)
+
+
+def kl_aggregation_weights(mode: str, response_lengths: np.ndarray,
+                           micro_ids: np.ndarray | None = None) -> np.ndarray:
+    """Per-sequence weights [N] (float32) of the KL term: a plain token mean whatever the
+    policy loss's `mode`, as in the authors' actor (their KL is always a token mean).
+
+    It is the token mean of the aggregation's own unit: the whole mini-batch, except in
+    'microbatch_token_mean', where (as in the authors' actor) the token mean is taken
+    inside each micro-batch and scaled by its share of the sequences, i.e. the same
+    weights as that mode's policy loss.
+    """
+    if mode not in LOSS_AGG_MODES:
+        raise ValueError(f"unknown loss_agg_mode {mode!r}; "
+                         f"choose from {', '.join(LOSS_AGG_MODES)}")
+    kl_mode = "microbatch_token_mean" if mode == "microbatch_token_mean" else "token_mean"
+    return aggregation_weights(kl_mode, response_lengths, micro_ids)
+
+
+def token_balanced_partition(lengths: np.ndarray, token_budget: int, shards: int
+                             ) -> np.ndarray:
+    """Logical micro-batch ids [N] for 'microbatch_token_mean': the authors' (verl dynamic
+    batch size) micro-batches, token-balanced partitions that mix lengths.
+
+    The mini-batch is cut into `shards` contiguous, equal parts (one per data-parallel
+    worker; as equal as possible when they do not divide, e.g. after dropping
+    zero-advantage groups). Each part of total length L_s gets K_s = ceil(L_s / token_budget)
+    micro-batches, filled by greedy longest-processing-time bin packing: sequences in
+    order of decreasing length, each into the micro-batch with the fewest tokens so far
+    (ties: the lowest index). verl balances with Karmarkar-Karp instead; both give
+    micro-batches of similar total length holding long and short sequences together.
+    `lengths` are the partitioning lengths (prompt + response tokens, as verl counts
+    the attention mask). Ids are unique over the whole mini-batch (part by part).
+    """
+    lengths = np.asarray(lengths, np.int64)
+    n = len(lengths)
+    if shards < 1 or token_budget < 1:
+        raise ValueError(f"shards ({shards}) and token_budget ({token_budget}) must be >= 1")
+    ids = np.zeros(n, np.int64)
+    offset = 0
+    for part in np.array_split(np.arange(n), shards):
+        if not len(part):
+            continue
+        k = max(1, -(-int(lengths[part].sum()) // token_budget))
+        k = min(k, len(part))
+        load = np.zeros(k, np.int64)
+        for i in part[np.argsort(-lengths[part], kind="stable")]:
+            b = int(np.argmin(load))  # argmin returns the first minimum: lowest index
+            ids[i] = offset + b
+            load[b] += lengths[i]
+        offset += k
+    return ids
 
 
 def aggregate(per_token: jax.Array, mask: jax.Array, seq_weights: jax.Array) -> jax.Array:

@@ -34,8 +34,12 @@ from rc_jax.rl.logprobs import token_logprobs
 
 MICRO_FIELDS = ("tokens", "positions", "mask", "response_mask", "advantages", "seq_weights",
                 "sampler_logp", "old_logp", "ref_logp")
+# Per-row fields a micro-batch may also carry (`batch.pack_rows` always does): the KL
+# term's own weights (default: seq_weights) and which rows are summary responses
+# (default: none). Programs take any set of fields; all are split over the batch axes.
+OPTIONAL_MICRO_FIELDS = ("kl_weights", "summary_rows")
 METRIC_SUMS = ("tokens", "clip_high", "clip_low", "dual_clip", "kl", "entropy", "ratio",
-               "log_ratio_abs", "pg_loss", "loss")
+               "log_ratio_abs", "pg_loss", "loss", "summary_tokens", "kl_summary")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +50,20 @@ class LossSettings:
     clip_high: float = 0.28
     clip_c: float = 3.0
     kl_coef: float = 0.001
+    kl_coef_summary: float | None = None  # KL coefficient of summary tokens; None: kl_coef
     kl_type: str = "low_var_kl"
     entropy_coef: float = 0.0
     tis_cap: float = 0.0
     temperature: float = 1.0
     logprob_chunk: int = 0
+
+    @property
+    def summary_kl_coef(self) -> float:
+        return self.kl_coef if self.kl_coef_summary is None else self.kl_coef_summary
+
+    @property
+    def uses_kl(self) -> bool:
+        return self.kl_coef > 0 or self.summary_kl_coef > 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +109,12 @@ def micro_loss(params: Any, micro: dict[str, jax.Array], config: ModelConfig,
     """Weighted loss of one micro-batch and its metric sums (over response tokens).
 
     micro: tokens/positions [R, L] int32, mask/response_mask [R, L] bool,
-    advantages/seq_weights [R] f32, old_logp/ref_logp/sampler_logp [R, L] f32.
+    advantages/seq_weights [R] f32, old_logp/ref_logp/sampler_logp [R, L] f32; optional
+    kl_weights [R] f32 (default seq_weights) and summary_rows [R] bool (default none).
+
+    loss = sum_i seq_weights_i * sum_t (pg_it - entropy_coef * H_it)
+         + sum_i kl_weights_i * coef_i * sum_t kl_it,
+    coef_i = kl_coef_summary for summary rows, kl_coef for reasoning rows.
     """
     logp, entropy = token_logprobs(params, config, micro["tokens"], micro["positions"],
                                    micro["mask"], temperature=ls.temperature,
@@ -114,12 +132,16 @@ def micro_loss(params: Any, micro: dict[str, jax.Array], config: ModelConfig,
         pg = pg * losses.truncated_importance_weight(micro["old_logp"], micro["sampler_logp"],
                                                      ls.tis_cap)
     kl = losses.kl_penalty(ls.kl_type, logp, micro["ref_logp"])
+    summary = micro.get("summary_rows")
+    summary = (jnp.zeros(weights.shape, bool) if summary is None else summary.astype(bool))
     per_token = pg
-    if ls.kl_coef > 0:
-        per_token = per_token + ls.kl_coef * kl
     if ls.entropy_coef > 0:
         per_token = per_token - ls.entropy_coef * entropy
     loss = losses.aggregate(per_token, mask, weights)
+    if ls.uses_kl:
+        kl_weights = micro.get("kl_weights", weights)
+        coef = jnp.where(summary, ls.summary_kl_coef, ls.kl_coef)
+        loss = loss + losses.aggregate(kl, mask, kl_weights * coef)
 
     def msum(x):
         return jnp.sum(jax.lax.stop_gradient(x).astype(jnp.float32) * mask)
@@ -129,7 +151,9 @@ def micro_loss(params: Any, micro: dict[str, jax.Array], config: ModelConfig,
             "kl": msum(kl), "entropy": msum(entropy), "ratio": msum(pl.ratio),
             "log_ratio_abs": msum(jnp.abs(logp - micro["old_logp"])),
             "pg_loss": jax.lax.stop_gradient(losses.aggregate(pg, mask, weights)),
-            "loss": jax.lax.stop_gradient(loss)}
+            "loss": jax.lax.stop_gradient(loss),
+            "summary_tokens": jnp.sum(mask * summary[:, None]),
+            "kl_summary": msum(kl * summary[:, None])}
     return loss, sums
 
 
@@ -202,7 +226,7 @@ class TrainPrograms:
         self.grad_shardings = param_shardings
         self.opt_shardings = opt_state_shardings(self.optimizer, abstract, param_shardings,
                                                  mesh)
-        micro_sh = {f: rows for f in MICRO_FIELDS}
+        micro_sh = rows  # a prefix: every field of the micro-batch dict, whatever its keys
         self._logprobs = jax.jit(self._logprobs_fn, in_shardings=(param_shardings, micro_sh),
                                  out_shardings=rows)
         self._accumulate = jax.jit(
