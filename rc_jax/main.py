@@ -115,7 +115,8 @@ def run(config) -> dict[str, Any] | None:
         logging.set_verbosity(logging.WARNING)
     # Only process 0 touches output_dir (workers may not share a disk); it tells the
     # others what is already done so that every process runs the same batches.
-    results = ResultsFile(config.output_dir, config.to_dict(), chash) if main_process else None
+    results = (ResultsFile(config.output_dir, config.to_dict(), chash, problems,
+                           config.data.source) if main_process else None)
     done = broadcast_from_main(results.done if main_process else None)
     todo = [(p, j) for p in problems for j in range(config.num_samples)
             if (p.problem_id, j) not in done]

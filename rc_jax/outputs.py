@@ -8,20 +8,69 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
+
+
+def prepare_output_dir(path: str | Path, field: str = "output_dir") -> Path:
+    """Creates `path` (and parents) or raises ValueError saying why it cannot be used."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{field} {str(out)!r} is a file, not a directory; "
+                         "choose another output_dir")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        parent = next((p for p in out.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise ValueError(f"{field} {str(out)!r} cannot be created: {str(parent)!r} is a "
+                             "file, not a directory") from None
+        raise ValueError(f"{field} {str(out)!r} cannot be created: "
+                         f"{e.strerror or e}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"{field} {str(out)!r} is not writable")
+    return out
 
 
 class ResultsFile:
-    """`<output_dir>/results.jsonl` plus `config.json` describing the run."""
+    """`<output_dir>/results.jsonl` plus `config.json` describing the run.
 
-    def __init__(self, output_dir: str | Path, config_json: dict[str, Any], config_hash: str):
-        self.dir = Path(output_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+    Resume compares two things with what is already there: the configuration (its
+    semantic hash, `rc_jax.config.config_hash`) and, given `problems`, the inputs
+    themselves: a problem whose text or gold answer differs from the one recorded with
+    its results (an edited data file) is refused, naming the problem and the field,
+    instead of being reported as done and graded with the old label.
+    """
+
+    def __init__(self, output_dir: str | Path, config_json: dict[str, Any], config_hash: str,
+                 problems: Sequence[Any] | None = None, source: str = "the data"):
+        self.dir = prepare_output_dir(output_dir)
         self.path = self.dir / "results.jsonl"
         self.config_hash = config_hash
         self.done: set[tuple[str, int]] = set()
+        self._inputs: dict[str, tuple[str, str, int]] = {}  # id -> (problem, label, line)
         self._check_config(config_json)
         self._recover()
+        if problems is not None:
+            self.check_inputs(problems, source)
+
+    def check_inputs(self, problems: Sequence[Any], source: str = "the data") -> None:
+        """Raises ValueError if a problem's text or answer differs from its recorded one."""
+        changed = []
+        for p in problems:
+            old = self._inputs.get(str(p.problem_id))
+            if old is None:
+                continue
+            if old[1] != str(p.answer):
+                changed.append(f"problem {p.problem_id}: answer {old[1]!r} in "
+                               f"{self.path.name} line {old[2]}, {str(p.answer)!r} in {source}")
+            elif old[0] != p.problem:
+                changed.append(f"problem {p.problem_id}: problem text differs from "
+                               f"{self.path.name} line {old[2]}")
+        if changed:
+            more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+            raise ValueError(
+                f"{self.dir} holds results for different inputs: {changed[0]}{more}; use another "
+                f"output_dir, or move {self.dir} away to start over with the current data")
 
     def _check_config(self, config_json: dict[str, Any]) -> None:
         file = self.dir / "config.json"
@@ -51,6 +100,9 @@ class ResultsFile:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{self.path}:{n}: not valid JSON ({e})") from None
             self.done.add((str(rec["problem_id"]), int(rec["sample_id"])))
+            if "problem" in rec and "label" in rec:
+                self._inputs.setdefault(str(rec["problem_id"]),
+                                        (rec["problem"], str(rec["label"]), n))
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:

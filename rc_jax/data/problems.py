@@ -110,6 +110,24 @@ def _chat_user_content(messages: list[Any]) -> str | None:
     return None
 
 
+def check_encodable(text: str, where: str, field: str) -> str:
+    """``text`` if it is valid Unicode (UTF-8 encodable), else a DataError naming the spot.
+
+    JSON's ``\\ud83d``-style escapes can produce lone UTF-16 surrogates, which no
+    tokenizer or UTF-8 file can hold; say where they are instead of crashing later.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start:e.end]
+        code = ", ".join(f"U+{ord(ch):04X}" for ch in bad[:3])
+        raise DataError(
+            f"{where}: field '{field}' holds text that cannot be encoded (lone UTF-16 surrogate "
+            f"{code} at character {e.start}: a broken \\u escape? fix or remove it)"
+        ) from None
+    return text
+
+
 def _problem_text(value: Any, where: str, field: str) -> str:
     value = _as_text(value)
     if isinstance(value, list):
@@ -121,7 +139,7 @@ def _problem_text(value: Any, where: str, field: str) -> str:
         raise DataError(f"{where}: field '{field}' must be text, got {type(value).__name__}")
     if not value.strip():
         raise DataError(f"{where}: field '{field}' is empty")
-    return value
+    return check_encodable(value, where, field)
 
 
 def _answer_text(value: Any, where: str, field: str) -> str:
@@ -142,7 +160,7 @@ def _answer_text(value: Any, where: str, field: str) -> str:
     text = boxed if boxed is not None else text
     if not text:
         raise DataError(f"{where}: field '{field}' is empty")
-    return text
+    return check_encodable(text, where, field)
 
 
 def _id_text(value: Any, where: str, field: str) -> str:
@@ -150,7 +168,7 @@ def _id_text(value: Any, where: str, field: str) -> str:
     if isinstance(value, (str, int)) and not isinstance(value, bool):
         text = str(value).strip()
         if text:
-            return text
+            return check_encodable(text, where, field)
     raise DataError(f"{where}: field '{field}' must be a non-empty string or integer id, got {value!r}")
 
 

@@ -30,6 +30,10 @@ class Rollout:
     method: str | None = None
     token_counts: dict[str, tuple[int | None, ...]] | None = None
     finish_reasons: dict[str, tuple[Any, ...]] | None = field(default=None, compare=False)
+    # Why the record cannot be graded (text that is not valid Unicode), or None. Such a
+    # rollout is graded as unreadable (no answer, incorrect) and listed in the report;
+    # its texts hold U+FFFD where the bad characters were, so nothing downstream fails.
+    unreadable: str | None = field(default=None, compare=False)
 
     @property
     def num_steps(self) -> int:
@@ -51,6 +55,32 @@ def _text_list(value: Any, where: str, name: str) -> tuple[str, ...]:
             raise DataError(f"{where}: {name}[{t}] must be a string, got {type(item).__name__}")
         out.append(item)
     return tuple(out)
+
+
+def _unencodable(text: str) -> str | None:
+    """A short description of the first character UTF-8 cannot encode, or None."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        return f"lone UTF-16 surrogate U+{ord(text[e.start]):04X} at character {e.start}"
+
+
+def _sanitize(texts: tuple[str, ...], where: str, name: str, problems: list[str]) -> tuple[str, ...]:
+    """`texts` with unencodable characters replaced by U+FFFD; each one noted in `problems`."""
+    out = []
+    for t, text in enumerate(texts):
+        bad = _unencodable(text)
+        if bad is not None:
+            what = f"{name}[{t}]" if name.endswith("_store") else name
+            problems.append(f"{what} holds text that cannot be encoded ({bad})")
+            text = "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text)
+        out.append(text)
+    return tuple(out)
+
+
+def _clean_id(value: Any, where: str, name: str, problems: list[str]) -> Any:
+    return _sanitize((value,), where, name, problems)[0] if isinstance(value, str) else value
 
 
 def _token_counts(value: Any, where: str) -> dict[str, tuple[int | None, ...]] | None:
@@ -88,17 +118,27 @@ def parse_rollout(record: dict[str, Any], where: str, default_sample_id: int) ->
         raise DataError(f"{where}: missing field 'label' (the gold answer)")
     method = record.get("method")
     finish = record.get("finish_reasons")
+    bad: list[str] = []
+    reasoning = _sanitize(_text_list(record["reasoning_store"], where, "reasoning_store"),
+                          where, "reasoning_store", bad)
+    summaries = _sanitize(_text_list(record.get("summarization_store") or [], where,
+                                     "summarization_store"), where, "summarization_store", bad)
+    (label,) = _sanitize((str(label),), where, "label", bad)
     return Rollout(
         where=where,
-        problem_id=_id(record["problem_id"], where, "problem_id"),
-        sample_id=_id(record.get("sample_id", default_sample_id), where, "sample_id"),
-        label=str(label),
-        reasoning=_text_list(record["reasoning_store"], where, "reasoning_store"),
-        summaries=_text_list(record.get("summarization_store") or [], where, "summarization_store"),
+        problem_id=_clean_id(_id(record["problem_id"], where, "problem_id"), where, "problem_id", bad),
+        sample_id=_clean_id(_id(record.get("sample_id", default_sample_id), where, "sample_id"),
+                            where, "sample_id", bad),
+        label=label,
+        reasoning=reasoning,
+        summaries=summaries,
         method=str(method) if method is not None else None,
         token_counts=_token_counts(record.get("token_counts"), where),
         finish_reasons={k: tuple(v) for k, v in finish.items() if isinstance(v, list)}
         if isinstance(finish, dict)
+        else None,
+        unreadable=f"{where}: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+        if bad
         else None,
     )
 

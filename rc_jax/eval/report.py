@@ -15,6 +15,7 @@ per-step metrics (``rc_jax.eval.metrics``) and writes to ``output_dir``:
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -106,7 +107,9 @@ def _grade_all(
     rollouts: Sequence[Sequence[Rollout]], grader: Grader, progress: bool
 ) -> list[list[list[GradeResult]]]:
     """Grades per input, rollout, step. One batch for all inputs: shared cache, full parallelism."""
-    items = [(text, r.label) for rs in rollouts for r in rs for text in r.reasoning]
+    # Unreadable records (text that is not valid Unicode) are not sent to the grader:
+    # every step is graded "unreadable" (no answer, incorrect) and the report lists them.
+    items = [(text, r.label) for rs in rollouts for r in rs if not r.unreadable for text in r.reasoning]
     if isinstance(grader, MathVerifyGrader):
         flat = grader.grade_batch(items, progress=progress)
     else:
@@ -117,6 +120,9 @@ def _grade_all(
     for rs in rollouts:
         per_input = []
         for r in rs:
+            if r.unreadable:
+                per_input.append([GradeResult(None, False, error=f"unreadable: {r.unreadable}")] * r.num_steps)
+                continue
             per_input.append(flat[i : i + r.num_steps])
             i += r.num_steps
         out.append(per_input)
@@ -354,6 +360,13 @@ def evaluate_files(
         samples = _outcomes(rs, gs, counter)
         m = compute_metrics(samples, ks)
         m["notes"] += _token_notes(samples, counter is not None)
+        unreadable = [r.unreadable for r in rs if r.unreadable]
+        if unreadable:
+            m["notes"].append(
+                f"{len(unreadable)} unreadable record(s) graded as incorrect with no answer: "
+                + "; ".join(unreadable[:5])
+                + (f"; and {len(unreadable) - 5} more" if len(unreadable) > 5 else "")
+            )
         rows = _graded_rows(label, rs, gs)
         timeouts = [
             {k: row[k] for k in ("problem_id", "sample_id", "step")} | {"extracted": (row["extracted"] or "")[:200]}
@@ -385,7 +398,13 @@ def _write_outputs(out: Path, metrics: dict[str, Any], graded_rows: list[dict[st
     plot_notes = []
     if plots:
         for kind, name in (("tokens", "accuracy_vs_tokens.png"), ("step", "accuracy_vs_step.png")):
-            plotted = plot_accuracy(metrics, out / name, x=kind)
+            tmp = out / f".{name}.tmp.png"
+            try:
+                plotted = plot_accuracy(metrics, tmp, x=kind)
+                if plotted:
+                    os.replace(tmp, out / name)
+            finally:
+                tmp.unlink(missing_ok=True)
             outputs[f"accuracy_vs_{kind}"] = str(out / name) if plotted else None
             if kind == "tokens":
                 left_out = [i["label"] for i in metrics["inputs"] if i["label"] not in plotted]
@@ -396,8 +415,17 @@ def _write_outputs(out: Path, metrics: dict[str, Any], graded_rows: list[dict[st
     outputs["report"] = str(out / "report.md")
     metrics["outputs"] = outputs
     metrics["plot_notes"] = plot_notes
-    with open(out / "graded.jsonl", "w", encoding="utf-8") as f:
-        for row in graded_rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "report.md").write_text(format_report(metrics), encoding="utf-8")
+    # Each file is written whole to a temporary name, then renamed: a failure leaves the
+    # previous report in place rather than a half-written one.
+    _write_atomic(out / "graded.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in graded_rows))
+    _write_atomic(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    _write_atomic(out / "report.md", format_report(metrics))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
