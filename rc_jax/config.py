@@ -21,7 +21,7 @@ BUILTIN_MODEL_PREFIX = "builtin:"
 
 # Fields that do not change what a run computes: changing them keeps a run resumable.
 _NON_SEMANTIC = ("batch_size", "output_dir", "data.limit", "evaluate", "show_rollouts", "mesh",
-                 "grading_timeout", "model.max_cache_length", "rc.engine",
+                 "grading_timeout", "grading", "model.max_cache_length", "rc.engine",
                  "rc.scheduling", "rc.refill_rows")
 
 # Config sections that only some methods read. A run's resume hash leaves out the sections
@@ -139,6 +139,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.evaluate = True                 # grade and report at the end
     c.show_rollouts = 0               # print this many rollouts (per-step answers, summaries)
     c.grading_timeout = 5.0
+    c.grading = ml_collections.ConfigDict()
+    # rc_jax: rc_jax's own grader (any brace nesting, string match, verify(gold, answer));
+    # paper: the paper authors' evaluator (one level of braces inside \boxed{},
+    # verify(answer, gold)), for numbers comparable with the paper's. See rc_jax.eval.grading.
+    c.grading.mode = "rc_jax"
     c.lock()
     return c
 
@@ -163,6 +168,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail("data.source", "required (a JSON/JSONL file, hf:<id>, tfds:<name> or builtin:demo)")
     if c.data.limit < 0:
         _fail("data.limit", f"must be >= 0, got {c.data.limit}")
+    from rc_jax.eval.grading import GRADING_MODES
+    if c.grading.mode not in GRADING_MODES:
+        _fail("grading.mode", f"must be one of {GRADING_MODES}, got {c.grading.mode!r}")
     s = c.sampling
     if not s.temperature >= 0:
         _fail("sampling.temperature", f"must be >= 0, got {s.temperature}")

@@ -179,9 +179,11 @@ def run(config) -> dict[str, Any] | None:
         jax.effects_barrier()
     if not config.evaluate or not main_process:
         return None
+    from rc_jax.eval.grading import MathVerifyGrader
     from rc_jax.eval.report import evaluate_files
-    metrics = evaluate_files([results.path], config.output_dir,
-                             timeout_s=config.grading_timeout)
+    with MathVerifyGrader(timeout_s=config.grading_timeout, mode=config.grading.mode) as grader:
+        metrics = evaluate_files([results.path], config.output_dir, grader=grader,
+                                 timeout_s=config.grading_timeout)
     if config.show_rollouts:
         show_rollouts(results.path, config.show_rollouts)
     print_step_table(metrics)

@@ -152,3 +152,18 @@ def test_cli_reports_both_modes_side_by_side(tmp_path, capsys):
     assert json.loads((tmp_path / "one" / "metrics.json").read_text())["settings"]["grading_mode"] == "paper"
     with pytest.raises(SystemExit):
         eval_main([str(path), f"--output_dir={out}", "--grading=paper,strict"])
+
+
+def test_run_config_grading_mode():
+    from rc_jax import config as run_config
+    c = run_config.default_config()
+    assert c.grading.mode == "rc_jax"
+    c.model.path, c.data.source = "builtin:tiny-random", "builtin:demo"
+    before = run_config.config_hash(c)
+    c.grading.mode = "paper"
+    run_config.validate(c)
+    assert run_config.config_hash(c) == before  # grading only: the run stays resumable
+    assert "grading" not in run_config.semantic_dict(c)
+    c.grading.mode = "strict"
+    with pytest.raises(ValueError, match="config.grading.mode"):
+        run_config.validate(c)
