@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -111,3 +112,61 @@ class ResultsFile:
                 self.done.add((str(rec["problem_id"]), int(rec["sample_id"])))
             f.flush()
             os.fsync(f.fileno())
+
+
+# What a training run leaves in its output directory.
+RUN_FILES = ("metrics.jsonl", "checkpoints", "export", "tensorboard")
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    try:
+        path.resolve().relative_to(directory.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def set_aside_previous_run(output_dir: str | Path, *, extra_dirs: Sequence[str | Path] = (),
+                           inputs: dict[str, str] | None = None,
+                           flag: str = "checkpoint.resume=False") -> list[tuple[Path, Path]]:
+    """Starting over: moves a previous run out of the way, whole, before anything is written.
+
+    `output_dir` holds a previous run if it has any of RUN_FILES; `extra_dirs` (e.g. a
+    checkpoint directory outside output_dir) count when non-empty. Each is renamed
+    (one atomic rename each) to `<name>.replaced-<UTC time>` next to it, so nothing of
+    the old run is lost and the new run never mixes with it. Refuses (ValueError, before
+    touching anything) when a path the new run reads (`inputs`: config field -> path)
+    lies inside what would be moved, or when output_dir holds the working directory.
+    Returns the (old, new) paths moved.
+    """
+    out = Path(output_dir)
+    moves: list[Path] = []
+    if out.is_dir() and any((out / name).exists() for name in RUN_FILES):
+        moves.append(out)
+    for d in extra_dirs:
+        d = Path(d)
+        if d.is_dir() and any(d.iterdir()) and not any(_inside(d, m) for m in moves):
+            moves.append(d)
+    if not moves:
+        return []
+    for m in moves:
+        if _inside(Path.cwd(), m):
+            raise ValueError(f"{flag} would move the previous run in {m} aside, but it holds the "
+                             "working directory; use another output_dir")
+        for field, value in (inputs or {}).items():
+            if value and not str(value).startswith(("builtin:", "hf:", "tfds:")) \
+                    and _inside(Path(value), m):
+                raise ValueError(
+                    f"{flag} would move the previous run in {m} aside, but config.{field} "
+                    f"({value}) lies inside it; copy it elsewhere or use another output_dir")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    done = []
+    for m in moves:
+        target = m.with_name(f"{m.name}.replaced-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = m.with_name(f"{m.name}.replaced-{stamp}-{n}")
+        os.rename(m, target)
+        done.append((m, target))
+    return done

@@ -11,7 +11,12 @@ from rc_jax.eval import grading
 from rc_jax.eval.grading import GradeResult, Grader, MathVerifyGrader, StringMatchGrader, gold_answer_text
 from rc_jax.eval.verify import verify_answer
 
-TIMEOUT_S = 1.5
+# Correctness tests must not depend on the machine's speed: their grader has a limit no
+# legitimate case comes near, even on a loaded 2-core machine. The time-out mechanism is
+# tested on its own, with inputs built to hang (power towers, huge factorials) and a short
+# limit, asserting only that they time out and that the pool recovers.
+TIMEOUT_S = 60.0
+HANG_TIMEOUT_S = 1.5
 
 # (response, gold, expected correct). Each expectation was checked against
 # math-verify 0.9.0; the comment says which behaviour a row pins down.
@@ -99,6 +104,14 @@ def grader():
         yield g
 
 
+@pytest.fixture(scope="module")
+def hang_grader():
+    """A short limit, for the time-out tests only (inputs that would never finish)."""
+    with MathVerifyGrader(timeout_s=HANG_TIMEOUT_S, num_workers=2) as g:
+        g.start()
+        yield g
+
+
 def test_case_table_is_large_enough():
     assert len(GRADING_CASES) >= 40
 
@@ -134,7 +147,8 @@ def test_gold_answer_text():
     assert gold_answer_text(r"so it is $\boxed{\frac{1}{2}}$") == r"\frac{1}{2}"
 
 
-def test_pathological_input_times_out_and_pool_recovers(grader):
+def test_pathological_input_times_out_and_pool_recovers(hang_grader):
+    grader = hang_grader
     replaced_before = grader.workers_replaced
     start = time.monotonic()
     res = grader.grade_batch([(r"\boxed{10^{10^{10^{10}}}}", "1"), (r"\boxed{(10^{8})!}", "2")])
@@ -142,8 +156,9 @@ def test_pathological_input_times_out_and_pool_recovers(grader):
     assert [r.timed_out for r in res] == [True, True]
     assert [r.correct for r in res] == [False, False]
     assert "timed out" in res[0].error
-    # Two workers run the two cases in parallel: both hit the limit at about the same time.
-    assert elapsed < TIMEOUT_S + 1.5, elapsed
+    # These never finish on their own: returning at all shows the limit was enforced.
+    # The bound is far above the 1.5 s limit so that a loaded machine cannot fail it.
+    assert elapsed < 60, elapsed
     assert grader.workers_replaced == replaced_before + 2
     # The pool keeps working after its hung workers were killed.
     after = grader.grade_batch([(r"\boxed{\frac{6}{8}}", "0.75"), (r"\boxed{7}", "8")])
@@ -151,12 +166,15 @@ def test_pathological_input_times_out_and_pool_recovers(grader):
     assert not any(r.timed_out for r in after)
 
 
-def test_cached_timeout_is_reported_without_rerunning(grader):
+def test_cached_timeout_is_reported_without_rerunning(hang_grader):
+    grader = hang_grader
     grader.grade_batch([(r"\boxed{9^{9^{9}}}", "3")])
-    start = time.monotonic()
+    replaced, hits = grader.workers_replaced, grader.stats["cache_hits"]
     res = grader.grade_batch([(r"\boxed{9^{9^{9}}}", "3")])[0]
     assert res.timed_out and not res.correct
-    assert time.monotonic() - start < 0.5
+    # Not re-run (no worker hung and was replaced again), answered from the cache.
+    assert grader.workers_replaced == replaced
+    assert grader.stats["cache_hits"] == hits + 1
 
 
 def test_cache_hits(grader):

@@ -93,6 +93,7 @@ class Trainer:
         from `config.mesh`; reward_fn: overrides `rl.reward` (items -> rewards)."""
         explicit = None if isinstance(mesh, str) else batch_shards(mesh)
         validate(config, device_count=device_count, batch_shards=explicit)
+        _start_over_or_resume(config)
         self.c = config
         self.hash = config_hash(config)
         problems = load_training_problems(config)
@@ -586,6 +587,27 @@ def _first_device():
 
 def _is_main() -> bool:
     return jax.process_index() == 0
+
+
+def _start_over_or_resume(config: ml_collections.ConfigDict) -> None:
+    """Before anything is read or written: with checkpoint.resume=False, a previous run in
+    output_dir (metrics, checkpoints, exports) is moved aside whole, never truncated or
+    mixed with the new one (rc_jax.outputs.set_aside_previous_run)."""
+    from rc_jax.outputs import prepare_output_dir, set_aside_previous_run
+    from rc_jax.parallel.distributed import broadcast_from_main
+    if _is_main():
+        if not config.checkpoint.resume:
+            inputs = {"model.path": config.model.path, "tokenizer.path": config.tokenizer.path,
+                      "data.source": config.data.source,
+                      "rl.reference_path": config.rl.reference_path,
+                      "rl.replay_initial_path": config.rl.replay_initial_path}
+            extra = [config.checkpoint.directory] if config.checkpoint.directory else []
+            for old, new in set_aside_previous_run(config.output_dir, extra_dirs=extra,
+                                                   inputs=inputs):
+                print(f"rc_jax train: checkpoint.resume=False: moved the previous run "
+                      f"{old} to {new}")
+        prepare_output_dir(config.output_dir)
+    broadcast_from_main(None)  # the other processes wait until the directory is ready
 
 
 def run_training(config: ml_collections.ConfigDict) -> dict[str, Any]:
