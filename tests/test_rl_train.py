@@ -204,6 +204,8 @@ def test_bad_configs_fail_before_any_model_or_generation(files, tmp_path, monkey
               mesh="data:8"), "does not divide over the 8 batch shards"),
         (dict(data__answer_field="reward_model.ground_truth"),
          "missing answer field 'reward_model.ground_truth'"),
+        (dict(kl_coef_summary=0.01), "config.rl.kl_coef_summary: applies to summary tokens"),
+        (dict(microbatch_agg_shards=3), "does not split into 3 equal parts"),
     ]
     for changes, match in cases:
         mesh = changes.pop("mesh", "")
@@ -250,8 +252,11 @@ def test_summarizer_training_option(files, model, tiny_tokenizer, tmp_path):
     # Extra groups whose responses are summaries; each summary's reward is the mean grade
     # of `summary_reward_samples` reasoning continuations conditioned on it.
     c = tiny_rct(files, tmp_path, total_steps=1, train_summarizer=True,
-                 summary_snapshots_per_chain=1, summary_group_size=4, summary_reward_samples=2)
+                 summary_snapshots_per_chain=1, summary_group_size=4, summary_reward_samples=2,
+                 kl_coef=0.0, kl_coef_summary=0.01)
     trainer = make_trainer(c, model, tiny_tokenizer)
+    # Only the summary tokens have a KL coefficient: the reference is still loaded.
+    assert trainer.ref_params is not None and trainer.loss.summary_kl_coef == 0.01
     groups = []
     _spy(trainer, "_summary_groups", groups)
     m = trainer.train_step()
@@ -261,6 +266,7 @@ def test_summarizer_training_option(files, model, tiny_tokenizer, tmp_path):
     assert all(r in (0.0, 0.5, 1.0) for g in groups for r in g.rewards)
     assert m["trained_sequences"] == 4 * 1 * 8 + 4 * 1 * 4
     assert "summary_reward_mean" in m and "summary_zero_adv_frac" in m
+    assert np.isfinite(m["kl_summary"]) and np.isfinite(m["kl_reasoning"])
 
 
 def test_authors_dataset_format_loads(tmp_path):
@@ -300,3 +306,11 @@ def test_each_buffered_summary_seeds_chains_per_problem_chains():
     # Without a buffer every problem gets its chains from "".
     assert len(seed_chains(problems, None, np.random.default_rng(0), 2, chains_per_problem=2,
                            samples_per_problem=2, encode=None, max_seed_tokens=5)) == 6
+
+
+def test_new_rl_fields_at_their_defaults_keep_the_resume_hash(files, tmp_path):
+    c = tiny_rct(files, tmp_path)
+    assert "kl_coef_summary" not in rl_config.semantic_dict(c)["rl"]
+    before = rl_config.config_hash(c)
+    c.rl.microbatch_agg_shards = 8
+    assert rl_config.config_hash(c) != before
