@@ -14,8 +14,10 @@ def get_config():
     c.method = "autoregressive"
     c.name = "hmmt_nov_2025_autoregressive"
     c.data.source = "hf:MathArena/hmmt_nov_2025:train"
-    c.sampling.temperature = 1.0
-    c.sampling.top_p = 1.0
+    # The paper samples its autoregressive and s1 baselines at temperature 0.7, top-p 0.8
+    # (RC itself at 1.0 / 1.0).
+    c.sampling.temperature = 0.7
+    c.sampling.top_p = 0.8
     c.autoregressive.max_tokens = 131072
     c.autoregressive.checkpoint_tokens = 16384  # = RC's H_R: step t ~ RC step t's reasoning
     c.num_samples = 16

@@ -5,10 +5,13 @@ Every method is a `runner(problems, keys, ctx) -> list[MethodRollout]` (see
 `rc_jax.main` looks runners up with `get_runner`; RC itself keeps its device engine.
 
   autoregressive   one long generation, answers read at fixed token checkpoints
-  self_refine      each step improves the previous attempt (no summary)
+  self_refine      each step improves the previous attempt (no summary; one template)
   self_verify      each step verifies and corrects the previous attempt
-  budget_forcing   s1-style: a stop is replaced by a continuation cue until the budget
+  budget_forcing   s1 as the paper ran it: segments, each continuing the last after a cue
   rsa              recursive self-aggregation (a population scaffold, `scaffold.py`)
+
+Every prompt is text chat-wrapped by `Tokenizer.phase_prompt` and tokenized whole;
+records store each phase's raw generation next to its cleaned text (`base.py`).
 
 Adding a method: one module here with a `@register("name")` runner (a population
 scaffold subclasses `rc_jax.methods.scaffold.Scaffold` instead of writing a loop), its

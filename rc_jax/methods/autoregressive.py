@@ -1,12 +1,14 @@
 """Autoregressive baseline: one long generation, read at fixed token checkpoints.
 
-The model answers the solve prompt in one generation of at most
-`autoregressive.max_tokens` tokens (one sampler call, one KV cache). So it can share
-RC's per-step accuracy-vs-tokens plot, the generation is read at checkpoints every
-`autoregressive.checkpoint_tokens` tokens: step t is the text of the first
-min((t+1) * checkpoint_tokens, max_tokens) generated tokens, its answer the last
-`\\boxed{}` in that text, and its reasoning token count the tokens added since the
-previous checkpoint (0 once the generation has ended), so cumulative tokens line up.
+The model answers the solve prompt (`baselines.solve_template`, chat-wrapped by
+`Tokenizer.phase_prompt`) in one generation of at most `autoregressive.max_tokens` tokens
+(one sampler call, one KV cache). So it can share RC's per-step accuracy-vs-tokens plot,
+the generation is read at checkpoints every `autoregressive.checkpoint_tokens` tokens:
+step t's store is the raw decoded text of the first min((t+1) * checkpoint_tokens,
+max_tokens) generated tokens (special tokens skipped, nothing cut or stripped), its
+answer the last `\\boxed{}` in that text, and its reasoning token count the tokens added
+since the previous checkpoint (0 once the generation has ended), so cumulative tokens
+line up. `reasoning_clean[t]` is the same prefix cleaned by RC's reasoning rule.
 """
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ def run_autoregressive(problems: Sequence[str], keys: np.ndarray,
                        ctx: MethodContext) -> list[MethodRollout]:
     c = ctx.config.autoregressive
     marks = checkpoints(c.max_tokens, c.checkpoint_tokens)
-    plan = ctx.solve_plan()
-    prompts = [plan.host_ids({"problem": p}) for p in ctx.encode_problems(problems)]
+    solve = ctx.solve_template()
+    prompts = [ctx.prompt(solve.format(problem=p)) for p in ctx.check_problems(problems)]
     res = ctx.generate(prompts, c.max_tokens, fold(keys, 0))
     outs = []
     for prompt, tokens, finish in zip(prompts, res.tokens, res.finish_reasons):
@@ -41,7 +43,8 @@ def run_autoregressive(problems: Sequence[str], keys: np.ndarray,
                 r.prompts.append([prompt] if t == 0 else [])
             end = min(mark, len(tokens))
             ended = finish == "stop" and len(tokens) <= mark
-            r.add_step(ctx.decode(tokens[:end]).strip(), tokens[:end],
+            raw = ctx.decode(tokens[:end])
+            r.add_step(raw, ctx.clean_reasoning(raw), tokens[done:end],
                        len(prompt) if t == 0 else 0, end - done,
                        "stop" if ended else "length")
             done = end

@@ -6,11 +6,20 @@ problem string (a problem appears once per sample), `keys[i]` the row's PRNG key
 where to cut a context) outside jit, but sample all rows of a step with **one** call of
 the jitted sampler (`MethodContext.generate`), each row with its own key derived from
 its row key by `fold`: results never depend on batching, padding or resume order.
+
+Prompts are built as text, as the paper's code builds them: a filled template is
+chat-wrapped by the one rule of every phase, `Tokenizer.phase_prompt` (the template gets
+`enable_thinking = rc.use_think_tags`; `open_think` for steps conditioned on earlier
+output, see docs/design.md), then tokenized whole (`MethodContext.prompt`).
+
+Records: each phase's generation is stored *raw* (decoded with special tokens skipped,
+nothing cut or stripped) and the per-step answer is graded from it; the cleaned text
+that a later prompt sees (`rc_jax.rc.text.clean_reasoning` / `clean_summary`: cut at
+`</think>`, `<think>` dropped, stripped) is kept beside it.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Sequence
 
 import jax
@@ -19,11 +28,11 @@ import numpy as np
 
 from rc_jax.models.config import ModelConfig
 from rc_jax.rc.prompts import Template, load_template
-from rc_jax.rc.tokens import PromptPlan, TokenTables, make_plan, token_tables
+from rc_jax.rc.text import clean_reasoning, clean_summary
 from rc_jax.sampling.core import SamplingParams
 from rc_jax.sampling.generate import Buckets, GenerationResult, generate
 from rc_jax.tokenizer import Tokenizer
-from rc_jax.methods.prompts import CANDIDATE_SEPARATOR, candidate_header, load_method_template
+from rc_jax.methods.prompts import load_method_template
 
 NO_SUMMARY = "none"  # summary finish reason of a step that ran no summarization phase
 
@@ -32,19 +41,26 @@ NO_SUMMARY = "none"  # summary finish reason of a step that ran no summarization
 class MethodRollout:
     """One (problem, sample) of any method, per step; `rc_jax.main.build_record` writes it.
 
-    Per step t: reasoning_text[t] is the text the step's answer is read from;
-    reasoning_tokens[t] / summary_tokens[t] the tokens *generated* in step t (stop tokens
-    included), so their running sum is the compute spent; prompt_tokens[t] the tokens
-    prefilled for the step's generation(s). Steps without a summary phase have summary
-    text "", 0 tokens and finish reason "none".
+    Per step t: reasoning_text[t] is the step's raw decoded generation (special tokens
+    skipped, nothing cut at `</think>`, nothing stripped; -> `reasoning_store`), the text
+    the step's answer is graded from; reasoning_clean[t] the cleaned text a later prompt
+    sees (-> `reasoning_clean`); summary_text[t] / summary_clean[t] the same for the
+    summarization phase (-> `summarization_store` / `summary_clean`).
+    reasoning_tokens[t] / summary_tokens[t] are the tokens *generated* in step t (stop
+    tokens included), so their running sum is the compute spent; prompt_tokens[t] the
+    tokens prefilled for the step's generation(s). Steps without a summary phase have
+    summary texts "", 0 tokens and finish reason "none".
 
-    Not written to the record: reasoning_ids (the cleaned ids behind reasoning_text) and,
-    when the context asks for them, the prompt ids of every generation (prompts[t] lists
-    the step's prompts; one for single-chain methods, one per population member for
-    scaffolds). `extra` holds method-specific record fields.
+    Not written to the record: reasoning_ids[t] (the ids generated in step t) and, when
+    the context asks for them, the prompt ids of every generation (prompts[t] lists the
+    step's prompts; one for single-chain methods, one per population member for
+    scaffolds). `method_fields` holds method-specific record fields; `extra` (what
+    `build_record` adds to the record, as for RC's rollouts) is the cleaned texts plus those.
     """
     reasoning_text: list[str] = dataclasses.field(default_factory=list)
+    reasoning_clean: list[str] = dataclasses.field(default_factory=list)
     summary_text: list[str] = dataclasses.field(default_factory=list)
+    summary_clean: list[str] = dataclasses.field(default_factory=list)
     prompt_tokens: list[int] = dataclasses.field(default_factory=list)
     summary_prompt_tokens: list[int] = dataclasses.field(default_factory=list)
     reasoning_tokens: list[int] = dataclasses.field(default_factory=list)
@@ -54,17 +70,26 @@ class MethodRollout:
     reasoning_ids: list[list[int]] = dataclasses.field(default_factory=list)
     prompts: list[list[list[int]]] = dataclasses.field(default_factory=list)
     summary_prompts: list[list[list[int]]] = dataclasses.field(default_factory=list)
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    method_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def add_step(self, text: str, ids: Sequence[int], prompt_tokens: int, tokens: int,
-                 finish: str, *, summary: str = "", summary_prompt_tokens: int = 0,
-                 summary_tokens: int = 0, summary_finish: str = NO_SUMMARY) -> None:
-        self.reasoning_text.append(text)
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Record fields beside the authors' stores: the cleaned texts, method fields."""
+        return {"reasoning_clean": self.reasoning_clean, "summary_clean": self.summary_clean,
+                **self.method_fields}
+
+    def add_step(self, raw: str, clean: str, ids: Sequence[int], prompt_tokens: int,
+                 tokens: int, finish: str, *, summary: str = "", summary_clean: str = "",
+                 summary_prompt_tokens: int = 0, summary_tokens: int = 0,
+                 summary_finish: str = NO_SUMMARY) -> None:
+        self.reasoning_text.append(raw)
+        self.reasoning_clean.append(clean)
         self.reasoning_ids.append(list(ids))
         self.prompt_tokens.append(int(prompt_tokens))
         self.reasoning_tokens.append(int(tokens))
         self.reasoning_finish.append(finish)
         self.summary_text.append(summary)
+        self.summary_clean.append(summary_clean)
         self.summary_prompt_tokens.append(int(summary_prompt_tokens))
         self.summary_tokens.append(int(summary_tokens))
         self.summary_finish.append(summary_finish)
@@ -85,25 +110,6 @@ def fold(keys: np.ndarray, *tags: int | Sequence[int] | np.ndarray) -> np.ndarra
         data = np.broadcast_to(np.asarray(tag, np.uint32), (out.shape[0],))
         out = _fold(out, jnp.asarray(data))
     return np.asarray(out)
-
-
-def clean_ids(ids: Sequence[int], tables: TokenTables, keep: str) -> list[int]:
-    """DESIGN §1 post-processing of one generation, on the host (numpy).
-
-    The same rule as `rc_jax.rc.tokens.clean_generation`: keep='before_think_end' keeps
-    what precedes the first `</think>`, 'after_think_end' what follows the last; special
-    tokens are dropped and whitespace-only tokens stripped at both ends.
-    """
-    if keep not in ("before_think_end", "after_think_end"):
-        raise ValueError(f"keep must be 'before_think_end' or 'after_think_end', got {keep!r}")
-    x = np.asarray(list(ids), np.int64)
-    if tables.think_end >= 0 and x.size:
-        ends = np.flatnonzero(x == tables.think_end)
-        if ends.size:
-            x = x[:ends[0]] if keep == "before_think_end" else x[ends[-1] + 1:]
-    x = x[~tables.drop[x]]
-    text = np.flatnonzero(~tables.whitespace[x])
-    return x[text[0]:text[-1] + 1].tolist() if text.size else []
 
 
 def keep_last(ids: Sequence[int], max_tokens: int) -> list[int]:
@@ -144,7 +150,6 @@ class MethodContext:
                 raise ValueError(f"tokenizer {self.tokenizer.path} has "
                                  f"{self.tokenizer.vocab_size} tokens but the {role}'s "
                                  f"vocab_size is {cfg.vocab_size}")
-        self._plans: dict[tuple[str, str], PromptPlan] = {}
 
     # ---------------------------------------------------------------- shared knobs
     @property
@@ -152,56 +157,39 @@ class MethodContext:
         return tuple(self.stop_ids) if self.stop_ids is not None else tuple(self.tokenizer.eos_ids)
 
     @property
-    def think(self) -> bool:
-        """Whether reasoning prompts open a `<think>` block (rc.use_think_tags)."""
-        return bool(self.config.rc.use_think_tags) and self.tokenizer.think_start_id is not None
-
-    @functools.cached_property
-    def tables(self) -> TokenTables:
-        return token_tables(self.tokenizer, self.model_config.vocab_size)
+    def use_think_tags(self) -> bool:
+        return bool(self.config.rc.use_think_tags)
 
     # ---------------------------------------------------------------- prompts
-    def plan(self, template: Template, role: str = "reasoning") -> PromptPlan:
-        """The template chat-wrapped as RC wraps its phases (role 'reasoning' or 'summary')."""
-        key = (template.text, role)
-        if key not in self._plans:
-            if role == "reasoning":
-                kwargs = {"enable_thinking": True, "open_think": True} if self.think else {}
-            elif role == "summary":
-                kwargs = {"enable_thinking": False} if self.config.rc.use_think_tags else {}
-            else:
-                raise ValueError(f"role must be 'reasoning' or 'summary', got {role!r}")
-            self._plans[key] = make_plan(self.tokenizer, template, **kwargs)
-        return self._plans[key]
+    def wrap(self, user_text: str, *, open_think: bool = False) -> str:
+        """`user_text` chat-wrapped by the one rule of every phase (`phase_prompt`)."""
+        return self.tokenizer.phase_prompt(user_text, use_think_tags=self.use_think_tags,
+                                           open_think=open_think)
 
-    def method_plan(self, spec: str, kind: str) -> PromptPlan:
-        return self.plan(load_method_template(spec, kind), "reasoning")
+    def prompt(self, user_text: str, *, open_think: bool = False) -> list[int]:
+        """Ids of the chat-wrapped prompt (the whole text tokenized at once)."""
+        return self.tokenizer.encode(self.wrap(user_text, open_think=open_think))
 
-    def solve_plan(self) -> PromptPlan:
-        """The first-attempt prompt of every baseline (baselines.solve_template)."""
-        return self.method_plan(self.config.baselines.solve_template, "solve")
+    def solve_template(self) -> Template:
+        """The first-attempt prompt of autoregressive and RSA (baselines.solve_template)."""
+        return load_method_template(self.config.baselines.solve_template, "solve")
 
-    def rc_summary_plan(self) -> PromptPlan:
+    def rc_summary_template(self) -> Template:
         """RC's summarization prompt (rc.summary_template), for scaffolds that summarize."""
-        return self.plan(load_template(self.config.rc.summary_template, "summary"), "summary")
+        return load_template(self.config.rc.summary_template, "summary")
 
-    def encode_problems(self, problems: Sequence[str]) -> list[list[int]]:
-        ids = [self.tokenizer.encode(p) for p in problems]
-        for i, x in enumerate(ids):
-            if not x:
+    def check_problems(self, problems: Sequence[str]) -> list[str]:
+        for i, p in enumerate(problems):
+            if not p:
                 raise ValueError(f"problems[{i}] is empty")
-        return ids
+        return list(problems)
 
-    def join_candidates(self, candidates: Sequence[Sequence[int]]) -> list[int]:
-        """Ids of `{candidates}`: numbered headers + candidate ids, decoding to
-        `rc_jax.methods.prompts.format_candidates` of the candidates' texts."""
-        sep = self.tokenizer.encode(CANDIDATE_SEPARATOR)
-        out: list[int] = []
-        for j, c in enumerate(candidates):
-            if j:
-                out += sep
-            out += self.tokenizer.encode(candidate_header(j + 1)) + list(c)
-        return out
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """`text` cut from the front to its last `max_tokens` tokens (0: unchanged)."""
+        if max_tokens <= 0:
+            return text
+        ids = self.tokenizer.encode(text)
+        return text if len(ids) <= max_tokens else self.decode(keep_last(ids, max_tokens))
 
     # ---------------------------------------------------------------- sampling
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
@@ -222,8 +210,14 @@ class MethodContext:
                         pad_id=self.tokenizer.pad_id, buckets=self.buckets, mesh=self.mesh,
                         param_shardings=shardings, row_keys=keys)
 
-    def clean(self, ids: Sequence[int], keep: str = "before_think_end") -> list[int]:
-        return clean_ids(ids, self.tables, keep)
-
     def decode(self, ids: Sequence[int]) -> str:
+        """Raw text of generated ids: special tokens skipped, nothing else changed."""
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    @staticmethod
+    def clean_reasoning(raw: str) -> str:
+        return clean_reasoning(raw)
+
+    @staticmethod
+    def clean_summary(raw: str) -> str:
+        return clean_summary(raw)

@@ -3,12 +3,16 @@
 Templates are `rc_jax.rc.prompts.Template`s (`str.format` text, `{{`/`}}` for literal
 braces, missing or unknown placeholders rejected). Each *kind* of prompt has fixed fields:
 
-  solve      {problem}                        first attempt of every baseline / scaffold
-  refine     {problem} {previous_attempt}     self-refine: improve the previous attempt
-  verify     {problem} {previous_attempt}     self-verify: check and correct it
+  solve      {problem}                        autoregressive, budget forcing, RSA round 0
+  refine     {problem} {previous_attempt}     self-refine, every step (step 1: empty attempt)
+  verify     {problem} {previous_attempt}     self-verify, every step (step 1: empty attempt)
   aggregate  {problem} {candidates}           RSA: combine K candidate solutions
 
-A template spec is a builtin name (`math`, `science`) or a path to a UTF-8 text file.
+As in the paper, self-refine and self-verify use one template at every step: the first
+step fills `{previous_attempt}` with the empty string, so the wording covers both cases.
+
+A template spec is a builtin name (`math`, `science`; `bare` for solve: the problem text
+alone, budget forcing's default) or a path to a UTF-8 text file.
 A new scaffold with its own prompt kind calls `define_kind` from its module.
 """
 from __future__ import annotations
@@ -30,36 +34,39 @@ Solve the math problem below. Reason step by step, and give your final answer in
 """
 
 MATH_REFINE = """\
-You are working on a math problem and have already written one attempt at it. Read that \
-attempt critically and write a better solution.
+Solve the math problem below. Your previous attempt at it is shown too; it is empty at \
+the first attempt, and it may be unfinished or cut off at the start.
 
 ## Problem
 {problem}
 
-## Your previous attempt (it may be cut off at the start)
+## Your previous attempt
 {previous_attempt}
 
 ## What to do
-Look for errors, gaps and unjustified steps in the previous attempt and fix them. If its \
-approach cannot work, take a better one; if it stopped before the end, carry it through. \
-Write a complete solution that stands on its own, reasoning step by step, and give your \
-final answer in \\boxed{{}}.
+If there is no previous attempt, solve the problem from the beginning. If there is one, \
+read it critically and write a better solution: find its errors, gaps and unjustified \
+steps and fix them; if its approach cannot work, take a better one; if it stopped before \
+the end, carry it through. Write a complete solution that stands on its own, reasoning \
+step by step, and give your final answer in \\boxed{{}}.
 """
 
 MATH_VERIFY = """\
-You are checking a proposed solution to a math problem.
+Solve the math problem below by checking a proposed solution to it. The proposed \
+solution is empty at the first attempt, and it may be unfinished or cut off at the start.
 
 ## Problem
 {problem}
 
-## Proposed solution (it may be cut off at the start)
+## Proposed solution
 {previous_attempt}
 
 ## What to do
-Verify the proposed solution step by step: redo every calculation and check that each \
-claim follows from what came before it. If everything holds, confirm the final answer. \
-If you find a mistake, say where it is, correct the solution from that point on and \
-finish it. End with your final answer in \\boxed{{}}.
+If there is no proposed solution, solve the problem yourself, step by step. If there is \
+one, verify it step by step: redo every calculation and check that each claim follows \
+from what came before it. If everything holds, confirm the final answer. If you find a \
+mistake, say where it is, correct the solution from that point on and finish it. End \
+with your final answer in \\boxed{{}}.
 """
 
 MATH_AGGREGATE = """\
@@ -88,36 +95,39 @@ multiple choice, the letter only) in \\boxed{{}}.
 """
 
 SCIENCE_REFINE = """\
-You are working on a science question and have already written one attempt at it. Read \
-that attempt critically and write a better answer.
+Answer the science question below. Your previous attempt at it is shown too; it is \
+empty at the first attempt, and it may be unfinished or cut off at the start.
 
 ## Question
 {problem}
 
-## Your previous attempt (it may be cut off at the start)
+## Your previous attempt
 {previous_attempt}
 
 ## What to do
-Look for wrong facts, faulty reasoning and gaps in the previous attempt and fix them; if \
-it stopped before the end, carry it through. Write a complete answer that stands on its \
-own, reasoning step by step, and give your final answer (for multiple choice, the letter \
-only) in \\boxed{{}}.
+If there is no previous attempt, answer the question from the beginning. If there is \
+one, read it critically and write a better answer: find its wrong facts, faulty \
+reasoning and gaps and fix them; if it stopped before the end, carry it through. Write a \
+complete answer that stands on its own, reasoning step by step, and give your final \
+answer (for multiple choice, the letter only) in \\boxed{{}}.
 """
 
 SCIENCE_VERIFY = """\
-You are checking a proposed answer to a science question.
+Answer the science question below by checking a proposed answer to it. The proposed \
+answer is empty at the first attempt, and it may be unfinished or cut off at the start.
 
 ## Question
 {problem}
 
-## Proposed answer (it may be cut off at the start)
+## Proposed answer
 {previous_attempt}
 
 ## What to do
-Verify the proposed answer step by step: check each fact, principle and calculation it \
-uses. If everything holds, confirm it. If you find a mistake, say where it is and correct \
-the answer from that point on. End with your final answer (for multiple choice, the \
-letter only) in \\boxed{{}}.
+If there is no proposed answer, answer the question yourself, step by step. If there is \
+one, verify it step by step: check each fact, principle and calculation it uses. If \
+everything holds, confirm it. If you find a mistake, say where it is and correct the \
+answer from that point on. End with your final answer (for multiple choice, the letter \
+only) in \\boxed{{}}.
 """
 
 SCIENCE_AGGREGATE = """\
@@ -149,7 +159,11 @@ def define_kind(kind: str, fields: Sequence[str], builtins: dict[str, str]) -> N
         Template(text, KINDS[kind], f"<builtin {name} {kind}>")
 
 
-define_kind("solve", ("problem",), {"math": MATH_SOLVE, "science": SCIENCE_SOLVE})
+# The problem alone, nothing around it: budget forcing's prompt, as the paper ran s1.
+BARE_SOLVE = "{problem}"
+
+define_kind("solve", ("problem",), {"math": MATH_SOLVE, "science": SCIENCE_SOLVE,
+                                    "bare": BARE_SOLVE})
 define_kind("refine", ("problem", "previous_attempt"),
             {"math": MATH_REFINE, "science": SCIENCE_REFINE})
 define_kind("verify", ("problem", "previous_attempt"),

@@ -1,12 +1,19 @@
 """Self-refine and self-verify: iterate on the previous attempt itself, no summary.
 
-Like RC (DESIGN §1) with the summarization phase removed: step 0 answers the solve prompt
-(`baselines.solve_template`); step t > 0 sees the problem and the *full* cleaned attempt
-of step t - 1 (front-truncated to its last `<method>.max_context_tokens` tokens when that
-is > 0) and is asked to improve it (self_refine, `refine` template) or to verify and
-correct it (self_verify, `verify` template). Steps and per-step budget are RC's:
-`rc.num_steps` steps of at most `rc.max_reasoning_tokens` tokens, so the two methods
-spend the same reasoning budget per step as RC (without RC's summary tokens).
+As the paper ran them: **one template at every step** (`self_refine.template`, kind
+`refine`, or `self_verify.template`, kind `verify`; fields `{problem}` and
+`{previous_attempt}`). Step 0 fills `{previous_attempt}` with the empty string; step
+t > 0 with the cleaned attempt of step t - 1 (RC's reasoning rule: the text before the
+first `</think>`, `<think>` dropped, stripped; front-truncated to its last
+`<method>.max_context_tokens` tokens when that is > 0). Each prompt is chat-wrapped by
+`Tokenizer.phase_prompt` with `enable_thinking = rc.use_think_tags`; steps conditioned
+on an earlier attempt (t > 0) also open a `<think>` block when think tags are on, as the
+paper's code does, while step 0 leaves that to the model (docs/design.md).
+
+Steps and per-step budget are RC's: `rc.num_steps` steps of at most
+`rc.max_reasoning_tokens` tokens, so the two methods spend the same reasoning budget per
+step as RC (without RC's summary tokens). `reasoning_store[t]` is step t's raw
+generation (its answer is graded from it), `reasoning_clean[t]` what step t + 1 sees.
 Step t samples with fold_in(row key, 2t), RC's reasoning-phase key.
 """
 from __future__ import annotations
@@ -16,29 +23,29 @@ from typing import Sequence
 import numpy as np
 
 from rc_jax.methods import register
-from rc_jax.methods.base import MethodContext, MethodRollout, fold, keep_last
+from rc_jax.methods.base import MethodContext, MethodRollout, fold
+from rc_jax.methods.prompts import load_method_template
 
 
 def run_iterative(problems: Sequence[str], keys: np.ndarray, ctx: MethodContext, *,
                   section: str, kind: str) -> list[MethodRollout]:
     """The shared loop; `section` names the config section, `kind` the prompt kind."""
     c = getattr(ctx.config, section)
-    first, follow = ctx.solve_plan(), ctx.method_plan(c.template, kind)
-    problem_ids = ctx.encode_problems(problems)
+    template = load_method_template(c.template, kind)
+    problems = ctx.check_problems(problems)
     outs = [MethodRollout() for _ in problems]
-    previous: list[list[int]] = [[] for _ in problems]
+    previous = [""] * len(problems)  # the empty attempt of step 0
     for step in range(ctx.config.rc.num_steps):
-        if step == 0:
-            prompts = [first.host_ids({"problem": p}) for p in problem_ids]
-        else:
-            prompts = [follow.host_ids({"problem": p,
-                                        "previous_attempt": keep_last(a, c.max_context_tokens)})
-                       for p, a in zip(problem_ids, previous)]
+        prompts = [ctx.prompt(template.format(
+                       problem=p, previous_attempt=ctx.truncate(a, c.max_context_tokens)),
+                       open_think=step > 0)
+                   for p, a in zip(problems, previous)]
         res = ctx.generate(prompts, ctx.config.rc.max_reasoning_tokens, fold(keys, 2 * step))
-        previous = [ctx.clean(t, "before_think_end") for t in res.tokens]
-        for r, prompt, raw, attempt, finish in zip(outs, prompts, res.tokens, previous,
-                                                   res.finish_reasons):
-            r.add_step(ctx.decode(attempt), attempt, len(prompt), len(raw), finish)
+        raws = [ctx.decode(t) for t in res.tokens]
+        previous = [ctx.clean_reasoning(x) for x in raws]
+        for r, prompt, ids, raw, clean, finish in zip(outs, prompts, res.tokens, raws,
+                                                      previous, res.finish_reasons):
+            r.add_step(raw, clean, ids, len(prompt), len(ids), finish)
             if ctx.record_prompts:
                 r.prompts.append([prompt])
     return outs

@@ -37,7 +37,7 @@ class RSA(Scaffold):
 
     def round_fields(self, views, member, rng):
         chosen = [int(j) for j in rng.choice(len(views), size=self.k, replace=False)]
-        return {"candidates": candidates_field(self.ctx, views, chosen)}, chosen
+        return {"candidates": candidates_field(views, chosen)}, chosen
 
 
 @register("rsa")
