@@ -49,10 +49,13 @@ class ResultsFile:
         self.config_hash = config_hash
         self.done: set[tuple[str, int]] = set()
         self._inputs: dict[str, tuple[str, str, int]] = {}  # id -> (problem, label, line)
-        self._check_config(config_json)
+        self._check_config()
         self._recover()
         if problems is not None:
             self.check_inputs(problems, source)
+        # Written only once the checks passed: a refused resume changes nothing.
+        (self.dir / "config.json").write_text(
+            json.dumps({"config_hash": self.config_hash, "config": config_json}, indent=2))
 
     def check_inputs(self, problems: Sequence[Any], source: str = "the data") -> None:
         """Raises ValueError if a problem's text or answer differs from its recorded one."""
@@ -73,7 +76,7 @@ class ResultsFile:
                 f"{self.dir} holds results for different inputs: {changed[0]}{more}; use another "
                 f"output_dir, or move {self.dir} away to start over with the current data")
 
-    def _check_config(self, config_json: dict[str, Any]) -> None:
+    def _check_config(self) -> None:
         file = self.dir / "config.json"
         if file.exists() and self.path.exists() and self.path.stat().st_size:
             old = json.loads(file.read_text())
@@ -82,8 +85,6 @@ class ResultsFile:
                     f"{self.dir} holds results of a different configuration (hash "
                     f"{old.get('config_hash')} vs {self.config_hash}); use another "
                     "output_dir or delete the old results")
-        file.write_text(json.dumps({"config_hash": self.config_hash, "config": config_json},
-                                   indent=2))
 
     def _recover(self) -> None:
         if not self.path.exists():
