@@ -290,3 +290,35 @@ def test_print_step_table_without_standard_error(capsys):
         {"step": 1, "accuracy": 1.0, "stderr": None, "no_answer": 0,
          "mean_tokens": {"cumulative": 12.0}}]}]})
     assert "100.0% ±  n/a" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ beyond the list
+def test_eval_of_a_results_file_being_written_leaves_out_the_torn_last_line(tmp_path):
+    from rc_jax.data.jsonio import DataError, read_json_records
+
+    good = {"problem_id": "p0", "sample_id": 0, "label": "2", "reasoning_store": ["\\boxed{2}"]}
+    results = tmp_path / "results.jsonl"
+    results.write_text(json.dumps(good) + "\n" + json.dumps(good)[:20])
+    out = tmp_path / "report"
+    res = run_cli("rc_jax.eval", str(results), f"--output_dir={out}", "--no_progress",
+                  "--timeout=60")
+    assert res.returncode == 0, res.stderr
+    assert "line 2 is incomplete" in res.stderr
+    assert len((out / "graded.jsonl").read_text().splitlines()) == 1
+    # Problem files (and a bad line that is not the last) are still errors.
+    with pytest.raises(DataError, match="line 2"):
+        read_json_records(results)
+    results.write_text(json.dumps(good)[:20] + "\n" + json.dumps(good) + "\n")
+    with pytest.raises(DataError, match="line 1"):
+        read_json_records(results, allow_torn_tail=True)
+
+
+def test_eval_output_dir_that_is_a_file_fails_before_grading(tmp_path):
+    results = tmp_path / "results.jsonl"
+    results.write_text(json.dumps({"problem_id": "p0", "label": "2",
+                                   "reasoning_store": ["\\boxed{2}"]}) + "\n")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep me")
+    res = run_cli("rc_jax.eval", str(results), f"--output_dir={blocker}", "--no_progress")
+    line = error_line(res, prefix="error:")
+    assert f"'{blocker}' is a file" in line and blocker.read_text() == "keep me"

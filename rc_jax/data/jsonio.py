@@ -8,6 +8,7 @@ JSON Lines (one object per line, blank lines ignored).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +48,24 @@ def _parse_json_list(text: str, path: str | Path) -> list[tuple[str, Any]]:
     return [(f"{path}: item [{i}]", obj) for i, obj in enumerate(data)]
 
 
-def _parse_json_lines(text: str, path: str | Path) -> list[tuple[str, Any]]:
+def _parse_json_lines(text: str, path: str | Path, allow_torn_tail: bool = False) -> list[tuple[str, Any]]:
     out = []
     # split("\n"), not splitlines(): the latter also breaks at U+2028 etc., which
     # json.dumps(ensure_ascii=False) leaves unescaped inside strings.
-    for lineno, line in enumerate(text.split("\n"), start=1):
+    lines = text.split("\n")
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
+            if allow_torn_tail and lineno == len(lines):  # no newline after it: mid-write
+                print(
+                    f"note: {path}: line {lineno} is incomplete (the file is still being written?); "
+                    "left out",
+                    file=sys.stderr,
+                )
+                continue
             raise DataError(
                 f"{path}: line {lineno} column {exc.colno}: invalid JSON: {exc.msg} "
                 "(read as JSON Lines: one object per line; a JSON file must be a list starting with '[')"
@@ -65,12 +74,14 @@ def _parse_json_lines(text: str, path: str | Path) -> list[tuple[str, Any]]:
     return out
 
 
-def read_json_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+def read_json_records(path: str | Path, *, allow_torn_tail: bool = False) -> list[tuple[str, dict[str, Any]]]:
     """All objects in a JSON-list or JSONL file, each with a location string.
 
     The location (``"file: line 7"`` or ``"file: item [3]"``) is for error messages.
     Raises DataError for a missing file, bad UTF-8, invalid JSON, a non-object
-    record, or a file with no records.
+    record, or a file with no records. With ``allow_torn_tail`` (results files read
+    while a run appends to them), an unparsable JSONL last line without a newline
+    after it is left out with a note on stderr instead.
     """
     path = Path(path)
     if not path.is_file():
@@ -79,7 +90,7 @@ def read_json_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     if _first_char(text) == "[":
         records = _parse_json_list(text, path)
     else:
-        records = _parse_json_lines(text, path)
+        records = _parse_json_lines(text, path, allow_torn_tail)
     if not records:
         raise DataError(f"{path}: no records (empty file)")
     for where, obj in records:

@@ -154,7 +154,7 @@ def load_rollouts(path: str | Path) -> list[Rollout]:
     seen: dict[tuple[str, str], str] = {}
     labels: dict[str, tuple[str, str]] = {}
     per_problem: dict[str, int] = {}
-    for where, record in read_json_records(path):
+    for where, record in read_json_records(path, allow_torn_tail=True):
         pid = str(record.get("problem_id"))
         rollout = parse_rollout(record, where, default_sample_id=per_problem.get(pid, 0))
         per_problem[pid] = per_problem.get(pid, 0) + 1

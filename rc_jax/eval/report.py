@@ -340,6 +340,10 @@ def evaluate_files(
         raise ValueError("evaluate_files needs at least one input file")
     if labels is not None and len(labels) != len(paths):
         raise ValueError(f"got {len(labels)} labels for {len(paths)} files")
+    if output_dir is not None:  # before grading: a bad output_dir fails at once
+        from rc_jax.outputs import prepare_output_dir
+
+        prepare_output_dir(output_dir)
     rollouts = [load_rollouts(p) for p in paths]
     labels = list(labels) if labels is not None else _default_labels(paths, rollouts)
     counter = make_token_counter(tokenizer)
