@@ -89,8 +89,8 @@ AGREEMENTS = [
 
 @pytest.fixture(scope="module")
 def graders():
-    with MathVerifyGrader(timeout_s=5.0, num_workers=1, mode="paper") as paper, \
-            MathVerifyGrader(timeout_s=5.0, num_workers=1) as ours:
+    with MathVerifyGrader(timeout_s=30.0, num_workers=1, mode="paper") as paper, \
+            MathVerifyGrader(timeout_s=30.0, num_workers=1) as ours:
         yield paper, ours
 
 
@@ -129,7 +129,7 @@ def test_cli_reports_both_modes_side_by_side(tmp_path, capsys):
     path = _write_results(tmp_path / "results.jsonl")
     out = tmp_path / "report"
     rc = eval_main([str(path), f"--output_dir={out}", "--grading=paper,rc_jax", "--num_workers=1",
-                    "--no_progress", "--timeout=5"])
+                    "--no_progress", "--timeout=30"])
     assert rc == 0
     printed = capsys.readouterr().out
     cmp = json.loads((out / "grading_comparison.json").read_text())
@@ -148,7 +148,7 @@ def test_cli_reports_both_modes_side_by_side(tmp_path, capsys):
         assert (out / mode / "report.md").exists()
     # One mode: the usual report, in --output_dir itself.
     assert eval_main([str(path), f"--output_dir={tmp_path / 'one'}", "--grading=paper", "--num_workers=1",
-                      "--no_progress"]) == 0
+                      "--timeout=30", "--no_progress"]) == 0
     assert json.loads((tmp_path / "one" / "metrics.json").read_text())["settings"]["grading_mode"] == "paper"
     with pytest.raises(SystemExit):
         eval_main([str(path), f"--output_dir={out}", "--grading=paper,strict"])
