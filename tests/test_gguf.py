@@ -1,4 +1,4 @@
-"""GGUF -> HF conversion on the real SmolLM2-135M-Instruct GGUF (offline demo model).
+"""GGUF -> HF conversion on the real SmolLM2-135M-Instruct GGUF (the demo model).
 
 Oracles: transformers' own GGUF loading (weights, logits, greedy tokens, tokenizer,
 chat template) and, for the tokenizer, a small pure-Python re-implementation of

@@ -1,4 +1,4 @@
-"""rc_jax's JAX Llama path on the real SmolLM2-135M-Instruct (the embedded demo model):
+"""rc_jax's JAX Llama path on the real SmolLM2-135M-Instruct (the demo model, from PyPI):
 logits and greedy tokens equal transformers on the same converted directory, and the RC
 engine assembles real chat prompts for it."""
 from pathlib import Path
