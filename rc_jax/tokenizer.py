@@ -13,7 +13,7 @@ Public surface:
   token pieces without re-tokenizing strings.
 * `Tokenizer.eos_ids / pad_id / think_start_id / think_end_id / vocab_size`
 
-RC's prompt rule (DESIGN.md section 1): a filled template is wrapped as a single user
+RC's prompt rule (docs/design.md): a filled template is wrapped as a single user
 message with the model's chat template, generation prompt on; for models with thinking
 tags, a `<think>` block is opened if the template did not open one (`open_think=True`).
 """

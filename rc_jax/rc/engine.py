@@ -30,7 +30,9 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
+import functools
 import hashlib
+import itertools
 import time
 from typing import Any, Callable, Sequence
 
@@ -51,6 +53,16 @@ from rc_jax.sampling.generate import Buckets, stop_array
 from rc_jax.tokenizer import Tokenizer
 
 SCHEDULES = ("continuous", "lockstep")
+
+# Compiled loops by static description (see RCEngine._program), and the host halves of
+# the runs in progress, found by the loop's callback through a traced id.
+_PROGRAMS: dict[tuple, tuple[Any, Any]] = {}
+_HOSTS: dict[int, "_Host"] = {}
+_HOST_IDS = itertools.count()
+
+
+def _dispatch(host_id, *arrays):
+    return _HOSTS[int(host_id)].service(*arrays)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,8 +319,6 @@ class RCEngine:
             self.pool_of = {REASON: 0, SUMMARIZE: 1}
             self.shardings = (param_shardings, summarizer_shardings)
         self.pad_ids = tuple(p.tokenizer.pad_id for p in self.pools)
-        self._host: _Host | None = None
-        self._programs: dict[tuple, Any] = {}
 
     # ------------------------------------------------------------------ shapes
     def _constant(self, phase: int) -> int:
@@ -344,22 +354,24 @@ class RCEngine:
 
     # ------------------------------------------------------------------ program
     def _program(self, shapes: tuple[Shapes, ...]):
-        if shapes not in self._programs:
-            fn = jax.jit(lambda *args: self._loop(shapes, *args))
-            if self.mesh is not None:
-                fn = jax.jit(lambda *args: self._loop(shapes, *args),
-                             in_shardings=self._input_shardings(),
-                             out_shardings=NamedSharding(self.mesh, P()))
-            self._programs[shapes] = fn
-        return self._programs[shapes]
+        """The jitted loop, shared by every engine with the same static description (the
+        host half is found through the traced `host_id`, the schedule is traced too), so
+        a continuous and a lockstep engine, or the engines RL rebuilds, compile once."""
+        key = (tuple((p.config, p.sampling.static_key()) for p in self.pools), self.pad_ids,
+               shapes, self.mesh, self.data_axes, tuple(id(x) for x in self.shardings))
+        if key not in _PROGRAMS:
+            loop = functools.partial(self._loop, shapes)
+            fn = jax.jit(loop) if self.mesh is None else jax.jit(
+                loop, in_shardings=self._input_shardings(),
+                out_shardings=NamedSharding(self.mesh, P()))
+            _PROGRAMS[key] = (fn, self.shardings)  # keep the shardings alive with their id
+        return _PROGRAMS[key][0]
 
     def _input_shardings(self) -> tuple:
         repl = NamedSharding(self.mesh, P())
         params = tuple(s if s is not None else repl for s in self.shardings)
-        return (params, tuple(repl for _ in self.pools), tuple(repl for _ in self.pools))
-
-    def _callback(self, *arrays):
-        return self._host.service(*arrays)
+        return (params, tuple(repl for _ in self.pools), tuple(repl for _ in self.pools),
+                repl, repl)
 
     def _init_pool(self, pool: Pool, shape: Shapes, unroll: bool) -> dict:
         b, n, c = shape.slots, shape.buffer, shape.cache_length
@@ -374,8 +386,10 @@ class RCEngine:
                     stopped=jnp.zeros((b,), bool),
                     decode_steps=jnp.int32(0), useful=jnp.int32(0))
 
-    def _loop(self, shapes, params, values, stops):
-        """The whole run as one while_loop; returns scheduling counters."""
+    def _loop(self, shapes, params, values, stops, host_id, lockstep):
+        """The whole run as one while_loop; returns scheduling counters.
+
+        host_id: [] int32, the `_Host` serving this run's callbacks; lockstep: [] bool."""
         unroll = core.default_unroll_layers()
         decode_params = tuple(qwen3.pack_for_decode(p, pool.config) if unroll else p
                               for p, pool in zip(params, self.pools))
@@ -391,22 +405,19 @@ class RCEngine:
                               jax.ShapeDtypeStruct((s.slots, 2), jnp.uint32),
                               jax.ShapeDtypeStruct((s.slots,), jnp.int32)]
         result_shapes.append(jax.ShapeDtypeStruct((), jnp.bool_))
-        lockstep = self.scheduling == "lockstep"
-
         def needs_service(st):
             pools = st["pools"]
-            ended = [ps["busy"] & ps["done"] for ps in pools]
+            ended = jnp.any(jnp.stack([jnp.any(ps["busy"] & ps["done"]) for ps in pools]))
             idle = jnp.all(jnp.stack([~jnp.any(ps["busy"]) for ps in pools]))
-            if lockstep:
-                waiting = jnp.all(jnp.stack([jnp.all(~ps["busy"] | ps["done"]) for ps in pools]))
-                return waiting
-            return jnp.any(jnp.stack([jnp.any(e) for e in ended])) | idle
+            # lockstep: only once every busy slot has ended its phase.
+            waiting = jnp.all(jnp.stack([jnp.all(~ps["busy"] | ps["done"]) for ps in pools]))
+            return jnp.where(lockstep, waiting, ended | idle)
 
         def service(st):
             args = []
             for ps in st["pools"]:
                 args += [ps["busy"] & ps["done"], ps["tokens"], ps["lengths"], ps["stopped"]]
-            res = io_callback(self._callback, tuple(result_shapes), *args, ordered=False)
+            res = io_callback(_dispatch, tuple(result_shapes), host_id, *args, ordered=False)
             pools = []
             for i, (pool, shape, ps) in enumerate(zip(self.pools, shapes, st["pools"])):
                 assign, prompts, plen, budget, keys, key_index = res[6 * i:6 * i + 6]
@@ -512,7 +523,6 @@ class RCEngine:
             engine.slots = self.buckets.batch(batch, multiple=batch_shards(self.mesh,
                                                                            self.data_axes))
             engine.refill_rows = min(engine.slots, self.refill_rows)
-            engine._programs = {}
         shapes = engine.shapes(engine.buckets.prompt(problem_tokens))
         with sharding_context(self.mesh):
             return engine._program(shapes).lower(*engine._args(params, summarizer_params))
@@ -523,7 +533,8 @@ class RCEngine:
             raise ValueError("two-model RC needs summarizer_params")
         values = tuple(pool.sampling.values() for pool in self.pools)
         stops = tuple(stop_array(pool.stop_ids) for pool in self.pools)
-        return all_params, values, stops
+        return (all_params, values, stops, np.int32(-1),
+                np.bool_(self.scheduling == "lockstep"))
 
     def run(self, params: Any, jobs: Sequence[Job], *, summarizer_params: Any = None,
             on_step: Callable[[int, int, StepRecord], None] | None = None,
@@ -548,15 +559,19 @@ class RCEngine:
             problem_tokens = max(problem_tokens, n)
         shapes = self.shapes(self.buckets.prompt(problem_tokens))
         host = _Host(self, jobs, shapes, on_step, on_done, record_prompts)
-        self._host = host
+        host_id = next(_HOST_IDS)
+        _HOSTS[host_id] = host
         start = time.time()
         args = self._args(params, summarizer_params)
-        with sharding_context(self.mesh):
-            if self.mesh is not None:
-                args = put_global(args, self._input_shardings())
-            counters = np.asarray(jax.device_get(self._program(shapes)(*args)))
-        jax.effects_barrier()
-        self._host = None
+        args = args[:3] + (np.int32(host_id),) + args[4:]
+        try:
+            with sharding_context(self.mesh):
+                if self.mesh is not None:
+                    args = put_global(args, self._input_shardings())
+                counters = np.asarray(jax.device_get(self._program(shapes)(*args)))
+            jax.effects_barrier()
+        finally:
+            _HOSTS.pop(host_id, None)
         if host.error is not None:
             raise host.error
         # The callback runs on the host of one device (process 0 on a multi-process

@@ -27,11 +27,13 @@ def run_text_reference(params: Any, config: ModelConfig, tokenizer: Tokenizer,
                        summarizer: tuple[Any, ModelConfig] | None = None,
                        summarizer_tokenizer: Tokenizer | None = None,
                        summarizer_sampling: SamplingParams | None = None,
-                       record_prompts: bool = False) -> list[Rollout]:
+                       record_prompts: bool = False,
+                       stop_ids: Sequence[int] | None = None) -> list[Rollout]:
     """RC for each problem (one rollout each), all `settings.num_steps` steps.
 
     keys: [len(problems), 2] per-rollout PRNG keys; phase p of step t samples token i with
     fold_in(fold_in(key, 2t + p), i), the device engine's scheme.
+    stop_ids: ids that end a phase (default: each tokenizer's eos ids).
     """
     s_params, s_config = summarizer or (params, config)
     s_tok = summarizer_tokenizer or tokenizer
@@ -43,7 +45,8 @@ def run_text_reference(params: Any, config: ModelConfig, tokenizer: Tokenizer,
 
     def phase(p, cfg, tok, samp, phase_id, budget, step):
         ids = [r.next_prompt(prompts, phase_id) for r in rollouts]
-        res = generate(p, cfg, ids, samp, jax.random.PRNGKey(0), budget, tok.eos_ids,
+        stops = tok.eos_ids if stop_ids is None else stop_ids
+        res = generate(p, cfg, ids, samp, jax.random.PRNGKey(0), budget, stops,
                        pad_id=tok.pad_id, buckets=buckets,
                        row_keys=np.asarray(fold(keys, 2 * step + phase_id)))
         raw = [tok.decode(t, skip_special_tokens=True) for t in res.tokens]

@@ -3,7 +3,7 @@
 The device engine never re-tokenizes text. A prompt is a *plan*: a sequence of constant
 token segments (chat-template pieces, template literals) and named fields (problem ids,
 current summary ids, current reasoning ids). `assemble` lays a plan out as a left-padded
-batch; `clean_generation` applies DESIGN §1's post-processing on ids.
+batch; `clean_generation` applies RC's post-processing on ids.
 
 Token-level post-processing equals the text rules (`rc_jax.rc.text`) with one documented
 normalisation: `strip()` removes whole whitespace-only *tokens* at both ends; whitespace
@@ -40,7 +40,7 @@ class PromptPlan:
         return tuple(s for s in self.segments if isinstance(s, str))
 
     def host_ids(self, values: Mapping[str, Sequence[int]]) -> list[int]:
-        """The plan filled with python id lists (the token-level stepper's assembly)."""
+        """The plan filled with python id lists (RL's snapshot prompts, the toy's SFT data)."""
         out: list[int] = []
         for seg in self.segments:
             out.extend(values[seg] if isinstance(seg, str) else seg)
@@ -127,10 +127,11 @@ def _suffix_count(x: jax.Array) -> jax.Array:
 
 def clean_generation(tokens: jax.Array, lengths: jax.Array, tables: TokenTables, *,
                      keep: str, pad_id: int) -> tuple[jax.Array, jax.Array]:
-    """DESIGN §1 post-processing on ids. tokens [B, N], lengths [B] -> (ids [B, N], lengths).
+    """RC's post-processing (docs/design.md) on ids. tokens [B, N], lengths [B] -> (ids [B, N], lengths).
 
     keep='before_think_end' (reasoning): keep what precedes the first `</think>`.
-    keep='after_think_end' (summary): keep what follows the last `</think>`.
+    keep='after_think_end' (summary): keep what follows the first `</think>` (up to a
+    second one).
     Then special tokens (stop tokens, `<think>`) are dropped, whitespace-only tokens at
     both ends are stripped, and the kept ids are packed to the left.
     """
@@ -142,8 +143,9 @@ def clean_generation(tokens: jax.Array, lengths: jax.Array, tables: TokenTables,
         is_end = kept & (tokens == tables.think_end)
         if keep == "before_think_end":
             kept &= jnp.cumsum(is_end, axis=1) == 0
-        else:
-            kept &= _suffix_count(is_end) == 0
+        else:  # between the first and a second </think>, as the text rule
+            between = (jnp.cumsum(is_end, axis=1) == 1) & ~is_end
+            kept &= jnp.where(jnp.any(is_end, axis=1, keepdims=True), between, True)
     kept &= ~jnp.asarray(tables.drop)[tokens]
     text = kept & ~jnp.asarray(tables.whitespace)[tokens]
     kept &= (jnp.cumsum(text, axis=1) > 0) & (_suffix_count(text) > 0)
@@ -154,7 +156,7 @@ def clean_generation(tokens: jax.Array, lengths: jax.Array, tables: TokenTables,
 
 
 def clean_host(ids: Sequence[int], tables: TokenTables, keep: str, pad_id: int) -> list[int]:
-    """`clean_generation` for one python id list (used by the token-level stepper)."""
+    """`clean_generation` for one python id list (RL's host-side cleaning)."""
     if not ids:
         return []
     out, n = clean_generation(jnp.asarray([list(ids)], jnp.int32),

@@ -332,27 +332,25 @@ def plan(program: str, model: str, mesh: str, batch: int, *, target: str = "cpu"
             from rc_jax.rc.engine import RCEngine, RCSettings
             from rc_jax.tokenizer import load_tokenizer
             tok_dir = tokenizer or _default_tokenizer_dir()
-            engine = RCEngine(params, config, load_tokenizer(tok_dir),
+            engine = RCEngine(config, load_tokenizer(tok_dir),
                               RCSettings(num_steps=1, max_reasoning_tokens=max_reasoning_tokens,
                                          max_summary_tokens=max_summary_tokens),
-                              sampling, buckets=buckets, mesh=the_mesh,
+                              sampling, slots=batch, buckets=buckets, mesh=the_mesh,
                               param_shardings=shardings)
-            from rc_jax.parallel import batch_shards
-            rows = buckets.batch(batch, multiple=batch_shards(the_mesh))
+            rows = engine.slots
             width = buckets.prompt(problem_tokens)
-            (p_r, p_s), (c_r, c_s) = engine.prompt_lengths(width), engine.cache_lengths(width)
-            shapes.update(problem=width, reasoning_prompt=p_r, reasoning_cache=c_r,
-                          summary_prompt=p_s, summary_cache=c_s, rows=rows,
+            (shape,) = engine.shapes(width)
+            shapes.update(problem=width, prompt_width=shape.prompt_width,
+                          cache=shape.cache_length, refill_rows=shape.refill_rows, rows=rows,
                           tokenizer=os.path.basename(tok_dir.rstrip("/")))
-            kv = [_kv_bytes(config, the_mesh, rows, c) for c in (c_r, c_s)]
-            scores = [_prefill_scores_bytes(config, the_mesh, rows, p, c)
-                      for p, c in ((p_r, c_r), (p_s, c_s))]
-            analytic["kv_cache"] = max(kv)  # phases run one after the other
-            analytic["prefill_scores"] = max(scores)
+            # One cache for every slot (a slot holds either phase); the refill prefills
+            # refill_rows prompts of the widest bucket at a time.
+            analytic["kv_cache"] = _kv_bytes(config, the_mesh, rows, shape.cache_length)
+            analytic["prefill_scores"] = _prefill_scores_bytes(
+                config, the_mesh, shape.refill_rows, shape.prompt_width, shape.prompt_width)
             analytic["logits"] = _logits_bytes(config, the_mesh, rows)
-            shapes.update(kv_reasoning=kv[0], kv_summary=kv[1])
             if compile:
-                lowered.append(engine.lower(batch, problem_tokens))
+                lowered.append(engine.lower(params, batch, problem_tokens))
             batch_rows = rows
         else:
             lowered_train, extra = _train_plan(config, the_mesh, shardings, params, batch,

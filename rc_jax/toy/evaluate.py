@@ -17,25 +17,23 @@ import numpy as np
 from rc_jax.data import Problem
 from rc_jax.eval.grading import StringMatchGrader
 from rc_jax.main import build_record
-from rc_jax.rc.engine import RCEngine, row_key
+from rc_jax.rc.engine import Job, RCEngine, row_key
 
 
 def rc_records(engine: RCEngine, params: Any, problems: Sequence[Problem], *, num_samples: int,
-               num_steps: int, seed: int, method: str, batch_size: int,
+               num_steps: int, seed: int, method: str, batch_size: int = 0,
                log: Callable[[str], None] = print) -> list[dict]:
-    """RC rollouts of every (problem, sample) with `params` swapped into `engine` (one
-    compiled program serves every model of the same shape)."""
-    engine.params = engine.summarizer_params = params
+    """RC rollouts of every (problem, sample) with `params` (one compiled program serves
+    every model of the same shape); the engine's slots stream through all of them.
+    batch_size: unused (the engine's `slots` bound the batch); kept for callers."""
+    del batch_size
     todo = [(p, j) for p in problems for j in range(num_samples)]
-    out = []
+    jobs = [Job(p.problem, row_key(seed, p.problem_id, j), num_steps) for p, j in todo]
+    walls: dict[int, float] = {}
     start = time.perf_counter()
-    for i in range(0, len(todo), batch_size):
-        chunk = todo[i:i + batch_size]
-        keys = np.stack([row_key(seed, p.problem_id, j) for p, j in chunk])
-        t0 = time.perf_counter()
-        rollouts = engine.run([p.problem for p, _ in chunk], keys, num_steps=num_steps)
-        wall = time.perf_counter() - t0
-        out += [build_record(p, j, r, method, wall, "") for (p, j), r in zip(chunk, rollouts)]
+    rollouts, _ = engine.run(params, jobs, on_done=lambda i, r, w: walls.__setitem__(i, w))
+    out = [build_record(p, j, r, method, walls[i], "")
+           for i, ((p, j), r) in enumerate(zip(todo, rollouts))]
     log(f"  {method}: {len(out)} rollouts x {num_steps} steps in "
         f"{time.perf_counter() - start:.0f}s")
     return out

@@ -156,7 +156,7 @@ def write_replay_warm_start(engine, params, problems: list, s: Settings, path: s
         batch_size=s.eval_batch, log=lambda *_: None)
     out: dict[str, dict[str, list]] = {}
     for p, r in zip(problems, records):
-        summaries = [""] + list(r["summarization_store"][:p.steps_needed(s.ops_per_step)])
+        summaries = [""] + list(r["summary_clean"][:p.steps_needed(s.ops_per_step)])
         out[p.text] = {"summaries": summaries, "starting_steps": list(range(len(summaries)))}
     Path(path).write_text(json.dumps(out))
     return sum(len(v["summaries"]) for v in out.values())
@@ -240,7 +240,7 @@ def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = Fal
     t = clock.lap("sft", t)
 
     # ------------------------------------------------------------------ RL
-    engine = RCEngine(sft_params, model_cfg, tokenizer, engine_settings, sampling,
+    engine = RCEngine(model_cfg, tokenizer, engine_settings, sampling, slots=s.eval_batch,
                       buckets=buckets)
     rl_out = work_dir / "rl"
     if rl_out.exists():  # a fresh run (the trainer would resume or refuse to overwrite)
