@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from rc_jax.models import load_hf_checkpoint  # noqa: E402
 from rc_jax.parallel import make_mesh, param_shardings  # noqa: E402
 from rc_jax.models.config import ModelConfig  # noqa: E402
-from rc_jax.rc.engine import RCEngine, RCSettings, row_key  # noqa: E402
+from rc_jax.rc.engine import Job, RCEngine, RCSettings, row_key  # noqa: E402
 from rc_jax.sampling import SamplingParams, generate  # noqa: E402
 from rc_jax.tokenizer import load_tokenizer  # noqa: E402
 
@@ -52,19 +52,19 @@ def main(checkpoint: str, tokenizer_dir: str, out_path: str) -> None:
     out = generate(params, config, PROMPTS, SamplingParams(temperature=1.0, top_k=50),
                    jax.random.PRNGKey(5), 12, [3], num_samples=2, mesh=mesh,
                    param_shardings=shardings)
-    engine = RCEngine(params, config, load_tokenizer(tokenizer_dir),
+    engine = RCEngine(config, load_tokenizer(tokenizer_dir),
                       RCSettings(num_steps=2, max_reasoning_tokens=12, max_summary_tokens=8),
-                      SamplingParams(temperature=1.0), mesh=mesh, param_shardings=shardings)
-    keys = np.stack([row_key(0, str(i), 0) for i in range(3)])
-    rollouts = engine.run(PROBLEMS, keys)
+                      SamplingParams(temperature=1.0), slots=4, mesh=mesh,
+                      param_shardings=shardings)
+    jobs = [Job(p, row_key(0, str(i), 0), 2) for i, p in enumerate(PROBLEMS)]
+    rollouts, _ = engine.run(params, jobs)
     result = {
         "process": jax.process_index(), "processes": jax.process_count(),
         "devices": jax.device_count(), "local_devices": jax.local_device_count(),
         "main": distributed.is_main_process(),
         "bytes_read": sum(read), "bytes_held": local,
         "tokens": out.tokens, "logprobs": [x.tolist() for x in out.model_logprobs],
-        "reasoning_ids": [r.reasoning_ids for r in rollouts],
-        "summary_ids": [r.summary_ids for r in rollouts],
+        "steps": [[s.to_json() for s in r.steps] for r in rollouts],
     }
     with open(out_path, "w") as f:
         json.dump(result, f)

@@ -15,7 +15,7 @@ import pytest
 
 from helpers import randomize, tiny_config
 from rc_jax.models import init_params, load_hf_checkpoint, save_hf_checkpoint
-from rc_jax.rc.engine import RCEngine, RCSettings, row_key
+from rc_jax.rc.engine import Job, RCEngine, RCSettings, row_key
 from rc_jax.sampling import SamplingParams, generate
 
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
@@ -67,10 +67,11 @@ def test_two_processes_match_one(tmp_path, tiny_tokenizer_dir, tiny_tokenizer):
     config, params = load_hf_checkpoint(tmp_path / "ckpt")
     ref = generate(params, config, PROMPTS, SamplingParams(temperature=1.0, top_k=50),
                    jax.random.PRNGKey(5), 12, [3], num_samples=2)
-    engine = RCEngine(params, config, tiny_tokenizer,
+    engine = RCEngine(config, tiny_tokenizer,
                       RCSettings(num_steps=2, max_reasoning_tokens=12, max_summary_tokens=8),
-                      SamplingParams(temperature=1.0))
-    rollouts = engine.run(PROBLEMS, np.stack([row_key(0, str(i), 0) for i in range(3)]))
+                      SamplingParams(temperature=1.0), slots=4)
+    rollouts, _ = engine.run(params, [Job(p, row_key(0, str(i), 0), 2)
+                                      for i, p in enumerate(PROBLEMS)])
     total = sum(x.nbytes for x in jax.tree.leaves(params))
 
     assert [r["main"] for r in results] == [True, False]
@@ -79,9 +80,9 @@ def test_two_processes_match_one(tmp_path, tiny_tokenizer_dir, tiny_tokenizer):
         assert r["tokens"] == ref.tokens
         for a, b in zip(r["logprobs"], ref.model_logprobs):
             np.testing.assert_allclose(a, b, atol=1e-4)
-        # io_callback ran on process 0 only; the records reached process 1 too.
-        assert r["reasoning_ids"] == [x.reasoning_ids for x in rollouts]
-        assert r["summary_ids"] == [x.summary_ids for x in rollouts]
+        # The engine's host callback ran on process 0 only; the rollouts reached
+        # process 1 too, equal to a single-process run's.
+        assert r["steps"] == [[s.to_json() for s in x.steps] for x in rollouts]
         # Each host read only slices its own devices hold (a slice shared by several
         # local devices is read once): about half the model, as 'fsdp' spans the hosts
         # (norms are replicated), never all of it.

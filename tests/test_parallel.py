@@ -17,7 +17,7 @@ from rc_jax.parallel import (KV_CACHE_LOGICAL_AXES, LOGICAL_AXIS_RULES, batch_ax
                              make_mesh, param_shardings, process_split, put_global,
                              sharding_context, to_host)
 from rc_jax.parallel import distributed
-from rc_jax.rc.engine import RCEngine, RCSettings, row_key
+from rc_jax.rc.engine import Job, RCEngine, RCSettings, row_key
 from rc_jax.sampling import SamplingParams, generate
 
 MESHES = ["data:8", "data:2,fsdp:4", "data:2,fsdp:2,tensor:2"]
@@ -141,29 +141,34 @@ def _keys(n):
     return np.stack([row_key(0, str(i), 0) for i in range(n)])
 
 
+def _jobs():
+    return [Job(p, k, SETTINGS.num_steps) for p, k in zip(PROBLEMS, _keys(3))]
+
+
 @pytest.fixture(scope="module")
 def rc_reference(model, tiny_tokenizer):
     config, params = model
-    engine = RCEngine(params, config, tiny_tokenizer, SETTINGS, SamplingParams(temperature=1.0))
-    return engine.run(PROBLEMS, _keys(3))
+    engine = RCEngine(config, tiny_tokenizer, SETTINGS, SamplingParams(temperature=1.0),
+                      slots=8)
+    return engine.run(params, _jobs())[0]
 
 
+@pytest.mark.parametrize("scheduling", ["continuous", "lockstep"])
 @pytest.mark.parametrize("mesh_shape", MESHES)
-def test_rc_engine_sharded_equals_unsharded(model, tiny_tokenizer, rc_reference, mesh_shape):
+def test_rc_engine_sharded_equals_unsharded(model, tiny_tokenizer, rc_reference, mesh_shape,
+                                            scheduling):
     config, params = model
     mesh = make_mesh(mesh_shape)
     placed, shardings = _placed(config, params, mesh)
-    engine = RCEngine(placed, config, tiny_tokenizer, SETTINGS,
-                      SamplingParams(temperature=1.0), mesh=mesh, param_shardings=shardings)
-    out = engine.run(PROBLEMS, _keys(3))
+    engine = RCEngine(config, tiny_tokenizer, SETTINGS, SamplingParams(temperature=1.0),
+                      slots=8, scheduling=scheduling, mesh=mesh, param_shardings=shardings)
+    out, _ = engine.run(placed, _jobs())
     for got, want in zip(out, rc_reference):
-        assert got.reasoning_ids == want.reasoning_ids
-        assert got.summary_ids == want.summary_ids
-        assert got.reasoning_tokens == want.reasoning_tokens
-    if mesh_shape != MESHES[-1]:
+        assert got.steps == want.steps
+    if mesh_shape != MESHES[-1] or scheduling != "continuous":
         return
-    # The program's params arrive sharded, once (no replicated summarizer copy).
-    compiled = engine.lower(4, 16).compile()
+    # The program's params arrive sharded, once (no replicated copy).
+    compiled = engine.lower(placed, 8, 16).compile()
     held = sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(
         jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(sh.shard_shape(x.shape), x.dtype),
                      params, shardings)))
