@@ -322,3 +322,35 @@ def test_eval_output_dir_that_is_a_file_fails_before_grading(tmp_path):
     res = run_cli("rc_jax.eval", str(results), f"--output_dir={blocker}", "--no_progress")
     line = error_line(res, prefix="error:")
     assert f"'{blocker}' is a file" in line and blocker.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("args,culprit", [
+    (["--config=experiments/nope.py"], "--config: file 'experiments/nope.py' not found"),
+    (["--model=qwen3-4b", "--problem_tokens=-5"], "--problem_tokens: expected a positive"),
+    (["--model=qwen3-4b", "--hbm_gib=0"], "--hbm_gib: expected a positive number"),
+    (["--model=qwen3-4b", "--remat=foo"], "--remat: unknown policy 'foo'"),
+    (["--model=qwen3-4b", "--json=/nonexistent-dir/plan.json"], "--json: cannot write"),
+])
+def test_plan_mistakes_are_one_line(args, culprit):
+    res = run_cli("rc_jax.tools.plan", "--mesh=data:1", "--no_compile", *args)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert culprit in res.stderr.strip().splitlines()[-1]
+
+
+def test_plan_config_errors_and_model_directories(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def get_config():\n    raise RuntimeError('boom')\n")
+    res = run_cli("rc_jax.tools.plan", "--mesh=data:1", "--no_compile", f"--config={bad}")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"{bad} line 2: RuntimeError: boom" in res.stderr
+    res = run_cli("rc_jax.tools.plan", "--mesh=data:1", "--no_compile", f"--model={tmp_path}")
+    assert res.returncode == 2 and "has no config.json" in res.stderr
+
+
+def test_plan_of_a_config_uses_the_model_tokenizer():
+    # An RL config (rl.batch_size, no top-level batch_size) whose model has its own small
+    # tokenizer: prompt widths come from that tokenizer, not the default Qwen3 one.
+    res = run_cli("rc_jax.tools.plan", "--mesh=data:1", "--no_compile",
+                  f"--config={ROOT / 'experiments' / 'rct_tiny.py'}")
+    assert res.returncode == 0, res.stderr
+    assert "peak" in res.stdout

@@ -148,6 +148,9 @@ def model_config(model: str, dtype: str = "bfloat16", remat_policy: str = "none"
     if model.startswith("builtin:"):
         from rc_jax.tools.builtin_models import resolve_model_path
         model = str(resolve_model_path(model))
+    if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "config.json")):
+        raise ValueError(f"--model: directory {model!r} has no config.json (not an HF "
+                         "checkpoint)")
     if os.path.isdir(model) or os.path.isfile(model):
         return ModelConfig.from_pretrained(model, **kw)
     raise ValueError(f"--model: {model!r} is neither a preset ({', '.join(PRESETS)}) "
@@ -472,6 +475,26 @@ def _ints(text: str) -> list[int]:
     return out
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _gib_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GiB, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of GiB, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rc_jax.tools.plan", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -482,15 +505,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--program", default="rc", choices=PROGRAMS)
     p.add_argument("--batch", type=_ints, help="rows (comma list to plan several)")
     p.add_argument("--dtype", default=None, choices=("bfloat16", "float32"))
-    p.add_argument("--problem_tokens", type=int, default=512)
-    p.add_argument("--max_reasoning_tokens", type=int, default=None)
-    p.add_argument("--max_summary_tokens", type=int, default=None)
-    p.add_argument("--prompt_tokens", type=int, default=2048)
-    p.add_argument("--new_tokens", type=int, default=16384)
-    p.add_argument("--num_samples", type=int, default=1)
-    p.add_argument("--seq_len", type=int, default=18432, help="train: tokens per sequence")
-    p.add_argument("--remat", default="full", help="train: remat policy")
-    p.add_argument("--hbm_gib", type=float, default=None, help="memory per device")
+    p.add_argument("--problem_tokens", type=_count, default=512)
+    p.add_argument("--max_reasoning_tokens", type=_count, default=None)
+    p.add_argument("--max_summary_tokens", type=_count, default=None)
+    p.add_argument("--prompt_tokens", type=_count, default=2048)
+    p.add_argument("--new_tokens", type=_count, default=16384)
+    p.add_argument("--num_samples", type=_count, default=1)
+    p.add_argument("--seq_len", type=_count, default=18432, help="train: tokens per sequence")
+    p.add_argument("--remat", default="full", help="train: remat policy (none, full, dots, ...)")
+    p.add_argument("--hbm_gib", type=_gib_arg, default=None, help="memory per device")
     p.add_argument("--tokenizer", default=None, help="rc: tokenizer dir for prompt widths")
     p.add_argument("--no_compile", action="store_true", help="analytical numbers only")
     p.add_argument("--json", default=None, help="also write the plans to this JSON file")
@@ -499,21 +522,52 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _from_config(path: str) -> dict[str, Any]:
     import importlib.util
+    import traceback
+    if not os.path.isfile(path):
+        where = "" if os.path.isabs(path) else f" (relative to {os.getcwd()})"
+        raise ValueError(f"--config: file {path!r} not found{where}")
     spec = importlib.util.spec_from_file_location("_plan_config", path)
     if spec is None or spec.loader is None:
         raise ValueError(f"--config: cannot load {path}")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
-    out = dict(model=c.model.path, dtype=c.model.dtype, batch=[c.batch_size], mesh=c.mesh,
-               max_reasoning_tokens=c.rc.max_reasoning_tokens,
-               max_summary_tokens=c.rc.max_summary_tokens)
+    try:
+        spec.loader.exec_module(module)
+        c = module.get_config()
+    except Exception as e:  # noqa: BLE001  (the user's code: say where, in one line)
+        if isinstance(e, SyntaxError):
+            line = f" line {e.lineno}"
+        else:
+            frames = [f for f in traceback.extract_tb(e.__traceback__)
+                      if os.path.realpath(f.filename) == os.path.realpath(path)]
+            line = f" line {frames[-1].lineno}" if frames else ""
+        raise ValueError(f"--config: {path}{line}: {type(e).__name__}: {e}") from None
+    batch = c.batch_size if "batch_size" in c else c.rl.batch_size if "rl" in c else None
+    out = dict(model=c.model.path, dtype=c.model.dtype, batch=[batch] if batch else None,
+               mesh=c.mesh, max_reasoning_tokens=c.rc.max_reasoning_tokens,
+               max_summary_tokens=c.rc.max_summary_tokens,
+               tokenizer=c.tokenizer.path if "tokenizer" in c else "")
     return {k: v for k, v in out.items() if v}
+
+
+def _model_tokenizer(model: str) -> str | None:
+    """The tokenizer of a checkpoint directory or builtin model (None for presets)."""
+    if model.lower() in PRESETS:
+        return None
+    if model.startswith("builtin:"):
+        from rc_jax.tools.builtin_models import resolve_model_path
+        model = str(resolve_model_path(model))
+    has_files = any(os.path.exists(os.path.join(model, f))
+                    for f in ("tokenizer.json", "tokenizer_config.json"))
+    return model if has_files else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings: dict[str, Any] = _from_config(args.config) if args.config else {}
+    try:
+        settings: dict[str, Any] = _from_config(args.config) if args.config else {}
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for name in ("model", "mesh", "batch", "dtype", "max_reasoning_tokens",
                  "max_summary_tokens"):
         if getattr(args, name) is not None:
@@ -522,15 +576,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings.setdefault("batch", [64])
     settings.setdefault("max_reasoning_tokens", 16384)
     settings.setdefault("max_summary_tokens", 2048)
+    if args.tokenizer is not None:
+        settings["tokenizer"] = args.tokenizer
     for need in ("model", "mesh"):
         if not settings.get(need):
             print(f"error: --{need} is required (or a --config that sets it)", file=sys.stderr)
             return 2
+    if args.json:
+        parent = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(parent) or os.path.isdir(args.json):
+            print(f"error: --json: cannot write {args.json!r} (its directory {parent!r} does "
+                  "not exist)" if not os.path.isdir(args.json) else
+                  f"error: --json: {args.json!r} is a directory", file=sys.stderr)
+            return 2
     try:
+        if args.program == "rc" and not settings.get("tokenizer"):
+            settings["tokenizer"] = _model_tokenizer(settings["model"])  # prompt widths
         if tpu_topology(args.target) is None:
             prepare_cpu_devices(mesh_device_count(settings["mesh"]))
         else:
             os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile only; run nothing
+        from rc_jax.models.config import REMAT_POLICIES  # after the device setup above
+        if args.remat not in REMAT_POLICIES:
+            raise ValueError(f"--remat: unknown policy {args.remat!r}; choose from "
+                             f"{', '.join(REMAT_POLICIES)}")
         plans = []
         for batch in settings["batch"]:
             pl = plan(args.program, settings["model"], settings["mesh"], batch,
@@ -540,15 +609,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                       max_summary_tokens=settings["max_summary_tokens"],
                       prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                       num_samples=args.num_samples, seq_len=args.seq_len,
-                      remat_policy=args.remat, tokenizer=args.tokenizer)
+                      remat_policy=args.remat, tokenizer=settings.get("tokenizer"))
             print(format_plan(pl), flush=True)
             plans.append(pl)
-    except (ValueError, RuntimeError) as e:
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump([p.to_json() for p in plans], f, indent=2)
+    except (ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump([p.to_json() for p in plans], f, indent=2)
     return 0
 
 
