@@ -354,3 +354,15 @@ def test_plan_of_a_config_uses_the_model_tokenizer():
                   f"--config={ROOT / 'experiments' / 'rct_tiny.py'}")
     assert res.returncode == 0, res.stderr
     assert "peak" in res.stdout
+
+
+def test_eval_inputs_that_are_not_files_or_tokenizers(tmp_path):
+    from rc_jax.data.jsonio import DataError, read_json_records
+    from rc_jax.eval.report import make_token_counter
+
+    with pytest.raises(DataError, match="is a directory"):
+        read_json_records(tmp_path)
+    with pytest.raises(ValueError, match="no such directory"):
+        make_token_counter(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="no tokenizer.json"):
+        make_token_counter(str(tmp_path))

@@ -84,6 +84,8 @@ def read_json_records(path: str | Path, *, allow_torn_tail: bool = False) -> lis
     after it is left out with a note on stderr instead.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a JSON / JSON Lines file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     text = decode_utf8(path.read_bytes(), path)

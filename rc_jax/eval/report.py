@@ -42,7 +42,18 @@ def make_token_counter(tokenizer: Any) -> TokenCounter | None:
     if isinstance(tokenizer, (str, Path)):
         from transformers import AutoTokenizer  # heavy; only when re-tokenising
 
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+        spec = str(tokenizer)
+        local = Path(spec).expanduser()
+        if not local.exists() and (spec.startswith(("/", ".", "~")) or local.parent != Path(".")
+                                   and local.parent.exists()):
+            raise ValueError(f"tokenizer {spec!r}: no such directory")
+        if local.is_dir() and not any((local / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+            raise ValueError(f"tokenizer {spec!r}: no tokenizer.json or tokenizer_config.json in this directory")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(local) if local.exists() else spec)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ValueError(f"tokenizer {spec!r}: cannot be loaded ({first})") from None
     if hasattr(tokenizer, "encode"):
         encode = tokenizer.encode
 
