@@ -160,6 +160,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail("model.path", "required (an HF-format checkpoint directory or builtin:<name>)")
     if not c.model.path.startswith(BUILTIN_MODEL_PREFIX) and not Path(c.model.path).is_dir():
         _fail("model.path", f"directory {c.model.path!r} does not exist")
+    if not c.model.path.startswith(BUILTIN_MODEL_PREFIX) \
+            and not (Path(c.model.path) / "config.json").is_file():
+        _fail("model.path", f"directory {c.model.path!r} has no config.json (not a Hugging Face "
+              "checkpoint directory)")
+    if c.tokenizer.path and not Path(c.tokenizer.path).is_dir():
+        _fail("tokenizer.path", f"directory {c.tokenizer.path!r} does not exist")
     if c.model.dtype not in DTYPES:
         _fail("model.dtype", f"must be one of {DTYPES}, got {c.model.dtype!r}")
     if c.summarizer.model.path and not Path(c.summarizer.model.path).is_dir():

@@ -366,3 +366,26 @@ def test_eval_inputs_that_are_not_files_or_tokenizers(tmp_path):
         make_token_counter(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="no tokenizer.json"):
         make_token_counter(str(tmp_path))
+
+
+def test_config_paths_are_checked_before_loading(tmp_path):
+    from rc_jax.config import default_config, validate
+
+    c = default_config()
+    c.unlock()
+    c.model.path, c.data.source = str(tmp_path), "builtin:demo"
+    with pytest.raises(ValueError, match="config.model.path: .* has no config.json"):
+        validate(c)
+    c.model.path, c.tokenizer.path = "builtin:tiny-random", str(tmp_path / "nope")
+    with pytest.raises(ValueError, match="config.tokenizer.path: directory .* does not exist"):
+        validate(c)
+
+
+def test_problem_file_with_any_suffix_is_read_as_json(tmp_path):
+    from rc_jax.data import load_problems
+    from rc_jax.data.jsonio import DataError
+
+    f = tmp_path / "problems.txt"
+    f.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?"\n')
+    with pytest.raises(DataError, match=r"problems.txt: line 2 column \d+: invalid JSON"):
+        load_problems(f)

@@ -287,7 +287,7 @@ def _load_hf_local(path: Path, split: str | None, source: str) -> Any:
         else:
             obj = datasets.load_dataset(str(path))
     except Exception as exc:
-        raise DataError(f"{source}: cannot read data files: {exc}") from exc
+        raise DataError(f"{source}: cannot read data files: {str(exc) or type(exc).__name__}") from exc
     return _select_hf_split(obj, split, source)
 
 
@@ -369,7 +369,8 @@ def load_problems(
         path = Path(spec).expanduser()
         if not path.exists():
             raise DataError(f"{spec}: no such file or directory (use hf:<id> or tfds:<name> for datasets)")
-        if path.is_file() and path.suffix.lower() in (".json", ".jsonl", ".ndjson"):
+        if path.is_file() and path.suffix.lower() not in _HF_FILE_BUILDERS:
+            # .json/.jsonl and any other name: our reader, whose errors name the line.
             records = read_json_records(path)
         else:
             records = _hf_rows(_load_hf_local(path, split, spec), spec)
