@@ -324,6 +324,14 @@ def main(argv: Sequence[str]) -> None:
         # written, text that cannot be encoded: one line naming the culprit, exit 1.
         logging.debug("failed", exc_info=True)
         sys.exit(f"rc_jax: error: {e}")
+    except KeyboardInterrupt:
+        print(f"\nrc_jax: interrupted; everything finished so far is kept in "
+              f"{config.output_dir}: re-run the same command to resume", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Not sys.exit: tearing down the interpreter while XLA still runs a computation
+        # can crash (segfault). Results are fsync'ed as written; nothing is lost here.
+        os._exit(130)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

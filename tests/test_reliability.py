@@ -389,3 +389,40 @@ def test_problem_file_with_any_suffix_is_read_as_json(tmp_path):
     f.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?"\n')
     with pytest.raises(DataError, match=r"problems.txt: line 2 column \d+: invalid JSON"):
         load_problems(f)
+
+
+def test_ctrl_c_is_one_line_and_keeps_finished_results(tmp_path):
+    import signal
+    import threading
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rc_jax.main", f"--config={DEMO}",
+         "--config.model.path=builtin:tiny-random", f"--config.output_dir={out}",
+         "--config.rc.num_steps=30", "--config.num_samples=4", "--config.rc.engine=reference"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    seen, chunks = threading.Event(), []
+
+    def read_stderr():
+        for chunk in iter(lambda: proc.stderr.read1(4096), b""):
+            chunks.append(chunk)
+            if b"rollouts" in b"".join(chunks):  # the progress bar: the run has started
+                seen.set()
+        seen.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        assert seen.wait(600)
+        proc.send_signal(signal.SIGINT)
+        proc.stdout.read()
+        proc.wait(300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(60)
+    err = b"".join(chunks).decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert f"rc_jax: interrupted; everything finished so far is kept in {out}" in err
+    assert (out / "config.json").exists()
