@@ -5,6 +5,7 @@ flight; a partial last line (the crash happened mid-write) is cut off on resume.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -32,6 +33,12 @@ def prepare_output_dir(path: str | Path, field: str = "output_dir") -> Path:
     return out
 
 
+def input_digest(problem: Any) -> str:
+    """A short digest of what a problem's records depend on: its text and gold answer."""
+    blob = json.dumps([problem.problem, str(problem.answer)], ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 class ResultsFile:
     """`<output_dir>/results.jsonl` plus `config.json` describing the run.
 
@@ -49,13 +56,18 @@ class ResultsFile:
         self.config_hash = config_hash
         self.done: set[tuple[str, int]] = set()
         self._inputs: dict[str, tuple[str, str, int]] = {}  # id -> (problem, label, line)
+        # id -> digest of (problem, answer) of every problem this directory has run on,
+        # kept in config.json: also covers steps of unfinished rollouts (progress.jsonl).
+        self._fingerprints: dict[str, str] = {}
         self._check_config()
         self._recover()
         if problems is not None:
             self.check_inputs(problems, source)
+            self._fingerprints.update({str(p.problem_id): input_digest(p) for p in problems})
         # Written only once the checks passed: a refused resume changes nothing.
-        (self.dir / "config.json").write_text(
-            json.dumps({"config_hash": self.config_hash, "config": config_json}, indent=2))
+        (self.dir / "config.json").write_text(json.dumps(
+            {"config_hash": self.config_hash, "config": config_json,
+             "inputs": self._fingerprints}, indent=2))
 
     def check_inputs(self, problems: Sequence[Any], source: str = "the data") -> None:
         """Raises ValueError if a problem's text or answer differs from its recorded one."""
@@ -63,6 +75,10 @@ class ResultsFile:
         for p in problems:
             old = self._inputs.get(str(p.problem_id))
             if old is None:
+                digest = self._fingerprints.get(str(p.problem_id))
+                if digest is not None and digest != input_digest(p):
+                    changed.append(f"problem {p.problem_id}: its text or answer in {source} "
+                                   "differs from when this output_dir was started")
                 continue
             if old[1] != str(p.answer):
                 changed.append(f"problem {p.problem_id}: answer {old[1]!r} in "
@@ -78,6 +94,15 @@ class ResultsFile:
 
     def _check_config(self) -> None:
         file = self.dir / "config.json"
+        started = any(f.exists() and f.stat().st_size
+                      for f in (self.path, self.dir / "progress.jsonl"))
+        if file.exists() and started:
+            try:
+                fingerprints = json.loads(file.read_text()).get("inputs")
+            except (json.JSONDecodeError, AttributeError):
+                fingerprints = None
+            if isinstance(fingerprints, dict):
+                self._fingerprints = {str(k): str(v) for k, v in fingerprints.items()}
         if file.exists() and self.path.exists() and self.path.stat().st_size:
             old = json.loads(file.read_text())
             if old.get("config_hash") != self.config_hash:

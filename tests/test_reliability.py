@@ -426,3 +426,16 @@ def test_ctrl_c_is_one_line_and_keeps_finished_results(tmp_path):
     assert "Traceback" not in err
     assert f"rc_jax: interrupted; everything finished so far is kept in {out}" in err
     assert (out / "config.json").exists()
+
+
+def test_inputs_of_unfinished_rollouts_are_compared_too(tmp_path):
+    from rc_jax.data import Problem
+    from rc_jax.outputs import ResultsFile
+
+    ResultsFile(tmp_path, {}, "h", [Problem("a", "x", "1")])
+    (tmp_path / "progress.jsonl").write_text('{"problem_id": "a", "sample_id": 0, "step": 0}\n')
+    before = (tmp_path / "config.json").read_text()
+    with pytest.raises(ValueError, match=r"problem a: its text or answer in data.jsonl differs"):
+        ResultsFile(tmp_path, {}, "h", [Problem("a", "x", "2")], "data.jsonl")
+    assert (tmp_path / "config.json").read_text() == before
+    ResultsFile(tmp_path, {}, "h", [Problem("a", "x", "1"), Problem("b", "y", "3")])
