@@ -7,9 +7,10 @@ snapshot prompt (1024 sequences, 128 GRPO groups), reward = math grader on the l
 \\boxed{}, GRPO advantages (population std, eps 1e-6, all-equal groups kept), PPO clip
 0.2/0.28 with dual clip 3, low-variance KL 0.001 to the initial model, no entropy bonus,
 2 mini-batches -> 2 AdamW steps (lr 1e-6 constant, betas 0.9/0.999, wd 0.01, clip
-1.0), 16 epochs, checkpoint every 10 steps. Differences from the authors' stack (documented): the loss is
-a token mean over the whole mini-batch (`rl.loss_agg_mode=microbatch_token_mean` gives
-theirs), rc_jax's own prompt wording (point rc.*_template at their files to use theirs).
+1.0), 16 epochs, checkpoint every 10 steps. Differences from the authors' stack
+(documented): the loss is a token mean over the whole mini-batch
+(`rl.loss_agg_mode=microbatch_token_mean` gives theirs), rc_jax's own prompt wording
+(point rc.*_template at their files to use theirs).
 
     python -m rc_jax.main --config=experiments/rct_stage1.py \
         --config.model.path=/ckpt/Qwen3-4B-Instruct-2507
