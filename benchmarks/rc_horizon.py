@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rc_jax.models import ModelConfig, param_shapes
-from rc_jax.rc.engine import RCEngine, RCSettings, row_key
+from rc_jax.rc.engine import Job, RCEngine, RCSettings, row_key
 from rc_jax.sampling import SamplingParams, generate
 from rc_jax.sampling.generate import Buckets
 from rc_jax.testing.tiny_tokenizer import build_tiny_tokenizer
@@ -71,13 +71,15 @@ def main() -> None:
     settings = RCSettings(num_steps=1, max_reasoning_tokens=h_r, max_summary_tokens=h_s)
     sampling = SamplingParams(temperature=1.0)
     buckets = Buckets(min_new_tokens=16)
-    engine = RCEngine(params, config, tok, settings, sampling, buckets=buckets, stop_ids=[])
+    engine = RCEngine(config, tok, settings, sampling, slots=batch, buckets=buckets,
+                      stop_ids=[])
     problems = [f"Compute {i} * {i + 3} and explain." for i in range(batch)]
     keys = np.stack([row_key(0, str(i), 0) for i in range(batch)])
 
     rows = []
     for t in steps:
-        run = lambda: engine.run(problems, keys, num_steps=t)  # noqa: E731
+        jobs = [Job(p, k, t) for p, k in zip(problems, keys)]
+        run = lambda: engine.run(params, jobs)[0]  # noqa: E731
         secs = _best_time(run, repeats)
         out = run()
         generated = sum(sum(r.reasoning_tokens) + sum(r.summary_tokens) for r in out)
@@ -86,14 +88,13 @@ def main() -> None:
               f"({generated / secs:.0f} tok/s)")
     # One program serves every T: its memory does not depend on T.
     problem_tokens = max(len(tok.encode(p)) for p in problems)
-    lowered = engine.lower(batch, problem_tokens)
+    lowered = engine.lower(params, batch, problem_tokens)
     rc_mem = lowered.compile().memory_analysis()
     rc_bytes = int(rc_mem.temp_size_in_bytes + rc_mem.argument_size_in_bytes)
 
     # The growing context starts from RC's first prompt (reasoning template, empty
     # summary), so both sides prefill the same instructions and problem.
-    first_prompt = engine.reasoning_plan.host_ids({"problem": tok.encode(problems[0]),
-                                                   "curr_summary": []})
+    first_prompt = engine.prompts.reasoning_ids(problems[0], "", conditioned=False)
     prompt = [first_prompt] * batch
     for row in rows:
         new = row["rc_generated_tokens"] // batch
@@ -119,8 +120,7 @@ def main() -> None:
         "model": {"layers": config.num_layers, "hidden": config.hidden_size,
                   "params": config.num_params},
         "batch": batch, "H_R": h_r, "H_S": h_s,
-        "rc_prompt_widths": dict(zip(("reasoning", "summary"),
-                                     engine.prompt_lengths(buckets.prompt(problem_tokens)))),
+        "rc_shapes": [vars(s) for s in engine.shapes(buckets.prompt(problem_tokens))],
         "quick": args.quick, "rows": rows,
         "goal": "rc_over_fixed_contexts <= 1.05 for every T",
     }

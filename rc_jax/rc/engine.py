@@ -53,6 +53,9 @@ from rc_jax.sampling.generate import Buckets, stop_array
 from rc_jax.tokenizer import Tokenizer
 
 SCHEDULES = ("continuous", "lockstep")
+# Refill prefills run in chunks of this many tokens and skip chunks of padding, so a
+# reasoning prompt in the (wider) summary-prompt bucket costs about its own length.
+REFILL_CHUNK = 128
 
 # Compiled loops by static description (see RCEngine._program), and the host halves of
 # the runs in progress, found by the loop's callback through a traced id.
@@ -478,7 +481,7 @@ class RCEngine:
     def _refill(self, params, pool_index: int, shape: Shapes, cache, logits, assign, prompts,
                 plen):
         """Prefills the assigned slots' prompts (left-aligned in `prompts` [B, P]) into
-        their cache rows, `refill_rows` slots per prefill call."""
+        their cache rows, `refill_rows` slots per prefill call (or one, for stragglers)."""
         pool, pad = self.pools[pool_index], self.pad_ids[pool_index]
         width, r, c = shape.prompt_width, shape.refill_rows, shape.cache_length
 
@@ -486,6 +489,12 @@ class RCEngine:
             return jnp.any(carry[0])
 
         def body(carry):
+            # Many pending slots: prefill r of them together; a few: one at a time, so a
+            # lone refill never pays for r - 1 rows of padding.
+            return jax.lax.cond(jnp.sum(carry[0]) >= r, functools.partial(rows, r),
+                                functools.partial(rows, 1), carry)
+
+        def rows(r, carry):
             pending, cache, logits = carry
             idx = jnp.argsort(~pending, stable=True)[:r]  # pending slots first
             sel = pending[idx]
@@ -496,7 +505,8 @@ class RCEngine:
             tokens = jnp.where(src >= 0, jnp.take_along_axis(prompts[idx], jnp.maximum(src, 0),
                                                              axis=1), pad)
             mask = src >= 0
-            last, sub = core.prefill(params, pool.config, tokens, mask, width)
+            last, sub = core.prefill(params, pool.config, tokens, mask, width,
+                                     chunk=min(width, REFILL_CHUNK))
             sub = qwen3.stack_cache(sub)
             # Back to slot = position: slot s of row holds prompt token s.
             gather = jnp.minimum(jnp.arange(c)[None, :] + shift[:, None], width - 1)  # [R, C]

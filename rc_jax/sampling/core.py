@@ -129,8 +129,9 @@ def prefill(params: Any, config: ModelConfig, tokens: jax.Array, mask: jax.Array
     Prompts longer than `chunk` are prefilled `chunk` tokens at a time (a `lax.scan` that
     writes the same cache), so attention scores are [B, H, chunk, C] instead of
     [B, H, P, C]: a 19k-token RC summary prompt would otherwise need ~100 GiB of scores
-    per row for a 4B model. Requires P % chunk == 0 when P > chunk (the prompt buckets
-    guarantee it).
+    per row for a 4B model. Chunks that hold only left padding are skipped, so a short
+    prompt in a wide bucket costs its own length (rounded up to a chunk). Requires
+    P % chunk == 0 when P > chunk (the prompt buckets guarantee it).
 
     Returns the logits of each row's last prompt token [B, V] and the cache (index P).
     """
@@ -149,9 +150,17 @@ def prefill(params: Any, config: ModelConfig, tokens: jax.Array, mask: jax.Array
 
     def step(cache, xs):
         tok, pos, m = xs
-        logits, cache = qwen3.forward(params, config, tok, pos, cache, token_mask=m,
-                                      last_only=True)
-        return cache, logits[:, -1]
+
+        def run(cache):
+            logits, cache = qwen3.forward(params, config, tok, pos, cache, token_mask=m,
+                                          last_only=True)
+            return cache, logits[:, -1]
+
+        def skip(cache):  # a chunk of left padding only: nothing to compute or attend to
+            return (cache.replace(index=cache.index + chunk),
+                    jnp.zeros((b, config.vocab_size), jnp.float32))
+
+        return jax.lax.cond(jnp.any(m), run, skip, cache)
 
     split = lambda x: x.reshape(b, p // chunk, chunk).swapaxes(0, 1)  # noqa: E731
     cache, last = jax.lax.scan(step, cache, (split(tokens), split(positions), split(mask)))
