@@ -33,6 +33,33 @@ def prepare_output_dir(path: str | Path, field: str = "output_dir") -> Path:
     return out
 
 
+def _lock_dir(directory: Path):
+    """An exclusive lock on `directory/.lock` (released by `ResultsFile.close` or when the
+    process ends, even by kill -9), so two runs never append to one results file.
+    Best effort: where the file system has no locks, no lock."""
+    import fcntl
+    key = str(directory.resolve())
+    held = _HELD_LOCKS.get(key)
+    if held is not None and not held.closed:  # this process already holds it
+        return held
+    f = open(directory / ".lock", "a", encoding="utf-8")  # empty; only its lock matters
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ValueError(f"{directory} is being written by another run right now; wait for it "
+                         "to finish, or use another output_dir") from None
+    except OSError:  # no locking on this file system
+        pass
+    _HELD_LOCKS[key] = f
+    return f
+
+
+# Locks held by this process, by directory: a process may open one directory's results
+# file several times (tests, notebooks); the lock only keeps other processes out.
+_HELD_LOCKS: dict[str, Any] = {}
+
+
 def input_digest(problem: Any) -> str:
     """A short digest of what a problem's records depend on: its text and gold answer."""
     blob = json.dumps([problem.problem, str(problem.answer)], ensure_ascii=False)
@@ -52,6 +79,7 @@ class ResultsFile:
     def __init__(self, output_dir: str | Path, config_json: dict[str, Any], config_hash: str,
                  problems: Sequence[Any] | None = None, source: str = "the data"):
         self.dir = prepare_output_dir(output_dir)
+        self._lock = _lock_dir(self.dir)  # held while this object lives
         self.path = self.dir / "results.jsonl"
         self.config_hash = config_hash
         self.done: set[tuple[str, int]] = set()
@@ -68,6 +96,11 @@ class ResultsFile:
         (self.dir / "config.json").write_text(json.dumps(
             {"config_hash": self.config_hash, "config": config_json,
              "inputs": self._fingerprints}, indent=2))
+
+    def close(self) -> None:
+        """Releases the directory lock (also released when the process ends)."""
+        _HELD_LOCKS.pop(str(self.dir.resolve()), None)
+        self._lock.close()
 
     def check_inputs(self, problems: Sequence[Any], source: str = "the data") -> None:
         """Raises ValueError if a problem's text or answer differs from its recorded one."""

@@ -123,6 +123,7 @@ def test_results_file_compares_inputs(tmp_path):
 
     r = ResultsFile(tmp_path, {}, "h")
     r.append([{"problem_id": "a", "sample_id": 0, "problem": "x", "label": "1"}])
+    r.close()
     ResultsFile(tmp_path, {}, "h", [Problem("a", "x", "1"), Problem("b", "y", "2")])  # same
     with pytest.raises(ValueError, match=r"problem a: answer '1' in results.jsonl line 1, '7'"):
         ResultsFile(tmp_path, {}, "h", [Problem("a", "x", "7")], "data.jsonl")
@@ -439,3 +440,20 @@ def test_inputs_of_unfinished_rollouts_are_compared_too(tmp_path):
         ResultsFile(tmp_path, {}, "h", [Problem("a", "x", "2")], "data.jsonl")
     assert (tmp_path / "config.json").read_text() == before
     ResultsFile(tmp_path, {}, "h", [Problem("a", "x", "1"), Problem("b", "y", "3")])
+
+
+def test_two_runs_never_append_to_one_results_file(tmp_path):
+    from rc_jax.outputs import ResultsFile
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from rc_jax.outputs import ResultsFile; "
+         f"r = ResultsFile({str(tmp_path)!r}, {{}}, 'h'); print('locked', flush=True); "
+         "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match="being written by another run right now"):
+            ResultsFile(tmp_path, {}, "h")
+    finally:
+        holder.stdin.close()
+        holder.wait(60)
+    ResultsFile(tmp_path, {}, "h").close()  # free again once the other run ended
