@@ -348,9 +348,19 @@ def flag_error_message(error: BaseException, argv: list[str]) -> str | None:
         if isinstance(cause, SyntaxError):
             line = f" line {cause.lineno}"
         else:
-            frames = [f for f in traceback.extract_tb(cause.__traceback__)
+            chain, e = [], error  # the config file's frame may be on any exception of the chain
+            while e is not None and e not in chain:
+                chain.append(e)
+                e = e.__cause__ or e.__context__
+            frames = [f for e in chain for f in traceback.extract_tb(e.__traceback__)
                       if Path(f.filename).resolve() == path.resolve()]
             line = f" line {frames[-1].lineno}" if frames else ""
         detail = cause.msg if isinstance(cause, SyntaxError) else str(cause)
+        import re
+        unknown = re.search(r'Key "([^"]+)" does not exist', detail)
+        if unknown:  # ml_collections' locked-config message: keep the name and suggestion
+            hint = re.search(r'Did you mean "([^"]+)"', detail)
+            detail = f"the config has no field {unknown.group(1)!r}" + (
+                f"; did you mean {hint.group(1)!r}?" if hint else "")
         return f"config file {str(path)!r}{line}: {type(cause).__name__}: {detail}"
     return None

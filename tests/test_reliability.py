@@ -457,3 +457,12 @@ def test_two_runs_never_append_to_one_results_file(tmp_path):
         holder.stdin.close()
         holder.wait(60)
     ResultsFile(tmp_path, {}, "h").close()  # free again once the other run ended
+
+
+def test_unknown_field_set_inside_a_config_file(tmp_path):
+    cfg = tmp_path / "mine.py"
+    cfg.write_text("from rc_jax.config import default_config\n\ndef get_config():\n"
+                   "    c = default_config()\n    c.rc.num_stepz = 3\n    return c\n")
+    line = error_line(run_cli("rc_jax.main", f"--config={cfg}"))
+    assert f"config file '{cfg}' line 5" in line
+    assert "no field 'num_stepz'; did you mean 'num_steps'?" in line
