@@ -5,8 +5,7 @@ import collections
 import numpy as np
 import pytest
 
-from rc_jax.rc.prompts import load_template
-from rc_jax.rc.tokens import make_plan
+from rc_jax.rc.rollout import PhasePrompts
 from rc_jax.rl import config as rl_config
 from rc_jax.rl.batch import (Sample, length_bucket, pack_rows, plan_micro_batches,
                              split_minibatches)
@@ -31,43 +30,45 @@ def test_snapshots_are_distinct_uniform_and_respect_omit_initial():
 
 
 @pytest.fixture(scope="module")
-def plan(tiny_tokenizer):
-    return make_plan(tiny_tokenizer, load_template("math", "reasoning"))
+def prompts(tiny_tokenizer):
+    return PhasePrompts(tiny_tokenizer, "math", "math", use_think_tags=False)
 
 
 def _chains():
-    # Two problems, one chain each, T = 3: summaries s_1..s_3 as recognisable ids.
-    return [Chain(p, 0, [], 0, reasoning_ids=[[10 + p], [20 + p], [30 + p]],
-                  summary_ids=[[100 + p, 1], [200 + p, 2], [300 + p, 3]]) for p in range(2)]
+    # Two problems, one chain each, T = 3: recognisable cleaned summaries s_1..s_3.
+    return [Chain(p, 0, [], 0, reasoning_text=[f"r0-{p}?", f"r1-{p}.", f"r2-{p}"],
+                  summary_text=[f"s1-{p}?", f"s2-{p}.", f"s3-{p}"]) for p in range(2)]
 
 
-def test_groups_index_zero_is_the_empty_summary_and_ids_are_unique(plan, tiny_tokenizer):
-    problem_ids = [tiny_tokenizer.encode("What is 1 + 1?"), tiny_tokenizer.encode("Is 7 prime?")]
+def test_groups_index_zero_is_the_empty_summary_and_prompts_are_exact(prompts, tiny_tokenizer):
+    problems = ["What is 1 + 1?", "Is 7 prime?"]
     rng = np.random.default_rng(1)
-    groups = build_groups(_chains(), 3, rng, plan, problem_ids, num_steps=3,
+    prompt = lambda p, ctx, cond: prompts.reasoning_ids(p, ctx, cond)  # noqa: E731
+    groups = build_groups(_chains(), 3, rng, prompt, problems, num_steps=3,
                           labels=["2", "yes"])
     assert [g.group_id for g in groups] == list(range(6))
     for g in groups:
         chain = _chains()[g.chain]
-        want = [] if g.snapshot == 0 else chain.summary_ids[g.snapshot - 1]
+        want = "" if g.snapshot == 0 else chain.summary_text[g.snapshot - 1]
         assert g.context == want
-        assert g.prompt == plan.host_ids({"problem": problem_ids[g.problem_index],
-                                          "curr_summary": want})
+        # The whole prompt string, encoded in one call (no pieces spliced together).
+        text = prompts.reasoning_text(problems[g.problem_index], want, g.snapshot > 0)
+        assert g.prompt == tiny_tokenizer.encode(text)
         assert g.label == ["2", "yes"][g.problem_index]
     empty = [g for g in groups if g.snapshot == 0]
-    assert len(empty) == 2 and all(g.context == [] for g in empty)
+    assert len(empty) == 2 and all(g.context == "" for g in empty)
     # The last summary s_T is never a training context.
-    assert not any(g.context == [300 + g.problem_index, 3] for g in groups)
+    assert not any(g.context == f"s3-{g.problem_index}" for g in groups)
     # Summary-free: snapshot i is the previous step's reasoning r_{i-1}.
-    free = build_groups(_chains(), 3, rng, plan, problem_ids, num_steps=3, summary_free=True)
+    free = build_groups(_chains(), 3, rng, prompt, problems, num_steps=3, summary_free=True)
     for g in free:
-        assert g.context == ([] if g.snapshot == 0
-                             else _chains()[g.chain].reasoning_ids[g.snapshot - 1])
+        assert g.context == ("" if g.snapshot == 0
+                             else _chains()[g.chain].reasoning_text[g.snapshot - 1])
 
 
 def test_check_groups_fails_loudly_on_bad_bookkeeping():
-    g = [Group(0, "reasoning", 0, 0, 0, [1], [], responses=[[1]] * 4),
-         Group(1, "reasoning", 0, 0, 1, [1], [], responses=[[1]] * 3)]
+    g = [Group(0, "reasoning", 0, 0, 0, [1], "", responses=[[1]] * 4),
+         Group(1, "reasoning", 0, 0, 1, [1], "", responses=[[1]] * 3)]
     with pytest.raises(ValueError, match="group 1 has 3 responses, expected 4"):
         check_groups(g, 4)
     g[1].group_id = 0

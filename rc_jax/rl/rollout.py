@@ -38,8 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rc_jax.rc.engine import Job, RCEngine, RCSettings
-from rc_jax.rc.prompts import Template, load_template
-from rc_jax.rc.tokens import PromptPlan, clean_host, make_plan, token_tables
+from rc_jax.rc.prompts import Template
+from rc_jax.rc.rollout import PhasePrompts
+from rc_jax.rc.text import clean_reasoning, clean_summary
 from rc_jax.sampling.core import SamplingParams
 from rc_jax.sampling.generate import Buckets, GenerationResult, generate
 
@@ -128,11 +129,12 @@ class Chain:
     summary_text: list[str] = dataclasses.field(default_factory=list)
     correct: list[float] = dataclasses.field(default_factory=list)            # per step
 
-    def context(self, i: int, summary_free: bool = False) -> list[int]:
-        """Ids of snapshot i's context: "" for i = 0, else s_i (or r_{i-1} summary-free)."""
+    def context(self, i: int, summary_free: bool = False) -> str:
+        """Snapshot i's context (cleaned text): "" for i = 0, else s_i (or r_{i-1}
+        summary-free)."""
         if i == 0:
-            return []
-        return list(self.reasoning_ids[i - 1] if summary_free else self.summary_ids[i - 1])
+            return ""
+        return self.reasoning_text[i - 1] if summary_free else self.summary_text[i - 1]
 
 
 @dataclasses.dataclass
@@ -144,7 +146,7 @@ class Group:
     chain: int                # index into the step's chain list
     snapshot: int             # chain index i the prompt was built from
     prompt: list[int]
-    context: list[int]        # summary (or previous attempt) ids in the prompt
+    context: str              # summary (or previous attempt) text in the prompt
     label: str = ""
     responses: list[list[int]] = dataclasses.field(default_factory=list)
     finish: list[str] = dataclasses.field(default_factory=list)
@@ -162,20 +164,24 @@ def select_snapshots(num_steps: int, k: int, rng: np.random.Generator,
     return sorted(int(i) for i in rng.choice(np.arange(lo, num_steps), size=k, replace=False))
 
 
+PromptFn = Callable[[str, str, bool], list[int]]  # (problem, context, conditioned) -> ids
+
+
 def build_groups(chains: Sequence[Chain], k: int, rng: np.random.Generator,
-                 plan: PromptPlan, problem_ids: Sequence[Sequence[int]], *,
+                 prompt: PromptFn, problems: Sequence[str], *,
                  num_steps: int, omit_initial: bool = False, summary_free: bool = False,
-                 context_field: str = "curr_summary", labels: Sequence[str] = ()
-                 ) -> list[Group]:
-    """Phase B: k snapshot prompts per chain, one group each (ids 0, 1, ... in order)."""
+                 labels: Sequence[str] = ()) -> list[Group]:
+    """Phase B: k snapshot prompts per chain, one group each (ids 0, 1, ... in order).
+
+    prompt(problem, context, conditioned): the exact reasoning prompt ids (see
+    `RCTRollout.reasoning_prompt`); snapshot i > 0 continues from a context."""
     groups = []
     for c_index, chain in enumerate(chains):
         for i in select_snapshots(num_steps, k, rng, omit_initial):
             ctx = chain.context(i, summary_free)
-            prompt = plan.host_ids({"problem": problem_ids[chain.problem_index],
-                                    context_field: ctx})
+            prompt_ids = prompt(problems[chain.problem_index], ctx, i > 0)
             groups.append(Group(len(groups), REASONING, chain.problem_index, c_index, i,
-                                prompt, ctx, labels[chain.problem_index] if labels else ""))
+                                prompt_ids, ctx, labels[chain.problem_index] if labels else ""))
     return groups
 
 
@@ -218,10 +224,6 @@ def shared_engine(config, tokenizer, settings: RCSettings, sampling: SamplingPar
                     **({} if data_axes is None else {"data_axes": data_axes}))
 
 
-def think_tags(settings: RCSettings, tokenizer) -> bool:
-    return bool(settings.use_think_tags and tokenizer.think_start_id is not None)
-
-
 RewardFn = Callable[[Sequence[tuple[str, str]]], Sequence[float]]
 
 
@@ -249,22 +251,23 @@ class RCTRollout:
         self.engine = shared_engine(config, tokenizer, settings, sampling, buckets, mesh,
                                     data_axes, _Key(param_shardings), max_rows or 8)
         self.stop_ids = tuple(tokenizer.eos_ids)
-        self.tables = token_tables(tokenizer, config.vocab_size)
+        # Every prompt is built as text and encoded whole (docs/design.md, "Prompts"),
+        # exactly as the RC engine and evaluation build them.
+        self.prompts = PhasePrompts(tokenizer, settings.reasoning_template,
+                                    settings.summary_template, settings.use_think_tags)
+        self.context_field = "curr_summary"
+        self.free_template: Template | None = None
         if summary_free:
-            template, self.context_field = summary_free_template(summary_free_template_spec)
-            self.reasoning_plan = make_plan(
-                tokenizer, template,
-                **({"enable_thinking": True, "open_think": True} if think_tags(
-                    settings, tokenizer) else {}))
-        else:
-            self.context_field = "curr_summary"
-            self.reasoning_plan = make_plan(
-                tokenizer, load_template(settings.reasoning_template, "reasoning"),
-                **({"enable_thinking": True, "open_think": True} if think_tags(
-                    settings, tokenizer) else {}))
-        self.summary_plan = make_plan(
-            tokenizer, load_template(settings.summary_template, "summary"),
-            **({"enable_thinking": False} if settings.use_think_tags else {}))
+            self.free_template, self.context_field = summary_free_template(
+                summary_free_template_spec)
+
+    def reasoning_prompt(self, problem: str, context: str, conditioned: bool) -> list[int]:
+        """Exact ids of a reasoning prompt from (problem, summary or previous attempt)."""
+        if self.free_template is None:
+            return self.prompts.reasoning_ids(problem, context, conditioned)
+        text = self.free_template.format(**{"problem": problem, self.context_field: context})
+        return self.tokenizer.encode(self.tokenizer.phase_prompt(
+            text, use_think_tags=self.settings.use_think_tags, open_think=conditioned))
 
     def set_params(self, params: Any) -> None:
         self.params = params
@@ -291,8 +294,6 @@ class RCTRollout:
             out.extend(self.generate(part, budget, keys[rows], num_samples).tokens)
         return out
 
-    def clean(self, ids: Sequence[int], keep: str) -> list[int]:
-        return clean_host(ids, self.tables, keep, self.tokenizer.pad_id)
 
     # ------------------------------------------------------------ phase A
     def run_chains(self, problems: Sequence[str], chains: Sequence[Chain], keys: np.ndarray,
@@ -322,18 +323,18 @@ class RCTRollout:
         return list(chains)
 
     def _run_summary_free(self, problems, chains, keys, num_steps):
-        problem_ids = [self.tokenizer.encode(problems[c.problem_index]) for c in chains]
-        previous = [list(c.seed_ids) for c in chains]
+        tok = self.tokenizer
+        previous = [tok.decode(c.seed_ids) if c.seed_ids else "" for c in chains]
         fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
         for t in range(num_steps):
-            prompts = [self.reasoning_plan.host_ids({"problem": p, self.context_field: a})
-                       for p, a in zip(problem_ids, previous)]
+            prompts = [self.reasoning_prompt(problems[c.problem_index], a, t > 0 or bool(a))
+                       for c, a in zip(chains, previous)]
             res = self.generate(prompts, self.settings.max_reasoning_tokens,
                                 np.asarray(fold(jnp.asarray(keys), 2 * t), np.uint32))
-            previous = [self.clean(x, "before_think_end") for x in res.tokens]
-            for chain, ids in zip(chains, previous):
-                chain.reasoning_ids.append(ids)
-                chain.reasoning_text.append(self.tokenizer.decode(ids))
+            previous = [clean_reasoning(tok.decode(x)) for x in res.tokens]
+            for chain, text in zip(chains, previous):
+                chain.reasoning_text.append(text)
+                chain.reasoning_ids.append(tok.encode(text))
         return list(chains)
 
     # ------------------------------------------------------------ phase C
@@ -364,27 +365,24 @@ class RCTRollout:
 
     # ------------------------------------------------------------ summarizer training
     def build_summary_groups(self, chains: Sequence[Chain], k: int, rng: np.random.Generator,
-                             problem_ids: Sequence[Sequence[int]], first_id: int,
+                             problems: Sequence[str], first_id: int,
                              num_steps: int, labels: Sequence[str]) -> list[Group]:
         """Summary-training prompts Summ(problem, s_i, r_i) for k distinct i per chain."""
         groups = []
         for c_index, chain in enumerate(chains):
             for i in select_snapshots(num_steps, k, rng):
                 existing = chain.context(i)
-                prompt = self.summary_plan.host_ids({
-                    "problem": problem_ids[chain.problem_index], "existing_summary": existing,
-                    "reasoning": chain.reasoning_ids[i]})
+                prompt = self.prompts.summary_ids(problems[chain.problem_index], existing,
+                                                  chain.reasoning_text[i])
                 groups.append(Group(first_id + len(groups), SUMMARY, chain.problem_index,
                                     c_index, i, prompt, existing,
                                     labels[chain.problem_index]))
         return groups
 
-    def continuation_prompts(self, group: Group, problem_ids: Sequence[int]
-                             ) -> list[list[int]]:
+    def continuation_prompts(self, group: Group, problem: str) -> list[list[int]]:
         """Reasoning prompts conditioned on each sampled summary of a summary group."""
-        return [self.reasoning_plan.host_ids({
-            "problem": problem_ids, "curr_summary": self.clean(r, "after_think_end")})
-            for r in group.responses]
+        return [self.prompts.reasoning_ids(problem, clean_summary(text), True)
+                for text in group.texts]
 
 
 def score(items: Sequence[tuple[str, str]], reward_fn: RewardFn) -> np.ndarray:

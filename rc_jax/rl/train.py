@@ -216,7 +216,6 @@ class Trainer:
         problems = self.stream.next_batch()
         rng = np.random.default_rng([c.sampling.seed, step])
         labels = [p.answer for p in problems]
-        problem_ids = [self.tokenizer.encode(p.problem) for p in problems]
 
         # A. online chains
         chains = self._make_chains(problems, rng, step)
@@ -233,17 +232,18 @@ class Trainer:
                  ch.reasoning_ids if r.summary_free else ch.summary_ids) for ch in chains], step)
 
         # B + C. snapshot groups, G fresh responses each
-        groups = build_groups(chains, r.snapshots_per_chain, rng, self.rollout.reasoning_plan,
-                              problem_ids, num_steps=c.rc.num_steps,
+        texts = [p.problem for p in problems]
+        groups = build_groups(chains, r.snapshots_per_chain, rng, self.rollout.reasoning_prompt,
+                              texts, num_steps=c.rc.num_steps,
                               omit_initial=r.omit_initial_snapshot, summary_free=r.summary_free,
-                              context_field=self.rollout.context_field, labels=labels)
+                              labels=labels)
         group_keys = derive_keys(c.sampling.seed, [self._group_label(step, problems, chains, g)
                                                    for g in groups], r.group_size)
         self.rollout.sample_groups(groups, r.group_size, c.rc.max_reasoning_tokens, group_keys)
         check_groups(groups, r.group_size)
         summary_groups: list[Group] = []
         if r.train_summarizer:
-            summary_groups = self._summary_groups(problems, problem_ids, chains, groups, rng,
+            summary_groups = self._summary_groups(problems, chains, groups, rng,
                                                   step, timer)
         t = timer.add("generation", t)
 
@@ -287,12 +287,13 @@ class Trainer:
             max_seed_tokens=None if r.summary_free else self.rollout.buckets.new_tokens(
                 self.rollout.settings.max_summary_tokens))
 
-    def _summary_groups(self, problems, problem_ids, chains, groups, rng, step, timer):
+    def _summary_groups(self, problems, chains, groups, rng, step, timer):
         """Summarizer training: sample summaries of (s_i, r_i); reward each by the mean
         grade of fresh reasoning continuations from it."""
         r, c = self.c.rl, self.c
         sgroups = self.rollout.build_summary_groups(
-            chains, r.summary_snapshots_per_chain, rng, problem_ids, len(groups),
+            chains, r.summary_snapshots_per_chain, rng, [p.problem for p in problems],
+            len(groups),
             c.rc.num_steps, [p.answer for p in problems])
         self.rollout.sample_groups(
             sgroups, r.summary_group_size, c.rc.max_summary_tokens,
@@ -302,7 +303,7 @@ class Trainer:
         prompts, golds, labels = [], [], []
         for g in sgroups:
             for j, p in enumerate(self.rollout.continuation_prompts(
-                    g, problem_ids[g.problem_index])):
+                    g, problems[g.problem_index].problem)):
                 prompts.append(p)
                 golds.append(g.label)
                 labels.append(f"{self._group_label(step, problems, chains, g)}/cont{j}")
