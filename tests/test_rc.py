@@ -400,3 +400,20 @@ def test_bad_config_fails_before_loading_a_model(tmp_path, override, match):
     assert res.returncode != 0
     assert match in res.stderr
     assert not (tmp_path / "bad" / "results.jsonl").exists()
+
+
+def test_ctrl_c_stops_the_device_engine_at_once_and_keeps_finished_steps(tmp_path):
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(_main_cmd(out, "--config.rc.num_steps=200"), env=_env(tmp_path),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = out / "progress.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if progress.exists() and len(progress.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)  # not after the remaining ~1000 steps
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "re-run the same command to resume" in err
+    assert len(progress.read_text().splitlines()) >= 2

@@ -33,6 +33,7 @@ import dataclasses
 import functools
 import hashlib
 import itertools
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -169,9 +170,12 @@ class _Host:
         self.started = {}
         self.error: BaseException | None = None
         self.services = 0
+        self.cancelled = False
 
     # ---------------------------------------------------------------- callback
     def service(self, *arrays):
+        if self.cancelled:  # the caller was interrupted: end the loop, start nothing
+            return self._empty(finished=True)
         try:
             return self._service(*arrays)
         except BaseException as e:  # noqa: BLE001 (re-raised by RCEngine.run)
@@ -578,10 +582,12 @@ class RCEngine:
             with sharding_context(self.mesh):
                 if self.mesh is not None:
                     args = put_global(args, self._input_shardings())
-                counters = np.asarray(jax.device_get(self._program(shapes)(*args)))
+                counters = _interruptible(lambda: np.asarray(jax.device_get(
+                    self._program(shapes)(*args))), host)
             jax.effects_barrier()
         finally:
-            _HOSTS.pop(host_id, None)
+            if not host.cancelled:  # a cancelled loop may still call back once
+                _HOSTS.pop(host_id, None)
         if host.error is not None:
             raise host.error
         # The callback runs on the host of one device (process 0 on a multi-process
@@ -593,6 +599,32 @@ class RCEngine:
                          [int(counters[1 + 2 * i]) * s.slots for i, s in enumerate(shapes)],
                          host.services, time.time() - start)
         return rollouts, stats
+
+
+def _interruptible(fn: Callable[[], Any], host: _Host) -> Any:
+    """Runs `fn` in a worker thread while the main thread waits in Python, so that Ctrl-C
+    raises KeyboardInterrupt at once instead of after the whole loop (a program with host
+    callbacks holds the calling thread until it ends). Finished steps are already on
+    disk; the caller reports and exits."""
+    result: dict[str, Any] = {}
+
+    def work():
+        try:
+            result["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 (re-raised in the caller's thread)
+            result["error"] = e
+
+    thread = threading.Thread(target=work, name="rc-engine", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.1)
+    except KeyboardInterrupt:
+        host.cancelled = True  # the loop ends at its next callback
+        raise
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def _write_rows(cache: qwen3.KVCache, idx: jax.Array, sel: jax.Array, k: jax.Array,
