@@ -151,13 +151,14 @@ def run(config) -> dict[str, Any] | None:
         sampling = SamplingParams(config.sampling.temperature, config.sampling.top_p,
                                   config.sampling.top_k, config.sampling.min_p)
         buckets = Buckets(max_cache_length=config.model.max_cache_length)
-        bar = tqdm(total=len(todo), desc="rollouts", unit="rollout",
-                   disable=not main_process)
         if config.method == "rc" and config.rc.engine == "device":
+            # One continuous-batching loop for all rollouts; its bar counts RC steps.
             _run_rc_engine(config, todo, params, model_config, tokenizer, settings, sampling,
                            buckets, mesh, shardings, summarizer, summarizer_shardings,
-                           results, chash, bar)
+                           results, chash)
             todo = []
+        bar = tqdm(total=len(todo), desc="rollouts", unit="rollout",
+                   disable=not main_process or not todo)
         run_batch = _batch_runner(config, params, model_config, tokenizer, settings, sampling,
                                   buckets, mesh, shardings, summarizer,
                                   summarizer_shardings=summarizer_shardings)
@@ -232,7 +233,7 @@ def _summarizer_sampling(config, sampling):
 
 
 def _run_rc_engine(config, todo, params, model_config, tokenizer, settings, sampling, buckets,
-                   mesh, shardings, summarizer, summarizer_shardings, results, chash, bar):
+                   mesh, shardings, summarizer, summarizer_shardings, results, chash):
     """RC on the device engine: all rollouts through one continuous-batching loop; each
     finished step goes durably to progress.jsonl, each finished rollout to results.jsonl."""
     from rc_jax.parallel.distributed import is_main_process
@@ -258,21 +259,27 @@ def _run_rc_engine(config, todo, params, model_config, tokenizer, settings, samp
     resumed = sum(len(j.done_steps) for j in jobs)
     if resumed:
         logging.info("resuming %d finished steps from %s", resumed, log.path)
+    from tqdm import tqdm
+    bar = tqdm(total=len(jobs) * settings.num_steps, initial=resumed, desc="RC steps",
+               unit="step", disable=not main_process)
     tokens = [0]
     start = time.time()
+    finished = [0]
 
     def on_step(i, step, record):
         p, j = todo[i]
         if log is not None:
             log.append(p.problem_id, j, step, record)
         tokens[0] += record.reasoning_tokens + record.summary_tokens
+        bar.update(1)
+        bar.set_postfix(rollouts=f"{finished[0]}/{len(jobs)}",
+                        tok_s=f"{tokens[0] / max(time.time() - start, 1e-9):.1f}")
 
     def on_done(i, rollout, wall):
         p, j = todo[i]
         if results is not None:
             results.append([build_record(p, j, rollout, config.method, wall, chash)])
-        bar.update(1)
-        bar.set_postfix(tok_s=f"{tokens[0] / max(time.time() - start, 1e-9):.1f}")
+        finished[0] += 1
 
     _, stats = engine.run(params, jobs, summarizer_params=summarizer[0] if summarizer else None,
                           on_step=on_step, on_done=on_done)

@@ -349,7 +349,9 @@ class RCEngine:
         for pool in self.pools:
             width = self.buckets.prompt(max(bounds[ph] for ph in pool.phases))
             buffer = self.buckets.new_tokens(max(self.budgets[ph] for ph in pool.phases))
-            cache = max(max(bounds[ph] + self.budgets[ph] for ph in pool.phases), width)
+            # Prompts sit at cache slot 0 whatever the prefill width, so the cache needs
+            # only the longest prompt plus its budget (not the prompt bucket).
+            cache = max(bounds[ph] + self.budgets[ph] for ph in pool.phases)
             cache = -(-cache // 16) * 16
             if cache > self.buckets.max_cache_length:
                 raise ValueError(f"problems of {problem_tokens} tokens with H_R="
