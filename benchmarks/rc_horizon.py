@@ -72,7 +72,7 @@ def main() -> None:
     sampling = SamplingParams(temperature=1.0)
     buckets = Buckets(min_new_tokens=16)
     engine = RCEngine(config, tok, settings, sampling, slots=batch, buckets=buckets,
-                      stop_ids=[])
+                      stop_ids=[], prompt_margin=3.0)  # random weights
     problems = [f"Compute {i} * {i + 3} and explain." for i in range(batch)]
     keys = np.stack([row_key(0, str(i), 0) for i in range(batch)])
 

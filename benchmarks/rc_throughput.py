@@ -48,7 +48,7 @@ def _params(config: ModelConfig, seed: int = 0):
 
 
 def compare(name, config, params, tok, settings, sampling, problems, samples, slots,
-            stop_ids=None, buckets=Buckets()):
+            stop_ids=None, buckets=Buckets(), margin=1 / 16):
     """Runs both schedules (after a warm-up of each) and returns one result row."""
     jobs = [Job(p, row_key(0, p, j), settings.num_steps) for p in problems
             for j in range(samples)]
@@ -58,7 +58,7 @@ def compare(name, config, params, tok, settings, sampling, problems, samples, sl
     results = {}
     for scheduling in ("lockstep", "continuous"):
         engine = RCEngine(config, tok, settings, sampling, slots=slots, scheduling=scheduling,
-                          stop_ids=stop_ids, buckets=buckets)
+                          stop_ids=stop_ids, buckets=buckets, prompt_margin=margin)
         engine.run(params, jobs[:slots])  # compile and warm up (the program is shared)
         t0 = time.perf_counter()
         rollouts, stats = engine.run(params, jobs)
@@ -101,7 +101,7 @@ def synthetic(quick: bool) -> dict:
     return compare("synthetic", config, _params(config), tok, settings,
                    SamplingParams(temperature=1.0), problems, 2 if quick else 4,
                    4 if quick else 16,
-                   stop_ids=stops)
+                   stop_ids=stops, margin=3.0)  # random weights: see text_bound
 
 
 def smollm2(quick: bool) -> dict | None:

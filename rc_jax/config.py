@@ -13,7 +13,8 @@ from pathlib import Path
 
 import ml_collections
 
-METHODS = ("rc", "autoregressive", "self_refine", "self_verify", "budget_forcing", "rsa")
+METHODS = ("rc", "autoregressive", "self_refine", "self_verify", "budget_forcing", "rsa",
+           "delethink")
 ENGINES = ("device", "reference")
 SCHEDULES = ("continuous", "lockstep")
 DTYPES = ("float32", "bfloat16")
@@ -22,7 +23,7 @@ BUILTIN_MODEL_PREFIX = "builtin:"
 # Fields that do not change what a run computes: changing them keeps a run resumable.
 _NON_SEMANTIC = ("batch_size", "output_dir", "data.limit", "evaluate", "show_rollouts", "mesh",
                  "grading_timeout", "grading", "model.max_cache_length", "rc.engine",
-                 "rc.scheduling", "rc.refill_rows")
+                 "rc.scheduling", "rc.refill_rows", "rc.prompt_margin", "model.attention")
 
 # Config sections that only some methods read. A run's resume hash leaves out the sections
 # its method does not read, so adding or changing another method's knobs never makes
@@ -34,6 +35,7 @@ METHOD_SECTIONS = {
     "self_verify": ("self_verify",),
     "budget_forcing": ("budget_forcing",),
     "rsa": ("baselines", "rsa"),
+    "delethink": ("delethink",),
 }
 # Methods that run a summarization phase (the only ones a summarizer model can serve).
 _SUMMARIZING = ("rc", "rsa")
@@ -48,6 +50,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.path = ""                 # HF-format directory, or builtin:<name>
     c.model.dtype = "float32"
+    c.model.attention = "auto"        # auto|dense|blockwise|cudnn|pallas (rc_jax.models.attention)
     c.model.max_cache_length = 1 << 17
 
     c.summarizer = ml_collections.ConfigDict()
@@ -90,6 +93,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.rc.scheduling = "continuous"    # continuous: refill a slot when its phase ends;
     #                                   lockstep: whole batches, phase by phase
     c.rc.refill_rows = 0              # slots prefilled together (0: min(batch_size, 4))
+    c.rc.prompt_margin = 1 / 16       # planned re-encoding growth of generated text; random
+    #                                   weights need ~3 (their bytes re-encode to ~3x tokens)
 
     # Baselines and scaffolds (rc_jax.methods). self_refine / self_verify run rc.num_steps
     # steps of at most rc.max_reasoning_tokens tokens; rsa gives every candidate
@@ -132,6 +137,17 @@ def default_config() -> ml_collections.ConfigDict:
     c.rsa.template = "math"               # {problem}, {candidates}
     c.rsa.store_population = False        # also write every candidate's text (large)
 
+    # Delethink ("The Markovian Thinker", arXiv 2510.06557; rc_jax.methods.delethink):
+    # chunk 0 gets chunk_tokens (C) new tokens; chunk k > 0 is prompted with the wrapped
+    # problem + the first keep_first (m0) tokens of the trace + the last keep_last (m)
+    # tokens of chunk k-1 and gets C - m new tokens; stops on EOS or after max_chunks.
+    c.delethink = ml_collections.ConfigDict()
+    c.delethink.template = "math"         # the solve prompt ({problem}): math, science, bare, file
+    c.delethink.chunk_tokens = 8192       # C (the paper's 8K)
+    c.delethink.keep_first = 100          # m0 (the authors' 100)
+    c.delethink.keep_last = 4096          # m (the paper's C / 2)
+    c.delethink.max_chunks = 5            # I (the paper's 5: 8K + 4 x 4K = 24K tokens)
+
     c.num_samples = 16
     c.batch_size = 64                 # rollouts per engine call
     c.output_dir = "outputs/run"
@@ -168,6 +184,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail("tokenizer.path", f"directory {c.tokenizer.path!r} does not exist")
     if c.model.dtype not in DTYPES:
         _fail("model.dtype", f"must be one of {DTYPES}, got {c.model.dtype!r}")
+    from rc_jax.models.config import ATTENTION_IMPLS
+    if c.model.attention not in ATTENTION_IMPLS:
+        _fail("model.attention", f"must be one of {ATTENTION_IMPLS}, got {c.model.attention!r}")
     if c.summarizer.model.path and not Path(c.summarizer.model.path).is_dir():
         _fail("summarizer.model.path", f"directory {c.summarizer.model.path!r} does not exist")
     if not c.data.source:
@@ -195,6 +214,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail("rc.scheduling", f"must be one of {SCHEDULES}, got {c.rc.scheduling!r}")
     if int(c.rc.refill_rows) != c.rc.refill_rows or c.rc.refill_rows < 0:
         _fail("rc.refill_rows", f"must be a non-negative integer, got {c.rc.refill_rows!r}")
+    if not c.rc.prompt_margin >= 0:
+        _fail("rc.prompt_margin", f"must be >= 0, got {c.rc.prompt_margin!r}")
     if c.summarizer.tokenizer.path and not c.summarizer.model.path:
         _fail("summarizer.tokenizer.path", "needs summarizer.model.path (a second model)")
     for name in ("reasoning_template", "summary_template"):
@@ -265,6 +286,15 @@ def _validate_methods(c: ml_collections.ConfigDict) -> None:
     _positive(c, "rsa.generations", minimum=0)
     _positive(c, "rsa.max_candidate_tokens", minimum=0)
     template("rsa.template", "aggregate")
+    template("delethink.template", "solve")
+    _positive(c, "delethink.chunk_tokens")
+    _positive(c, "delethink.keep_first", minimum=0)
+    _positive(c, "delethink.keep_last", minimum=0)
+    _positive(c, "delethink.max_chunks")
+    if c.delethink.keep_last >= c.delethink.chunk_tokens:
+        _fail("delethink.keep_last", f"must be < delethink.chunk_tokens "
+              f"({c.delethink.chunk_tokens}): later chunks get chunk_tokens - keep_last new "
+              f"tokens, got {c.delethink.keep_last}")
     if c.summarizer.model.path and c.method not in _SUMMARIZING:
         _fail("summarizer.model.path", f"method {c.method!r} has no summarization phase; "
               f"a summarizer model is used by {' and '.join(_SUMMARIZING)} only")
@@ -280,6 +310,8 @@ def steps_per_record(c: ml_collections.ConfigDict) -> int:
         return c.budget_forcing.num_forcings + 1
     if c.method == "rsa":
         return c.rsa.generations + 1
+    if c.method == "delethink":
+        return c.delethink.max_chunks
     return c.rc.num_steps
 
 

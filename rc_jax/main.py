@@ -53,15 +53,18 @@ def load_problem_set(config) -> list:
                          split=d.split or None, limit=d.limit or None)
 
 
-def load_model(path: str, dtype: str, mesh=None):
-    """(config, params, shardings) from an HF directory, sharded on `mesh` if given."""
+def load_model(path: str, dtype: str, mesh=None, attention: str = "auto"):
+    """(config, params, shardings) from an HF directory, sharded on `mesh` if given;
+    `attention`: the `ModelConfig.attention` implementation (config `model.attention`)."""
     from rc_jax.models import ModelConfig, load_hf_checkpoint
     shardings = None
     if mesh is not None:
         from rc_jax.parallel import param_shardings
-        cfg = ModelConfig.from_pretrained(path, dtype=dtype, param_dtype=dtype)
+        cfg = ModelConfig.from_pretrained(path, dtype=dtype, param_dtype=dtype,
+                                          attention=attention)
         shardings = param_shardings(cfg, mesh)
-    config, params = load_hf_checkpoint(path, dtype=dtype, shardings=shardings)
+    config, params = load_hf_checkpoint(path, dtype=dtype, shardings=shardings,
+                                        attention=attention)
     return config, params, shardings
 
 
@@ -137,11 +140,12 @@ def run(config) -> dict[str, Any] | None:
         if config.mesh or jax.process_count() > 1:  # several hosts: one global mesh
             from rc_jax.parallel import make_mesh
             mesh = make_mesh(config.mesh or "data:-1")
-        model_config, params, shardings = load_model(str(model_dir), config.model.dtype, mesh)
+        model_config, params, shardings = load_model(str(model_dir), config.model.dtype, mesh,
+                                                        config.model.attention)
         summarizer = summarizer_shardings = None
         if config.summarizer.model.path:
             s_cfg, s_params, summarizer_shardings = load_model(
-                config.summarizer.model.path, config.model.dtype, mesh)
+                config.summarizer.model.path, config.model.dtype, mesh, config.model.attention)
             summarizer = (s_params, s_cfg)
         settings = RCSettings(
             num_steps=config.rc.num_steps, max_reasoning_tokens=config.rc.max_reasoning_tokens,
@@ -253,6 +257,7 @@ def _run_rc_engine(config, todo, params, model_config, tokenizer, settings, samp
                         summarizer_shardings=summarizer_shardings)
     engine = RCEngine(model_config, tokenizer, settings, sampling, slots=config.batch_size,
                       scheduling=config.rc.scheduling, refill_rows=config.rc.refill_rows,
+                      prompt_margin=config.rc.prompt_margin,
                       buckets=buckets, mesh=mesh, param_shardings=shardings, **s_kwargs)
     jobs = [Job(p.problem, row_key(config.sampling.seed, p.problem_id, j), settings.num_steps,
                 done_steps=restored.get((str(p.problem_id), j), ())) for p, j in todo]

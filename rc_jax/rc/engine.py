@@ -93,14 +93,20 @@ def row_key(seed: int, problem_id: str, sample_id: int) -> np.ndarray:
     return np.asarray(jax.random.fold_in(key, sample_id))
 
 
-def text_bound(budget: int) -> int:
-    """Most tokens the cleaned text of a `budget`-token generation can re-encode to.
+DEFAULT_PROMPT_MARGIN = 1 / 16
 
-    Decoding and re-encoding usually gives back the same number of tokens or fewer; a
-    cut multi-byte character or a rare merge can add a few. A prompt that still exceeds
-    its bound stops the run with a message naming the rollout (never a silent cut).
+
+def text_bound(budget: int, margin: float = DEFAULT_PROMPT_MARGIN) -> int:
+    """Most tokens the cleaned text of a `budget`-token generation is planned to re-encode
+    to: budget * (1 + margin) + 8.
+
+    Decoding a real model's output and encoding it again gives back about as many tokens
+    (a cut multi-byte character or a different merge adds a few). Random weights emit
+    invalid byte sequences that re-encode to up to ~3x as many tokens: benchmarks on
+    random models use a margin of 3. A prompt that still exceeds its plan stops the run
+    with a message naming the rollout (never a silent cut).
     """
-    return budget + budget // 16 + 8
+    return int(budget * (1 + margin)) + 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,7 +239,8 @@ class _Host:
                         f"rollout {i} step {len(r.steps) + 1}: the {('reasoning', 'summary')[phase]}"
                         f" prompt has {len(ids)} tokens, more than the engine planned for "
                         f"({shape.prompt_width} prompt slots, {shape.cache_length} cache "
-                        "slots); re-encoding the generated text grew it past its bound")
+                        "slots): re-encoding the generated text grew it past the plan; raise "
+                        f"rc.prompt_margin (now {eng.prompt_margin:g}; random weights need ~3)")
                 if self.record_prompts:
                     (r.reasoning_prompt_ids if phase == REASON
                      else r.summary_prompt_ids).append(ids)
@@ -278,7 +285,8 @@ class RCEngine:
 
     def __init__(self, config: ModelConfig, tokenizer: Tokenizer, settings: RCSettings,
                  sampling: SamplingParams, *, slots: int = 8, scheduling: str = "continuous",
-                 refill_rows: int = 0, buckets: Buckets = Buckets(), mesh: Mesh | None = None,
+                 refill_rows: int = 0, prompt_margin: float = DEFAULT_PROMPT_MARGIN,
+                 buckets: Buckets = Buckets(), mesh: Mesh | None = None,
                  data_axes: tuple[str, ...] | None = None, param_shardings: Any = None,
                  summarizer_config: ModelConfig | None = None,
                  summarizer_tokenizer: Tokenizer | None = None,
@@ -288,6 +296,7 @@ class RCEngine:
         """slots: rows decoded together (rounded up to the mesh's batch shards).
         scheduling: 'continuous' (refill a slot as soon as its phase ends) or 'lockstep'.
         refill_rows: slots prefilled per prefill call (0: min(slots, 4)).
+        prompt_margin: planned re-encoding growth of generated text (see `text_bound`).
         summarizer_*: a second model that writes the summaries, with its own tokenizer
           (default: the reasoner's), sampling (default: the reasoner's) and shardings.
         stop_ids: ids that end a phase (default: each tokenizer's eos ids; an empty list
@@ -309,6 +318,9 @@ class RCEngine:
             batch_axes(mesh) if data_axes is None else data_axes)
         self.slots = buckets.batch(slots, multiple=batch_shards(mesh, self.data_axes))
         self.refill_rows = min(self.slots, refill_rows or 4)
+        if not prompt_margin >= 0:
+            raise ValueError(f"rc.prompt_margin must be >= 0, got {prompt_margin!r}")
+        self.prompt_margin = float(prompt_margin)
         self.prompts = PhasePrompts(tokenizer, settings.reasoning_template,
                                     settings.summary_template, settings.use_think_tags,
                                     summary_tokenizer=s_tok)
@@ -336,8 +348,8 @@ class RCEngine:
 
     def prompt_bounds(self, problem_tokens: int) -> dict[int, int]:
         """Longest prompt of each phase for problems of up to `problem_tokens` tokens."""
-        s = text_bound(self.settings.max_summary_tokens)
-        r = text_bound(self.settings.max_reasoning_tokens)
+        s = text_bound(self.settings.max_summary_tokens, self.prompt_margin)
+        r = text_bound(self.settings.max_reasoning_tokens, self.prompt_margin)
         slack = 8  # merges across the seams of template and fields
         return {REASON: self._constant(REASON) + problem_tokens + s + slack,
                 SUMMARIZE: self._constant(SUMMARIZE) + problem_tokens + s + r + slack}
@@ -349,9 +361,9 @@ class RCEngine:
         for pool in self.pools:
             width = self.buckets.prompt(max(bounds[ph] for ph in pool.phases))
             buffer = self.buckets.new_tokens(max(self.budgets[ph] for ph in pool.phases))
-            # Prompts sit at cache slot 0 whatever the prefill width, so the cache needs
-            # only the longest prompt plus its budget (not the prompt bucket).
-            cache = max(bounds[ph] + self.budgets[ph] for ph in pool.phases)
+            # At least the prompt bucket: its rounding is slack for prompts that re-encode
+            # longer than planned (free at the paper's scale, where buckets are 512-wide).
+            cache = max(max(bounds[ph] + self.budgets[ph] for ph in pool.phases), width)
             cache = -(-cache // 16) * 16
             if cache > self.buckets.max_cache_length:
                 raise ValueError(f"problems of {problem_tokens} tokens with H_R="
