@@ -70,6 +70,17 @@ def method_phases(c, tokenizer) -> list[Phase]:
                           cont, extra=bf.num_forcings * (cue + joins))]
         return [Phase("generation (with every continuation cue)", template, "reasoning", {},
                       bf.max_tokens, extra=cue * bf.num_forcings)]
+    if method == "delethink":
+        d = c.delethink
+        if d.max_chunks <= 1:
+            return [Phase("chunk", load_method_template(d.template, "solve"), "reasoning", {},
+                          d.chunk_tokens)]
+        # The longest prompt: the wrapped problem + the first m0 ids of chunk 0 (at most
+        # its C tokens) + the last m ids of the previous chunk; then C - m new tokens.
+        return [Phase("later chunk", load_method_template(d.template, "solve"), "reasoning",
+                      {"first tokens kept": min(d.keep_first, d.chunk_tokens),
+                       "last tokens kept": d.keep_last},
+                      d.chunk_tokens - d.keep_last)]
     phases = []
     if "baselines" in METHOD_SECTIONS.get(method, ()):
         phases.append(Phase("first attempt", solve, "reasoning", {}, h_r))
@@ -151,6 +162,7 @@ def _budget_fields(method: str) -> str:
         "rsa": "rc.max_reasoning_tokens, rc.max_summary_tokens, rsa.k, rsa.max_candidate_tokens",
         "self_refine": "rc.max_reasoning_tokens, self_refine.max_context_tokens",
         "self_verify": "rc.max_reasoning_tokens, self_verify.max_context_tokens",
+        "delethink": "delethink.chunk_tokens, delethink.keep_first",
     }.get(method, "rc.max_reasoning_tokens, rc.max_summary_tokens")
 
 

@@ -75,6 +75,7 @@ def test_budget_beyond_the_context_is_refused_for_every_method(tiny_tokenizer):
         if "continuation_tokens" in c.budget_forcing:
             c.budget_forcing.continuation_tokens = 32
         c.rsa.population, c.rsa.k, c.rsa.generations = 2, 2, 1
+        c.delethink.chunk_tokens, c.delethink.keep_last = 64, 32
         check_context(c, tiny_tokenizer, problems, context=4096)  # fits
         with pytest.raises(ValueError, match=rf"problem p1: the {method} .* phase needs up to "
                                              r"\d+ tokens .*, \d+ over the 120-token context"):

@@ -22,6 +22,18 @@ Definitions (step t, over the samples that reached step t):
 * tokens: mean per sample of prompt, reasoning and summary tokens at step t, and
   of the cumulative reasoning+summary tokens through step t. A mean is None when
   any sample at that step lacks the count: tokens are never approximated.
+* compute (``compute``; every method, from the recorded counts): per step, the tokens
+  *generated* (reasoning + summary), the tokens *prefilled* (the prompt of each phase:
+  prompt + summary_prompt; a phase that did not run prefills nothing), their cumulative
+  sum through step t (``cumulative_total`` = prefill + decode, the x axis of the
+  accuracy-vs-compute plot), and the *context*: the longest sequence any generation of
+  the step held, max(prompt + reasoning, summary_prompt + summary). A reasoning phase
+  that generated with no prompt of its own continued the previous step's sequence (the
+  autoregressive baseline's checkpoints): its context is that sequence's length plus the
+  new tokens. ``peak_context`` is the largest context through step t (mean and max over
+  samples). A missing summary_prompt count is 0 when the step generated no summary.
+  Population scaffolds (RSA) record counts summed over their members: their context is
+  an upper bound, the sum of the members' contexts.
 """
 from __future__ import annotations
 
@@ -45,6 +57,7 @@ class StepOutcome:
     prompt_tokens: int | None = None
     reasoning_tokens: int | None = None
     summary_tokens: int | None = None
+    summary_prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +166,61 @@ def cumulative_tokens(sample: SampleOutcome, step: int) -> int | None:
     return total
 
 
+@dataclass(frozen=True)
+class StepCompute:
+    """Compute accounting of one step of one rollout (see the module docstring)."""
+
+    prefill: int
+    decode: int
+    context: int
+    cumulative_total: int  # prefill + decode through this step
+    peak_context: int      # largest context through this step
+
+
+def compute_accounting(sample: SampleOutcome) -> list[StepCompute | None]:
+    """Per step of ``sample``: its compute, or None from the first step lacking a count."""
+    out: list[StepCompute | None] = []
+    total = peak = sequence = 0  # sequence: length of the reasoning sequence so far
+    for s in sample.steps:
+        summary_prompt = s.summary_prompt_tokens
+        if summary_prompt is None and s.summary_tokens == 0:
+            summary_prompt = 0  # no summary generated: no summary phase ran
+        counts = (s.prompt_tokens, s.reasoning_tokens, summary_prompt, s.summary_tokens)
+        if any(c is None for c in counts):
+            out += [None] * (len(sample.steps) - len(out))
+            break
+        prompt, reasoning, s_prompt, summary = counts  # type: ignore[misc]
+        if prompt > 0:
+            sequence = prompt + reasoning
+        elif reasoning > 0:
+            sequence += reasoning  # continued the previous step's sequence (no new prompt)
+        else:
+            sequence = 0  # no reasoning phase ran
+        context = max(sequence, s_prompt + summary)
+        total += prompt + s_prompt + reasoning + summary
+        peak = max(peak, context)
+        out.append(StepCompute(prompt + s_prompt, reasoning + summary, context, total, peak))
+    return out
+
+
+def _compute_means(present: Sequence[SampleOutcome], step: int) -> dict[str, float | None]:
+    rows = [compute_accounting(s)[step] for s in present]
+    known = [r for r in rows if r is not None]
+    full = len(known) == len(rows) and bool(rows)
+
+    def mean(name: str) -> float | None:
+        return sum(getattr(r, name) for r in known) / len(known) if full else None
+
+    return {
+        "prefill": mean("prefill"),
+        "decode": mean("decode"),
+        "context": mean("context"),
+        "cumulative_total": mean("cumulative_total"),
+        "peak_context": mean("peak_context"),
+        "max_peak_context": max(r.peak_context for r in known) if full else None,
+    }
+
+
 def step_metrics(samples: Sequence[SampleOutcome], step: int, ks: Sequence[int]) -> dict[str, Any]:
     """Metrics of one step (0-based) over the samples that have it."""
     present = [s for s in samples if len(s.steps) > step]
@@ -192,6 +260,7 @@ def step_metrics(samples: Sequence[SampleOutcome], step: int, ks: Sequence[int])
             "summary": _strict_mean([o.summary_tokens for o in steps]),
             "cumulative": _strict_mean([cumulative_tokens(s, step) for s in present]),
         },
+        "compute": _compute_means(present, step),
     }
 
 

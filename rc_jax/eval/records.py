@@ -3,8 +3,13 @@
 A record is one (problem, sample) rollout:
 ``problem, label, problem_id, sample_id, reasoning_store[T], summarization_store[T]``
 plus, in rc_jax's files, optional ``method``, ``token_counts`` ({"prompt", "reasoning",
-"summary"}: per-step ints) and ``finish_reasons``. Baselines (autoregressive,
-self-refine) write the same shape, possibly with an empty summarization_store.
+"summary_prompt", "summary"}: per-step ints) and ``finish_reasons``. Baselines
+(autoregressive, self-refine) write the same shape, possibly with an empty
+summarization_store.
+
+Step t's answer is read from ``reasoning_store[t]``, except in records with
+``answer_from = "trace"`` (Delethink: a step is one chunk of a longer trace), where it
+is read from the trace so far, ``reasoning_store[0..t]`` joined (`Rollout.answer_texts`).
 """
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ from typing import Any
 
 from rc_jax.data.jsonio import DataError, read_json_records
 
-TOKEN_KINDS = ("prompt", "reasoning", "summary")
+TOKEN_KINDS = ("prompt", "reasoning", "summary_prompt", "summary")
+ANSWER_FROM = ("step", "trace")  # record field `answer_from`; absent: "step"
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,13 @@ class Rollout:
     # rollout is graded as unreadable (no answer, incorrect) and listed in the report;
     # its texts hold U+FFFD where the bad characters were, so nothing downstream fails.
     unreadable: str | None = field(default=None, compare=False)
+    answer_from: str = "step"  # "trace": step t's answer is read from steps 0..t joined
+
+    def answer_texts(self) -> tuple[str, ...]:
+        """Per step, the text its answer is graded from (see the module docstring)."""
+        if self.answer_from != "trace":
+            return self.reasoning
+        return tuple("".join(self.reasoning[: t + 1]) for t in range(len(self.reasoning)))
 
     @property
     def num_steps(self) -> int:
@@ -117,6 +130,9 @@ def parse_rollout(record: dict[str, Any], where: str, default_sample_id: int) ->
     if label is None:
         raise DataError(f"{where}: missing field 'label' (the gold answer)")
     method = record.get("method")
+    answer_from = record.get("answer_from", "step")
+    if answer_from not in ANSWER_FROM:
+        raise DataError(f"{where}: field 'answer_from' must be one of {ANSWER_FROM}, got {answer_from!r}")
     finish = record.get("finish_reasons")
     bad: list[str] = []
     reasoning = _sanitize(_text_list(record["reasoning_store"], where, "reasoning_store"),
@@ -140,6 +156,7 @@ def parse_rollout(record: dict[str, Any], where: str, default_sample_id: int) ->
         unreadable=f"{where}: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
         if bad
         else None,
+        answer_from=answer_from,
     )
 
 

@@ -8,6 +8,9 @@ per-step metrics (``rc_jax.eval.metrics``) and writes to ``output_dir``:
   majority@k, mean tokens per step) plus notes and timed-out cases;
 * ``accuracy_vs_tokens.png`` - accuracy vs cumulative tokens, one line per input
   (inputs without complete token counts are left out, and the report says so);
+* ``accuracy_vs_compute.png`` - accuracy vs cumulative compute, prefill + decode tokens
+  (``rc_jax.eval.metrics.compute_accounting``: RC re-reads its prompts every step,
+  Delethink its carry-over), next to it;
 * ``accuracy_vs_step.png`` - accuracy vs RC step, one line per input;
 * ``metrics.json`` - everything above in machine-readable form;
 * ``graded.jsonl`` - one line per (input, problem, sample, step).
@@ -120,7 +123,7 @@ def _grade_all(
     """Grades per input, rollout, step. One batch for all inputs: shared cache, full parallelism."""
     # Unreadable records (text that is not valid Unicode) are not sent to the grader:
     # every step is graded "unreadable" (no answer, incorrect) and the report lists them.
-    items = [(text, r.label) for rs in rollouts for r in rs if not r.unreadable for text in r.reasoning]
+    items = [(text, r.label) for rs in rollouts for r in rs if not r.unreadable for text in r.answer_texts()]
     if isinstance(grader, MathVerifyGrader):
         flat = grader.grade_batch(items, progress=progress)
     else:
@@ -148,7 +151,8 @@ def _outcomes(
         steps = []
         for t, g in enumerate(gs):
             prompt, reasoning, summary = step_tokens(r, t, counter)
-            steps.append(StepOutcome(g.extracted, g.correct, g.timed_out, prompt, reasoning, summary))
+            steps.append(StepOutcome(g.extracted, g.correct, g.timed_out, prompt, reasoning, summary,
+                                     _count_at(r, "summary_prompt", t)))
         samples.append(SampleOutcome(str(r.problem_id), str(r.sample_id), tuple(steps)))
     return samples
 
@@ -208,16 +212,19 @@ def format_table(input_metrics: dict[str, Any]) -> str:
         + [f"pass@{k}" for k in ks]
         + [f"maj@{k}" for k in ks]
         + ["prompt tok", "reasoning tok", "summary tok", "cumulative tok"]
+        + ["prefill tok", "cumulative compute", "peak context"]
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for s in input_metrics["steps"]:
         acc = _pct(s["accuracy"]) + ("" if s["stderr"] is None else f" ± {100 * s['stderr']:.1f}")
         tok = s["mean_tokens"]
+        comp = s.get("compute") or {}
         row = (
             [str(s["step"]), str(s["num_samples"]), acc]
             + [_pct(s["pass_at_k"][str(k)]) for k in ks]
             + [_pct(s["majority_at_k"][str(k)]) for k in ks]
             + [_tok(tok["prompt"]), _tok(tok["reasoning"]), _tok(tok["summary"]), _tok(tok["cumulative"])]
+            + [_tok(comp.get("prefill")), _tok(comp.get("cumulative_total")), _tok(comp.get("peak_context"))]
         )
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -233,7 +240,9 @@ def format_report(metrics: dict[str, Any]) -> str:
             f"`{inp['path']}`: {inp['num_problems']} problems, {inp['num_samples']} samples, "
             f"up to {inp['max_steps']} steps. Accuracy: mean over problems of the fraction of correct "
             "samples; ± clustered standard error over problems. Tokens: mean per sample; cumulative = "
-            "reasoning + summary through the step.",
+            "reasoning + summary through the step; prefill = prompt tokens read by the step's phases; "
+            "cumulative compute = prefill + generated tokens through the step; peak context = the "
+            "longest sequence held through the step.",
             "",
             format_table(inp),
             "",
@@ -249,6 +258,8 @@ def format_report(metrics: dict[str, Any]) -> str:
     plots = metrics.get("outputs", {})
     if plots.get("accuracy_vs_tokens"):
         parts.append("![accuracy vs tokens](accuracy_vs_tokens.png)")
+    if plots.get("accuracy_vs_compute"):
+        parts.append("![accuracy vs compute](accuracy_vs_compute.png)")
     for note in metrics.get("plot_notes", []):
         parts.append(f"- {note}")
     return "\n".join(parts).rstrip() + "\n"
@@ -268,7 +279,12 @@ def _new_axes(xlabel: str):
 def _series(inp: dict[str, Any], x_key: str) -> tuple[list[float], list[float], list[float], list[int]]:
     xs, ys, es, steps = [], [], [], []
     for s in inp["steps"]:
-        x = s["step"] if x_key == "step" else s["mean_tokens"]["cumulative"]
+        if x_key == "step":
+            x = s["step"]
+        elif x_key == "compute":
+            x = (s.get("compute") or {}).get("cumulative_total")
+        else:
+            x = s["mean_tokens"]["cumulative"]
         if x is None or s["accuracy"] is None:
             continue
         xs.append(x)
@@ -279,30 +295,35 @@ def _series(inp: dict[str, Any], x_key: str) -> tuple[list[float], list[float], 
 
 
 def plot_accuracy(metrics: dict[str, Any], path: str | Path, x: str = "tokens") -> list[str]:
-    """Plot accuracy vs cumulative tokens (``x="tokens"``, log scale) or vs step.
+    """Plot accuracy vs cumulative tokens (``x="tokens"``, log scale), vs cumulative compute
+    (``x="compute"``: prefill + decode tokens, log scale) or vs step.
 
     One line per input, error bars = s.e., points annotated with their step.
     Returns the labels of the inputs that had data to plot; writes nothing if none.
     """
-    xlabel = "Total tokens spent (reasoning + summary, cumulative mean per sample)" if x == "tokens" else "RC step"
+    xlabel = {
+        "tokens": "Total tokens spent (reasoning + summary, cumulative mean per sample)",
+        "compute": "Total compute (prefill + decode tokens, cumulative mean per sample)",
+    }.get(x, "RC step")
     fig, ax = _new_axes(xlabel)
     plotted = []
     for inp in metrics["inputs"]:
-        xs, ys, es, steps = _series(inp, "step" if x == "step" else "tokens")
+        xs, ys, es, steps = _series(inp, x if x in ("step", "compute") else "tokens")
         if not xs:
             continue
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=inp["label"])
-        if x == "tokens":
+        if x != "step":
             for xi, yi, st in zip(xs, ys, steps):
                 ax.annotate(str(st), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
         plotted.append(inp["label"])
     if not plotted:
         return []
-    if x == "tokens":
-        positive = all(v > 0 for inp in metrics["inputs"] for v in _series(inp, "tokens")[0])
+    if x != "step":
+        positive = all(v > 0 for inp in metrics["inputs"] for v in _series(inp, x)[0])
         if positive:
             ax.set_xscale("log")
-        ax.set_title("Accuracy vs. total tokens (labels: step)")
+        ax.set_title("Accuracy vs. total tokens (labels: step)" if x == "tokens"
+                     else "Accuracy vs. total compute, prefill + decode (labels: step)")
     else:
         ax.set_title("Accuracy per step")
     ax.legend()
@@ -412,7 +433,8 @@ def _write_outputs(out: Path, metrics: dict[str, Any], graded_rows: list[dict[st
     outputs: dict[str, str | None] = {"metrics": str(out / "metrics.json"), "graded": str(out / "graded.jsonl")}
     plot_notes = []
     if plots:
-        for kind, name in (("tokens", "accuracy_vs_tokens.png"), ("step", "accuracy_vs_step.png")):
+        for kind, name in (("tokens", "accuracy_vs_tokens.png"), ("compute", "accuracy_vs_compute.png"),
+                           ("step", "accuracy_vs_step.png")):
             tmp = out / f".{name}.tmp.png"
             try:
                 plotted = plot_accuracy(metrics, tmp, x=kind)
@@ -421,11 +443,11 @@ def _write_outputs(out: Path, metrics: dict[str, Any], graded_rows: list[dict[st
             finally:
                 tmp.unlink(missing_ok=True)
             outputs[f"accuracy_vs_{kind}"] = str(out / name) if plotted else None
-            if kind == "tokens":
+            if kind in ("tokens", "compute"):
                 left_out = [i["label"] for i in metrics["inputs"] if i["label"] not in plotted]
                 if left_out:
                     plot_notes.append(
-                        f"not in the tokens plot (no complete token counts): {', '.join(left_out)}"
+                        f"not in the {kind} plot (no complete token counts): {', '.join(left_out)}"
                     )
     outputs["report"] = str(out / "report.md")
     metrics["outputs"] = outputs

@@ -9,6 +9,8 @@ Every method is a `runner(problems, keys, ctx) -> list[MethodRollout]` (see
   self_verify      each step verifies and corrects the previous attempt
   budget_forcing   s1 as the paper ran it: segments, each continuing the last after a cue
   rsa              recursive self-aggregation (a population scaffold, `scaffold.py`)
+  delethink        Markovian thinking: fixed-size chunks, each prompted with the problem
+                   plus a few carried-over tokens (`delethink.py`)
 
 Every prompt is text chat-wrapped by `Tokenizer.phase_prompt` and tokenized whole;
 records store each phase's raw generation next to its cleaned text (`base.py`).
@@ -32,6 +34,7 @@ METHOD_MODULES = {
     "self_verify": "rc_jax.methods.refine",
     "budget_forcing": "rc_jax.methods.budget_forcing",
     "rsa": "rc_jax.methods.rsa",
+    "delethink": "rc_jax.methods.delethink",
 }
 
 METHODS: dict[str, Runner] = {}  # filled as method modules are imported

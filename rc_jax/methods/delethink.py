@@ -1,0 +1,119 @@
+"""Delethink (Markovian thinking): reason in fixed-size chunks, carry a few tokens over.
+
+The method of "The Markovian Thinker" (Aghajohari, Chitsaz, Kazemnejad et al., McGill-NLP /
+Mila, arXiv 2510.06557), RC's closest rival: bounded-context reasoning without a summary
+call. rc_jax follows the construction of the authors' released inference code:
+
+* The *head* is the solve prompt (`delethink.template`, kind `solve`, filled with the
+  problem) chat-wrapped by the one rule of every method, `Tokenizer.phase_prompt`
+  (`enable_thinking = rc.use_think_tags`; generation prompt on, so the head ends inside
+  the assistant turn), and tokenized whole.
+* Chunk 0 is sampled from the head with a budget of `delethink.chunk_tokens` (C) tokens.
+* Every later chunk k is sampled from token ids, not re-wrapped text:
+
+      head ids + the first m0 ids of chunk 0 + the last m ids of chunk k - 1
+
+  (m0 = `delethink.keep_first`, m = `delethink.keep_last`), all sitting in the assistant
+  turn right after the head, with a budget of C - m tokens, so a chunk's thinking
+  context (carry-over plus new tokens) never exceeds m0 + C. The first m0 tokens are
+  taken from chunk 0 only (they are the first m0 tokens of the whole trace whenever
+  C >= m0; with C < m0 all of chunk 0). A span longer than the chunk keeps the whole
+  chunk; 0 keeps nothing.
+* The trace ends when a chunk ends on a stop token (the model finished its answer before
+  the budget ran out) or after `delethink.max_chunks` chunks.
+
+Records (a step = a chunk, `delethink.max_chunks` steps): `reasoning_store[k]` is chunk k's
+raw decoded generation (special tokens skipped); the per-step answer is read from the
+trace so far, chunks 0..k joined (the record field `answer_from = "trace"` tells
+`rc_jax.eval` so; other methods grade step k from `reasoning_store[k]` alone).
+`reasoning_clean[k]` is the decoded text chunk k hands on (its last m tokens; "" when no
+chunk follows), `delethink_first` the decoded first-m0 prefix every later chunk sees.
+`token_counts.prompt[k]` is the chunk's prompt length (all of it is prefilled again: the
+context is reset at every chunk boundary), `token_counts.reasoning[k]` its length. Steps
+after the trace ended hold "", 0 tokens and the last finish reason. Chunk k samples with
+fold_in(row key, k).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from rc_jax.methods import register
+from rc_jax.methods.base import MethodContext, MethodRollout, fold
+from rc_jax.methods.prompts import load_method_template
+
+ANSWER_FROM_TRACE = "trace"  # record field `answer_from`: grade step k from chunks 0..k
+
+
+def first_span(chunk0: Sequence[int], keep_first: int) -> list[int]:
+    """The first `keep_first` ids of the first chunk (all of it when shorter; 0: none)."""
+    return list(chunk0[:max(int(keep_first), 0)])
+
+
+def last_span(chunk: Sequence[int], keep_last: int) -> list[int]:
+    """The last `keep_last` ids of a chunk (all of it when shorter; 0: none)."""
+    return list(chunk[-int(keep_last):]) if keep_last > 0 else []
+
+
+def chunk_prompt(head: Sequence[int], chunks: Sequence[Sequence[int]], keep_first: int,
+                 keep_last: int) -> list[int]:
+    """Ids of the prompt of the chunk after `chunks` (the trace's chunks so far, as ids).
+
+    No chunks yet: the head alone. Otherwise head + first m0 ids of chunk 0 + last m
+    ids of the latest chunk.
+    """
+    if not chunks:
+        return list(head)
+    return list(head) + first_span(chunks[0], keep_first) + last_span(chunks[-1], keep_last)
+
+
+def chunk_budget(chunk_tokens: int, keep_last: int, index: int) -> int:
+    """New tokens chunk `index` may generate: C for the first, C - m for every later one."""
+    return int(chunk_tokens) if index == 0 else int(chunk_tokens) - int(keep_last)
+
+
+def trace_answer_texts(chunks: Sequence[str]) -> list[str]:
+    """The text step k's answer is read from: chunks 0..k joined (the trace so far)."""
+    out, text = [], ""
+    for chunk in chunks:
+        text += chunk
+        out.append(text)
+    return out
+
+
+@register("delethink")
+def run_delethink(problems: Sequence[str], keys: np.ndarray,
+                  ctx: MethodContext) -> list[MethodRollout]:
+    c = ctx.config.delethink
+    template = load_method_template(c.template, "solve")
+    heads = [ctx.prompt(template.format(problem=p)) for p in ctx.check_problems(problems)]
+    chunks: list[list[list[int]]] = [[] for _ in problems]
+    live = [True] * len(problems)
+    outs = [MethodRollout(method_fields={"answer_from": ANSWER_FROM_TRACE,
+                                         "delethink_first": ""}) for _ in problems]
+    keys = np.asarray(keys)
+    for k in range(c.max_chunks):
+        rows = [i for i in range(len(problems)) if live[i]]
+        prompts = {i: chunk_prompt(heads[i], chunks[i], c.keep_first, c.keep_last)
+                   for i in rows}
+        if rows:
+            res = ctx.generate([prompts[i] for i in rows],
+                               chunk_budget(c.chunk_tokens, c.keep_last, k), fold(keys[rows], k))
+        for i, r in enumerate(outs):
+            if i not in prompts:  # the trace ended at an earlier chunk
+                r.add_step("", "", [], 0, 0, r.reasoning_finish[-1])
+                if ctx.record_prompts:
+                    r.prompts.append([])
+                continue
+            j = rows.index(i)
+            ids, finish = list(res.tokens[j]), res.finish_reasons[j]
+            chunks[i].append(ids)
+            if k == 0:
+                r.method_fields["delethink_first"] = ctx.decode(first_span(ids, c.keep_first))
+            live[i] = finish != "stop" and k + 1 < c.max_chunks
+            handed = ctx.decode(last_span(ids, c.keep_last)) if live[i] else ""
+            r.add_step(ctx.decode(ids), handed, ids, len(prompts[i]), len(ids), finish)
+            if ctx.record_prompts:
+                r.prompts.append([prompts[i]])
+    return outs
