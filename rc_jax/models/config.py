@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2", "llama")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_IMPLS = ("auto", "dense", "blockwise", "cudnn", "pallas")  # see models.attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,7 @@ class ModelConfig:
     param_dtype: str = "float32"  # stored parameters
     remat_policy: str = "none"    # one of REMAT_POLICIES; 'full' for training long sequences
     scan_layers: bool = True
+    attention: str = "auto"       # one of ATTENTION_IMPLS (rc_jax.models.attention)
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -58,6 +60,8 @@ class ModelConfig:
             raise ValueError(f"head_dim ({self.head_dim}) must be even for rotary embeddings")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy {self.remat_policy!r} unknown; choose from {REMAT_POLICIES}")
+        if self.attention not in ATTENTION_IMPLS:
+            raise ValueError(f"attention {self.attention!r} unknown; choose from {ATTENTION_IMPLS}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"{name} must be float32, bfloat16 or float16, got {getattr(self, name)!r}")

@@ -26,6 +26,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from rc_jax.models.attention import attend
 from rc_jax.models.config import ModelConfig
 
 Params = Any  # nested dict of arrays
@@ -221,12 +222,9 @@ class Attention(nn.Module):
                 start = (0, index, 0, 0)
                 layer_k = jax.lax.dynamic_update_slice(layer_k, kk.astype(layer_k.dtype), start)
                 layer_v = jax.lax.dynamic_update_slice(layer_v, vv.astype(layer_v.dtype), start)
-            qg = q.reshape(b, s, k, g, d)
-            scores = jnp.einsum("bskgd,bckd->bkgsc", qg, layer_k.astype(dt),
-                                preferred_element_type=jnp.float32) * (d ** -0.5)
-            scores = jnp.where(ctx["mask"][:, None, None], scores, _MASK_VALUE)
-            probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-            out = jnp.einsum("bkgsc,bckd->bskgd", probs, layer_v.astype(dt))
+            # cfg.attention: dense | blockwise | cudnn | pallas | auto (rc_jax.models.attention)
+            out = attend(q.reshape(b, s, k, g, d), layer_k, layer_v, ctx["mask"],
+                         impl=cfg.attention)
             out = out.reshape(b, s, h * d)
         else:  # decode form: keys [B*K, D, C], values [B*K, C, D]
             c = layer_k.shape[-1]

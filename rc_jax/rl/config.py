@@ -42,6 +42,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"        # activations / matmuls
     c.model.param_dtype = "float32"   # trained parameters and optimizer state
     c.model.remat_policy = "full"     # jax.checkpoint per layer: none|full|dots|dots_no_batch
+    c.model.attention = "auto"        # auto|dense|blockwise|cudnn|pallas (rc_jax.models.attention)
     c.model.max_cache_length = 1 << 17
 
     c.tokenizer = ml_collections.ConfigDict()
@@ -210,6 +211,9 @@ def validate(c: ml_collections.ConfigDict, device_count: int | None = None,
     if c.model.remat_policy not in REMAT_POLICIES:
         _fail("model.remat_policy", f"must be one of {REMAT_POLICIES}, got "
               f"{c.model.remat_policy!r}")
+    from rc_jax.models.config import ATTENTION_IMPLS
+    if c.model.attention not in ATTENTION_IMPLS:
+        _fail("model.attention", f"must be one of {ATTENTION_IMPLS}, got {c.model.attention!r}")
     if c.rl.reference_path and not Path(c.rl.reference_path).is_dir():
         _fail("rl.reference_path", f"directory {c.rl.reference_path!r} does not exist")
     if not c.data.source:
@@ -398,7 +402,8 @@ def _validate_batch_layout(c: ml_collections.ConfigDict, device_count: int | Non
 
 # Fields added after runs were checkpointed: left out of the hash at their default, so
 # those runs still resume.
-_ADDED_LATER = {"rl.kl_coef_summary": -1.0, "rl.microbatch_agg_shards": 0}
+_ADDED_LATER = {"rl.kl_coef_summary": -1.0, "rl.microbatch_agg_shards": 0,
+                "model.attention": "auto"}
 
 
 def semantic_dict(c: ml_collections.ConfigDict) -> dict:

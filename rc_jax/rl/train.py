@@ -171,7 +171,8 @@ class Trainer:
 
     def _overrides(self) -> dict[str, Any]:
         m = self.c.model
-        return {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat_policy": m.remat_policy}
+        return {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat_policy": m.remat_policy,
+                "attention": m.get("attention", "auto")}
 
     def _load_model(self, model):
         from rc_jax.models import ModelConfig, load_hf_checkpoint

@@ -1,0 +1,286 @@
+"""Grouped-query attention with selectable implementations (`ModelConfig.attention`).
+
+One entry point, `attend(q, k, v, mask, impl=...)`, computes softmax(q k^T / sqrt(D)) v
+with a boolean mask, for queries grouped by key/value head (GQA without repeating K/V):
+
+  q: [B, S, K, G, D]   queries (G = query heads per kv head)
+  k, v: [B, C, K, D]   keys / values (a layer of the stacked cache)
+  mask: [B, S, C] bool True where query s may attend slot c (causal, padding and the
+        per-row cache write index are all encoded in it; see `qwen3.attention_mask`)
+  returns [B, S, K, G, D] in q's dtype.
+
+Implementations:
+  dense      the reference: float32 scores [B, K, G, S, C], softmax, one matmul each way.
+  blockwise  pure-JAX flash attention: online softmax over key blocks with a custom VJP
+             (the FlashAttention-2 backward, which recomputes each block's scores from the
+             saved log-sum-exp), so neither the forward nor the backward holds more than
+             [block_q, block_k] scores per head. Blocks whose mask is all False (e.g. above
+             the causal diagonal) are skipped with `lax.cond`. Works on every backend.
+  cudnn      `jax.nn.dot_product_attention(implementation="cudnn")` (GPU, bf16/fp16).
+  pallas     the Pallas TPU flash-attention kernel shipped with JAX
+             (`jax.experimental.pallas.ops.tpu.flash_attention`), TPU only.
+  auto       `resolve()` picks: TPU pallas, GPU cudnn (bf16/fp16), else dense for short
+             inputs and blockwise for long ones.
+
+Rows whose mask is entirely False (left-padding queries) produce a uniform average in
+`dense` and zeros in `blockwise`; such rows are never read by real tokens.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from rc_jax.models.config import ATTENTION_IMPLS
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully-masked rows stay NaN-free
+# `auto` on CPU: dense while its float32 scores per layer stay below this many elements
+# (B*H*S*C); beyond, blockwise.
+AUTO_DENSE_MAX_SCORES = 1 << 24
+DEFAULT_BLOCK_Q = 512
+DEFAULT_BLOCK_K = 512
+
+
+def resolve(impl: str, q_shape: tuple[int, ...], c: int, dtype: Any,
+            backend: str | None = None) -> str:
+    """The implementation `impl` means for these shapes on `backend` (default: jax's)."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention implementation {impl!r} unknown; choose from "
+                         f"{ATTENTION_IMPLS}")
+    if impl != "auto":
+        return impl
+    backend = backend or jax.default_backend()
+    b, s, k, g, _ = q_shape
+    if backend == "tpu" and _pallas_available():
+        return "pallas"
+    if backend in ("gpu", "cuda", "rocm") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    if backend == "cpu" and b * k * g * s * c <= AUTO_DENSE_MAX_SCORES:
+        return "dense"
+    return "blockwise"
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
+           impl: str = "dense", block_q: int | None = None,
+           block_k: int | None = None) -> jax.Array:
+    """Masked GQA attention; shapes in the module docstring. `impl`: ATTENTION_IMPLS.
+    Block sizes default to DEFAULT_BLOCK_Q / DEFAULT_BLOCK_K, read at trace time."""
+    impl = resolve(impl, q.shape, k.shape[1], q.dtype)
+    if impl == "dense":
+        return dense_attention(q, k, v, mask)
+    if impl == "blockwise":
+        return blockwise_attention(q, k, v, mask, block_q=block_q or DEFAULT_BLOCK_Q,
+                                   block_k=block_k or DEFAULT_BLOCK_K)
+    if impl == "cudnn":
+        return cudnn_attention(q, k, v, mask)
+    return pallas_attention(q, k, v, mask)
+
+
+# ------------------------------------------------------------------------------- dense
+def dense_attention(q, k, v, mask):
+    """The reference (and qwen3's historical) form: float32 scores [B, K, G, S, C]."""
+    dt, d = q.dtype, q.shape[-1]
+    scores = jnp.einsum("bskgd,bckd->bkgsc", q, k.astype(dt),
+                        preferred_element_type=jnp.float32) * (d ** -0.5)
+    scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    return jnp.einsum("bkgsc,bckd->bskgd", probs, v.astype(dt))
+
+
+# --------------------------------------------------------------------------- blockwise
+def blockwise_attention(q, k, v, mask, *, block_q: int = DEFAULT_BLOCK_Q,
+                        block_k: int = DEFAULT_BLOCK_K):
+    """Flash-style attention; see the module docstring. Lengths that are not a multiple of
+    the block are padded (padded keys are masked, padded query rows dropped)."""
+    b, s, kh, g, d = q.shape
+    c = k.shape[1]
+    bq, bk = min(block_q, s), min(block_k, c)
+    ps, pc = -s % bq, -c % bk
+    k, v = k.astype(q.dtype), v.astype(q.dtype)
+    if ps or pc:
+        q = jnp.pad(q, ((0, 0), (0, ps), (0, 0), (0, 0), (0, 0)))
+        mask = jnp.pad(mask, ((0, 0), (0, ps), (0, pc)))
+    if pc:
+        k = jnp.pad(k, ((0, 0), (0, pc), (0, 0), (0, 0)))
+        v = jnp.pad(v, ((0, 0), (0, pc), (0, 0), (0, 0)))
+    out = _flash(q, k, v, mask, bq, bk)
+    return out[:, :s] if ps else out
+
+
+def _scores(qb, kb, mb):
+    """Masked float32 scores [B, K, G, bq, bk] of a query block and a key block."""
+    d = qb.shape[-1]
+    sc = jnp.einsum("bqkgd,bckd->bkgqc", qb, kb,
+                    preferred_element_type=jnp.float32) * (d ** -0.5)
+    return jnp.where(mb[:, None, None], sc, _MASK_VALUE)
+
+
+def _flash_forward(q, k, v, mask, bq, bk):
+    """(out [B, S, K, G, D] in q.dtype, lse [B, K, G, S] float32)."""
+    b, s, kh, g, d = q.shape
+    c = k.shape[1]
+    dt = q.dtype
+    nq, nk = s // bq, c // bk
+
+    def q_block(i):
+        qb = jax.lax.dynamic_slice_in_dim(q, i * bq, bq, axis=1)
+        mq = jax.lax.dynamic_slice_in_dim(mask, i * bq, bq, axis=1)
+
+        def k_step(carry, j):
+            mb = jax.lax.dynamic_slice_in_dim(mq, j * bk, bk, axis=2)
+
+            def update(carry):
+                m, l, acc = carry
+                kb = jax.lax.dynamic_slice_in_dim(k, j * bk, bk, axis=1)
+                vb = jax.lax.dynamic_slice_in_dim(v, j * bk, bk, axis=1)
+                sc = _scores(qb, kb, mb)
+                m_new = jnp.maximum(m, sc.max(axis=-1))
+                p = jnp.where(mb[:, None, None], jnp.exp(sc - m_new[..., None]), 0.0)
+                alpha = jnp.exp(m - m_new)
+                l = l * alpha + p.sum(axis=-1)
+                pv = jnp.einsum("bkgqc,bckd->bkgqd", p.astype(dt), vb,
+                                preferred_element_type=jnp.float32)
+                return m_new, l, acc * alpha[..., None] + pv
+
+            return jax.lax.cond(mb.any(), update, lambda x: x, carry), None
+
+        init = (jnp.full((b, kh, g, bq), _MASK_VALUE, jnp.float32),
+                jnp.zeros((b, kh, g, bq), jnp.float32),
+                jnp.zeros((b, kh, g, bq, d), jnp.float32))
+        (m, l, acc), _ = jax.lax.scan(k_step, init, jnp.arange(nk))
+        out = acc / jnp.where(l == 0, 1.0, l)[..., None]
+        lse = m + jnp.log(jnp.maximum(l, jnp.finfo(jnp.float32).tiny))
+        return out.astype(dt).transpose(0, 3, 1, 2, 4), lse  # [B, bq, K, G, D]
+
+    outs, lses = jax.lax.map(q_block, jnp.arange(nq))  # [nq, B, bq, K, G, D], [nq, B, K, G, bq]
+    out = outs.transpose(1, 0, 2, 3, 4, 5).reshape(b, s, kh, g, d)
+    lse = lses.transpose(1, 2, 3, 0, 4).reshape(b, kh, g, s)
+    return out, lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _flash(q, k, v, mask, bq, bk):
+    return _flash_forward(q, k, v, mask, bq, bk)[0]
+
+
+def _flash_fwd(q, k, v, mask, bq, bk):
+    out, lse = _flash_forward(q, k, v, mask, bq, bk)
+    return out, (q, k, v, mask, out, lse)
+
+
+def _flash_bwd(bq, bk, res, dout):
+    """FlashAttention-2 backward: outer loop over key blocks (accumulating dK, dV of the
+    block), inner loop over query blocks (accumulating into dQ); each block's
+    probabilities are recomputed from the saved log-sum-exp."""
+    q, k, v, mask, out, lse = res
+    b, s, kh, g, d = q.shape
+    c = k.shape[1]
+    dt = q.dtype
+    nq, nk = s // bq, c // bk
+    scale = d ** -0.5
+    # delta_i = sum_d dO * O, [B, K, G, S]
+    delta = jnp.einsum("bskgd,bskgd->bkgs", dout.astype(jnp.float32), out.astype(jnp.float32))
+    dout = dout.astype(dt)
+
+    def k_block(dq, j):
+        kb = jax.lax.dynamic_slice_in_dim(k, j * bk, bk, axis=1)
+        vb = jax.lax.dynamic_slice_in_dim(v, j * bk, bk, axis=1)
+        mk = jax.lax.dynamic_slice_in_dim(mask, j * bk, bk, axis=2)
+
+        def q_step(carry, i):
+            mb = jax.lax.dynamic_slice_in_dim(mk, i * bq, bq, axis=1)
+
+            def update(carry):
+                dq, dk, dv = carry
+                qb = jax.lax.dynamic_slice_in_dim(q, i * bq, bq, axis=1)
+                dob = jax.lax.dynamic_slice_in_dim(dout, i * bq, bq, axis=1)
+                lb = jax.lax.dynamic_slice_in_dim(lse, i * bq, bq, axis=3)
+                db = jax.lax.dynamic_slice_in_dim(delta, i * bq, bq, axis=3)
+                sc = _scores(qb, kb, mb)
+                p = jnp.where(mb[:, None, None], jnp.exp(sc - lb[..., None]), 0.0)
+                dv = dv + jnp.einsum("bkgqc,bqkgd->bckd", p.astype(dt), dob,
+                                     preferred_element_type=jnp.float32)
+                dp = jnp.einsum("bqkgd,bckd->bkgqc", dob, vb,
+                                preferred_element_type=jnp.float32)
+                ds = (p * (dp - db[..., None]) * scale).astype(dt)
+                dk = dk + jnp.einsum("bkgqc,bqkgd->bckd", ds, qb,
+                                     preferred_element_type=jnp.float32)
+                dqb = jnp.einsum("bkgqc,bckd->bqkgd", ds, kb,
+                                 preferred_element_type=jnp.float32)
+                old = jax.lax.dynamic_slice_in_dim(dq, i * bq, bq, axis=1)
+                dq = jax.lax.dynamic_update_slice_in_dim(dq, old + dqb, i * bq, axis=1)
+                return dq, dk, dv
+
+            return jax.lax.cond(mb.any(), update, lambda x: x, carry), None
+
+        init = (dq, jnp.zeros((b, bk, kh, d), jnp.float32),
+                jnp.zeros((b, bk, kh, d), jnp.float32))
+        (dq, dk, dv), _ = jax.lax.scan(q_step, init, jnp.arange(nq))
+        return dq, (dk, dv)
+
+    dq, (dks, dvs) = jax.lax.scan(k_block, jnp.zeros(q.shape, jnp.float32), jnp.arange(nk))
+    dk = dks.transpose(1, 0, 2, 3, 4).reshape(b, c, kh, d)
+    dv = dvs.transpose(1, 0, 2, 3, 4).reshape(b, c, kh, d)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+# ------------------------------------------------------------------------------ fused
+def cudnn_attention(q, k, v, mask):
+    """cuDNN flash attention through `jax.nn.dot_product_attention` (GPU, bf16/fp16).
+
+    The general mask is passed as cuDNN's mask operand (it becomes a bias of [B, 1, S, C]),
+    which handles left padding, chunked prefill and per-row write indices alike."""
+    if jax.default_backend() not in ("gpu", "cuda"):
+        raise ValueError(f"model.attention='cudnn' needs a CUDA GPU; the JAX backend is "
+                         f"{jax.default_backend()!r} (use 'auto', 'blockwise' or 'dense')")
+    if q.dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(f"model.attention='cudnn' needs bfloat16 or float16 activations, "
+                         f"got {q.dtype} (set model.dtype, or use 'blockwise')")
+    b, s, kh, g, d = q.shape
+    out = jax.nn.dot_product_attention(
+        q.reshape(b, s, kh * g, d), k.astype(q.dtype), v.astype(q.dtype),
+        mask=mask[:, None], implementation="cudnn")
+    return out.reshape(b, s, kh, g, d)
+
+
+def _pallas_available() -> bool:
+    try:
+        from jax.experimental.pallas.ops.tpu import flash_attention  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import problem means "not available"
+        return False
+    return True
+
+
+def pallas_attention(q, k, v, mask, *, interpret: bool = False):
+    """The Pallas TPU flash-attention kernel (`interpret`: run it in Pallas' TPU interpret
+    mode, e.g. on CPU in tests). The kernel has no GQA (K/V are repeated per query head)
+    and no general mask: the mask goes in as its additive bias `ab` [B, H, S, C], which
+    the kernel reads block by block but which is itself as large as dense scores (a
+    segment-ids + causal-offset form would avoid it; not done yet). Lengths are padded
+    to multiples of 128 (the kernel's block)."""
+    if jax.default_backend() != "tpu" and not interpret:
+        raise ValueError(f"model.attention='pallas' runs the Pallas TPU kernel and needs a "
+                         f"TPU; the JAX backend is {jax.default_backend()!r} (use 'auto', "
+                         "'blockwise' or 'dense')")
+    from jax.experimental.pallas.ops.tpu.flash_attention import flash_attention
+    b, s, kh, g, d = q.shape
+    c = k.shape[1]
+    ps, pc = -s % 128, -c % 128
+    qh = jnp.pad(q.reshape(b, s, kh * g, d), ((0, 0), (0, ps), (0, 0), (0, 0)))
+    qh = qh.transpose(0, 2, 1, 3)
+    kv = [jnp.pad(jnp.repeat(x.astype(q.dtype), g, axis=2), ((0, 0), (0, pc), (0, 0), (0, 0)))
+          .transpose(0, 2, 1, 3) for x in (k, v)]
+    mask = jnp.pad(mask, ((0, 0), (0, ps), (0, pc)))
+    bias = jnp.broadcast_to(jnp.where(mask, 0.0, _MASK_VALUE)[:, None].astype(jnp.float32),
+                            (b, kh * g, s + ps, c + pc))
+    if interpret:
+        from jax.experimental.pallas import tpu as pltpu
+        with pltpu.force_tpu_interpret_mode():
+            out = flash_attention(qh, kv[0], kv[1], ab=bias, sm_scale=d ** -0.5)
+    else:
+        out = flash_attention(qh, kv[0], kv[1], ab=bias, sm_scale=d ** -0.5)
+    return out.transpose(0, 2, 1, 3)[:, :s].reshape(b, s, kh, g, d)

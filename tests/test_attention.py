@@ -1,0 +1,266 @@
+"""Attention implementations (rc_jax.models.attention): blockwise == dense in float32 for
+outputs and gradients (kernel and whole model: left padding, GQA, odd lengths, chunked
+prefill, per-row cache index, decode form), greedy parity with transformers on blockwise,
+the Pallas kernel in interpret mode, and the fused kernels on accelerators."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import randomize, tiny_config
+from rc_jax.models import attention as attn
+from rc_jax.models import forward, init_params, qwen3
+from rc_jax.models.config import ModelConfig
+
+RTOL = 1e-5  # max |a - b| / max |a|
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    """Blocks far smaller than the sequences, so every test crosses block boundaries
+    (and a last, padded block: 37 % 8, 53 % 16 != 0)."""
+    monkeypatch.setattr(attn, "DEFAULT_BLOCK_Q", 8)
+    monkeypatch.setattr(attn, "DEFAULT_BLOCK_K", 16)
+
+
+def _rel(a, b, where=None):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if where is not None:
+        a, b = a[where], b[where]
+    return np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)
+
+
+def _kernel_inputs(b=2, s=37, c=53, k=2, g=3, d=16, seed=0):
+    r = np.random.default_rng(seed)
+    q = jnp.asarray(r.normal(size=(b, s, k, g, d)), jnp.float32)
+    kk = jnp.asarray(r.normal(size=(b, c, k, d)), jnp.float32)
+    vv = jnp.asarray(r.normal(size=(b, c, k, d)), jnp.float32)
+    valid = np.ones((b, c), bool)
+    valid[-1, :10] = False  # left padding of the last row
+    index = c - s - 5 * np.arange(b)  # per-row write index (row i leaves 5i slots unused)
+    query_slots = index[:, None] + np.arange(s)[None]
+    mask = valid[:, None, :] & (np.arange(c)[None, None, :] <= query_slots[:, :, None])
+    return q, kk, vv, jnp.asarray(mask)
+
+
+def test_blockwise_kernel_equals_dense_values_and_gradients():
+    q, k, v, mask = _kernel_inputs()
+    real = np.asarray(mask.any(-1))  # fully masked query rows differ by design (0 vs mean)
+    dense = attn.dense_attention(q, k, v, mask)
+    block = attn.blockwise_attention(q, k, v, mask, block_q=8, block_k=16)
+    assert _rel(dense, block, real) <= RTOL
+    w = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
+    w = w * real[:, :, None, None, None]
+
+    def loss(fn):
+        return lambda q, k, v: (fn(q, k, v) * w).sum()
+
+    gd = jax.grad(loss(lambda q, k, v: attn.dense_attention(q, k, v, mask)), (0, 1, 2))(q, k, v)
+    gb = jax.grad(loss(lambda q, k, v: attn.blockwise_attention(q, k, v, mask, block_q=8,
+                                                                 block_k=16)),
+                  (0, 1, 2))(q, k, v)
+    for name, a, b in zip("qkv", gd, gb):
+        assert _rel(a, b) <= RTOL, name
+
+
+def test_blockwise_skips_nothing_it_needs_when_whole_blocks_are_masked():
+    # Row 0 sees only its first 3 keys: every later key block is skipped by lax.cond.
+    q, k, v, _ = _kernel_inputs(b=1, s=20, c=40)
+    mask = jnp.zeros((1, 20, 40), bool).at[:, :, :3].set(True)
+    out = attn.blockwise_attention(q, k, v, mask, block_q=8, block_k=8)
+    assert _rel(attn.dense_attention(q, k, v, mask), out) <= RTOL
+
+
+def _cfg(impl, **kw):
+    return tiny_config("qwen3", attention=impl, **kw)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return randomize(init_params(tiny_config("qwen3"), jax.random.PRNGKey(0)), 0)
+
+
+def _padded(lengths=(37, 30, 1), width=37, seed=0):
+    r = np.random.default_rng(seed)
+    tokens = np.zeros((len(lengths), width), np.int32)
+    mask = np.zeros((len(lengths), width), bool)
+    for i, n in enumerate(lengths):
+        tokens[i, width - n:] = r.integers(3, 150, n)
+        mask[i, width - n:] = True
+    return jnp.asarray(tokens), jnp.asarray(mask)
+
+
+def test_model_logits_and_parameter_gradients_match_dense(params):
+    tokens, mask = _padded()
+    positions = qwen3.positions_from_mask(mask)
+
+    def loss(p, cfg):
+        logits, _ = forward(p, cfg, tokens, positions, token_mask=mask)
+        logp = jax.nn.log_softmax(logits[:, :-1], -1)
+        nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
+        # Only real positions predict (a padding query attends to nothing: dense returns
+        # a uniform average there, blockwise zeros; no real token ever reads either).
+        return (nll * (mask[:, :-1] & mask[:, 1:])).sum(), logits
+
+    results = {}
+    for impl in ("dense", "blockwise"):
+        (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True),
+                                     static_argnums=1)(params, _cfg(impl))
+        results[impl] = logits, grads
+    (ld, gd), (lb, gb) = results["dense"], results["blockwise"]
+    assert _rel(ld, lb, np.asarray(mask)) <= RTOL
+    for path, a in jax.tree_util.tree_leaves_with_path(gd):
+        b = _get(gb, path)
+        assert _rel(a, b) <= RTOL, jax.tree_util.keystr(path)
+
+
+def _get(tree, path):
+    for key in path:
+        tree = tree[key.key]
+    return tree
+
+
+def test_remat_training_config_matches_dense(params):
+    """The training setting (remat_policy=full) differentiates through the custom VJP."""
+    tokens, mask = _padded((21, 13))
+    positions = qwen3.positions_from_mask(mask)
+
+    def loss(p, cfg):
+        logits, _ = forward(p, cfg, tokens, positions, token_mask=mask)
+        return (logits * mask[..., None]).sum()
+
+    gd = jax.grad(loss)(params, _cfg("dense", remat_policy="full"))
+    gb = jax.grad(loss)(params, _cfg("blockwise", remat_policy="full"))
+    for path, a in jax.tree_util.tree_leaves_with_path(gd):
+        assert _rel(a, _get(gb, path)) <= RTOL, jax.tree_util.keystr(path)
+
+
+def test_chunked_prefill_cache_and_decode_forms_match_dense(params):
+    from rc_jax.sampling.core import prefill
+    tokens, mask = _padded((32, 29, 12), width=32, seed=2)
+    out = {}
+    for impl in ("dense", "blockwise"):
+        cfg = _cfg(impl)
+        last, cache = prefill(params, cfg, tokens, mask, 45, chunk=8)
+        pos = mask.sum(1, keepdims=True).astype(jnp.int32)
+        nxt = jnp.asarray([[7], [9], [11]])
+        # A decode step on the stacked cache (the accelerator form: attention impl used)...
+        step, cache2 = forward(params, cfg, nxt, pos, cache)
+        # ...and a 3-token chunk after it (queries in one block, keys across several).
+        chunk, _ = forward(params, cfg, jnp.asarray([[4, 5, 6]] * 3), pos + 1 + jnp.arange(3),
+                           cache2)
+        # The CPU decode form (packed params, unstacked cache): always dense.
+        packed = qwen3.pack_for_decode(params, cfg)
+        dec, _ = forward(packed, cfg, nxt, pos, qwen3.unstack_cache(cache))
+        out[impl] = last, step, chunk, dec, cache
+    for a, b in zip(out["dense"][:4], out["blockwise"][:4]):
+        assert _rel(a, b) <= RTOL
+    cd, cb = out["dense"][4], out["blockwise"][4]
+    valid = np.asarray(cd.valid)
+    assert _rel(np.asarray(cd.k)[:, valid], np.asarray(cb.k)[:, valid]) <= RTOL
+    assert _rel(np.asarray(cd.v)[:, valid], np.asarray(cb.v)[:, valid]) <= RTOL
+
+
+def test_per_row_cache_index_matches_dense(params):
+    """The RC engine's layout: each row writes at its own slot (cache.index [B])."""
+    tokens, mask = _padded((11, 11), width=11, seed=3)
+    out = {}
+    for impl in ("dense", "blockwise"):
+        cfg = _cfg(impl)
+        cache = qwen3.init_cache(cfg, 2, 40)
+        cache = cache.replace(index=jnp.asarray([0, 17], jnp.int32))
+        pos = jnp.broadcast_to(jnp.arange(11), (2, 11))
+        l1, cache = forward(params, cfg, tokens, pos, cache, token_mask=mask)
+        l2, _ = forward(params, cfg, tokens[:, :5], 11 + pos[:, :5], cache)
+        out[impl] = l1, l2
+    for a, b in zip(out["dense"], out["blockwise"]):
+        assert _rel(a, b) <= RTOL
+
+
+def test_greedy_matches_transformers_with_blockwise(tmp_path, params):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from helpers import hf_model_from_dir
+    from rc_jax.models import save_hf_checkpoint
+    from rc_jax.sampling import SamplingParams, generate
+    prompts = [[5, 6, 7, 8, 9, 10, 11, 12, 13] * 3, [20, 21, 22], [30, 31, 32, 33, 34, 35]]
+    cfg = _cfg("blockwise")
+    save_hf_checkpoint(tmp_path, cfg, params)
+    hf = hf_model_from_dir(tmp_path)
+    eos, width = 2, max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    am = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        ref = hf.generate(input_ids=ids, attention_mask=am, do_sample=False,
+                          max_new_tokens=40, eos_token_id=eos, pad_token_id=0)[:, width:].tolist()
+    ours = generate(params, cfg, prompts, SamplingParams(temperature=0.0),
+                    jax.random.PRNGKey(0), 40, [eos])
+    for row, (r, o) in enumerate(zip(ref, ours.tokens)):
+        if eos in r:
+            r = r[:r.index(eos) + 1]
+        assert o == r, f"row {row} differs"
+
+
+def test_resolve_and_config_validation():
+    shape = (1, 16, 2, 2, 16)
+    assert attn.resolve("auto", shape, 16, jnp.float32, backend="cpu") == "dense"
+    assert attn.resolve("auto", (1, 16384, 8, 4, 128), 16384, jnp.float32,
+                        backend="cpu") == "blockwise"
+    assert attn.resolve("auto", shape, 16, jnp.bfloat16, backend="gpu") == "cudnn"
+    assert attn.resolve("auto", shape, 16, jnp.float32, backend="gpu") == "blockwise"
+    assert attn.resolve("dense", shape, 16, jnp.float32) == "dense"
+    with pytest.raises(ValueError, match="attention 'flash' unknown"):
+        tiny_config("qwen3", attention="flash")
+    assert ModelConfig.from_hf_dict.__func__  # from_pretrained defaults stay: attention auto
+    assert tiny_config("qwen3").attention == "auto"
+
+
+def test_run_configs_carry_model_attention():
+    from rc_jax import config as run_config
+    from rc_jax.rl import config as rl_config
+    for mod in (run_config, rl_config):
+        c = mod.default_config()
+        assert c.model.attention == "auto"
+        before = mod.config_hash(c)
+        c.model.path = "builtin:any"  # checked before model.attention
+        c.model.attention = "bogus"
+        with pytest.raises(ValueError, match="model.attention"):
+            mod.validate(c)
+        c.model.path, c.model.attention = "", "auto"
+        assert mod.config_hash(c) == before
+
+
+def test_fused_kernels_off_their_backend_fail_clearly():
+    if jax.default_backend() != "cpu":
+        pytest.skip("checks the CPU error messages")
+    q, k, v, mask = _kernel_inputs(s=4, c=8)
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        attn.attend(q, k, v, mask, impl="cudnn")
+    with pytest.raises(ValueError, match="needs a TPU"):
+        attn.attend(q, k, v, mask, impl="pallas")
+
+
+def test_pallas_kernel_in_interpret_mode_equals_dense():
+    try:
+        from jax.experimental.pallas import tpu as pltpu
+        pltpu.force_tpu_interpret_mode  # noqa: B018
+    except (ImportError, AttributeError) as e:
+        pytest.skip(f"this JAX has no Pallas TPU interpret mode ({e})")
+    q, k, v, mask = _kernel_inputs(b=1, s=37, c=53, k=1, g=2, d=128)
+    real = np.asarray(mask.any(-1))
+    out = attn.pallas_attention(q, k, v, mask, interpret=True)
+    assert _rel(attn.dense_attention(q, k, v, mask), out, real) <= RTOL
+
+
+@pytest.mark.accelerator
+@pytest.mark.parametrize("impl", ["cudnn", "pallas"])
+def test_fused_kernel_matches_dense_on_accelerator(impl):
+    backend = jax.default_backend()
+    if (impl == "cudnn") != (backend in ("gpu", "cuda")) or (impl == "pallas") != (backend == "tpu"):
+        pytest.skip(f"{impl} does not run on {backend}")
+    q, k, v, mask = _kernel_inputs(s=256, c=384, d=128)
+    q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
+    real = np.asarray(mask.any(-1))
+    ref = attn.dense_attention(q.astype(jnp.float32), k.astype(jnp.float32),
+                               v.astype(jnp.float32), mask)
+    assert _rel(ref, attn.attend(q, k, v, mask, impl=impl).astype(jnp.float32), real) <= 2e-2
