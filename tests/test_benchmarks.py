@@ -47,3 +47,15 @@ def test_sampler_quick(tmp_path):
     assert row["greedy_match"]["rows_identical"] == 2   # same weights, same greedy tokens
     assert row["rc_jax"]["decode_tokens_per_s"] > 0
     assert row["transformers"]["decode_tokens_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_rc_throughput_quick(tmp_path):
+    _run([str(ROOT / "benchmarks" / "rc_throughput.py"), "--quick", "--skip_smollm2",
+          "--out_dir", str(tmp_path)], tmp_path)
+    (row,) = json.loads((tmp_path / "rc_throughput_quick.json").read_text())["rows"]
+    assert row["identical_rollouts"]  # the schedule changes time, never tokens
+    for sched in ("lockstep", "continuous"):
+        assert 0 < row[sched]["utilization"] <= 1
+        assert row[sched]["useful_tokens"] == row["lockstep"]["useful_tokens"]
+    assert (tmp_path / "rc_throughput_quick.png").stat().st_size > 0
