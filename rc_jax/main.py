@@ -206,9 +206,11 @@ def show_rollouts(path, limit: int) -> None:
             r = json.loads(line)
             print(f"\n=== {r['problem_id']} sample {r['sample_id']}: {r['problem']} "
                   f"(gold {r['label']})")
+            trace = ""  # Delethink (answer_from = "trace"): the answer of chunks 0..t
             for t, (reasoning, summary) in enumerate(zip(r["reasoning_store"],
                                                          r["summarization_store"])):
-                print(f"  step {t + 1}: answer {extract_boxed(reasoning)!r}")
+                trace = trace + reasoning if r.get("answer_from") == "trace" else reasoning
+                print(f"  step {t + 1}: answer {extract_boxed(trace)!r}")
                 print(f"    summary: {' '.join(summary.split())[:300]}")
 
 
