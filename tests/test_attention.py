@@ -264,3 +264,41 @@ def test_fused_kernel_matches_dense_on_accelerator(impl):
     ref = attn.dense_attention(q.astype(jnp.float32), k.astype(jnp.float32),
                                v.astype(jnp.float32), mask)
     assert _rel(ref, attn.attend(q, k, v, mask, impl=impl).astype(jnp.float32), real) <= 2e-2
+
+
+def test_model_gradient_memory_is_blockwise():
+    """Compiled temporary memory of a model gradient (layers under flax's nn.scan) does not
+    grow like S x C scores: guards against autodiff bypassing the custom VJP there."""
+    heads = 32  # many heads: per-head scores dwarf the [B, S, C] boolean mask's copies
+
+    def temp(impl, s):
+        cfg = _cfg(impl, num_heads=heads, num_kv_heads=8)
+        shapes = qwen3.param_shapes(cfg)
+        toks = jax.ShapeDtypeStruct((1, s), jnp.int32)
+
+        def loss(p, tokens, positions):
+            return forward(p, cfg, tokens, positions)[0].sum()
+
+        compiled = jax.jit(jax.grad(loss)).lower(shapes, toks, toks).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    growth_of_scores = heads * 4 * (1024 ** 2 - 512 ** 2)  # one float32 [H, S, S], 512 -> 1024
+    assert temp("dense", 1024) - temp("dense", 512) > growth_of_scores
+    # Blockwise grows by ~1/3 of that with these 8x16 blocks (per-block softmax
+    # statistics, ~H*S*C/block_k floats); a saved float32 probability tensor would be 1x.
+    assert temp("blockwise", 1024) - temp("blockwise", 512) < growth_of_scores / 2
+
+
+def test_benchmark_script_quick(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "attention.json"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "attention.py"), "--lengths",
+                    "256", "--repeats", "1", "--out", str(out)], check=True, cwd=root,
+                   capture_output=True, timeout=600)
+    result = json.loads(out.read_text())
+    assert {r["impl"] for r in result["rows"]} == {"dense", "blockwise"}
+    assert all(r["time_s"] > 0 for r in result["rows"])

@@ -143,7 +143,7 @@ def _flash_forward(q, k, v, mask, bq, bk):
                                 preferred_element_type=jnp.float32)
                 return m_new, l, acc * alpha[..., None] + pv
 
-            return jax.lax.cond(mb.any(), update, lambda x: x, carry), None
+            return jax.lax.cond(mb.any(), jax.checkpoint(update), lambda x: x, carry), None
 
         init = (jnp.full((b, kh, g, bq), _MASK_VALUE, jnp.float32),
                 jnp.zeros((b, kh, g, bq), jnp.float32),
@@ -153,20 +153,39 @@ def _flash_forward(q, k, v, mask, bq, bk):
         lse = m + jnp.log(jnp.maximum(l, jnp.finfo(jnp.float32).tiny))
         return out.astype(dt).transpose(0, 3, 1, 2, 4), lse  # [B, bq, K, G, D]
 
-    outs, lses = jax.lax.map(q_block, jnp.arange(nq))  # [nq, B, bq, K, G, D], [nq, B, K, G, bq]
+    # The checkpoints (here and on `update`) are a guard: without them, inside flax's
+    # nn.scan (the model's layer stack), JAX 0.10.2 differentiated this forward itself
+    # instead of calling the custom VJP, saving every block's probabilities (S x C
+    # again). With them the custom VJP is used there too (benchmarks/attention.py's
+    # memory shows it), and were it bypassed, autodiff would still keep one block's
+    # scores at a time. Outputs: [nq, B, bq, K, G, D] and [nq, B, K, G, bq].
+    outs, lses = jax.lax.map(jax.checkpoint(q_block), jnp.arange(nq))
     out = outs.transpose(1, 0, 2, 3, 4, 5).reshape(b, s, kh, g, d)
     lse = lses.transpose(1, 2, 3, 0, 4).reshape(b, kh, g, s)
     return out, lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _flash(q, k, v, mask, bq, bk):
-    return _flash_forward(q, k, v, mask, bq, bk)[0]
+    return _flash_fn(bq, bk)(q, k, v, mask)
 
 
-def _flash_fwd(q, k, v, mask, bq, bk):
-    out, lse = _flash_forward(q, k, v, mask, bq, bk)
-    return out, (q, k, v, mask, out, lse)
+@functools.lru_cache(maxsize=None)
+def _flash_fn(bq: int, bk: int):
+    """The custom-VJP attention for one block shape (block sizes closed over, not passed
+    as nondiff_argnums)."""
+    @jax.custom_vjp
+    def flash(q, k, v, mask):
+        return _flash_forward(q, k, v, mask, bq, bk)[0]
+
+    def fwd(q, k, v, mask):
+        out, lse = _flash_forward(q, k, v, mask, bq, bk)
+        return out, (q, k, v, mask, out, lse)
+
+    def bwd(res, dout):
+        return _flash_bwd(bq, bk, res, dout)
+
+    flash.defvjp(fwd, bwd)
+    return flash
 
 
 def _flash_bwd(bq, bk, res, dout):
@@ -223,9 +242,6 @@ def _flash_bwd(bq, bk, res, dout):
     dk = dks.transpose(1, 0, 2, 3, 4).reshape(b, c, kh, d)
     dv = dvs.transpose(1, 0, 2, 3, 4).reshape(b, c, kh, d)
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
-
-
-_flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 # ------------------------------------------------------------------------------ fused
