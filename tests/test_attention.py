@@ -208,7 +208,12 @@ def test_resolve_and_config_validation():
                         backend="cpu") == "blockwise"
     assert attn.resolve("auto", shape, 16, jnp.bfloat16, backend="gpu") == "cudnn"
     assert attn.resolve("auto", shape, 16, jnp.float32, backend="gpu") == "blockwise"
+    assert attn.resolve("auto", shape, 16, jnp.bfloat16, backend="tpu") == "blockwise"
     assert attn.resolve("dense", shape, 16, jnp.float32) == "dense"
+    # Memory plans: one layer of 8 rows x 32 heads x 18k x 18k.
+    dense = attn.live_score_bytes("dense", 8, 32, 18432, 18432)
+    assert dense == 8 * 32 * 18432 ** 2 * 4
+    assert attn.live_score_bytes("auto", 8, 32, 18432, 18432, backend="tpu") < dense / 1000
     with pytest.raises(ValueError, match="attention 'flash' unknown"):
         tiny_config("qwen3", attention="flash")
     assert ModelConfig.from_hf_dict.__func__  # from_pretrained defaults stay: attention auto

@@ -19,8 +19,9 @@ Implementations:
   cudnn      `jax.nn.dot_product_attention(implementation="cudnn")` (GPU, bf16/fp16).
   pallas     the Pallas TPU flash-attention kernel shipped with JAX
              (`jax.experimental.pallas.ops.tpu.flash_attention`), TPU only.
-  auto       `resolve()` picks: TPU pallas, GPU cudnn (bf16/fp16), else dense for short
-             inputs and blockwise for long ones.
+  auto       `resolve()` picks: GPU cudnn (bf16/fp16); CPU dense for short inputs and
+             blockwise for long ones; everything else (TPU included: see `resolve`)
+             blockwise.
 
 Rows whose mask is entirely False (left-padding queries) produce a uniform average in
 `dense` and zeros in `blockwise`; such rows are never read by real tokens.
@@ -52,8 +53,8 @@ def resolve(impl: str, q_shape: tuple[int, ...], c: int, dtype: Any,
         return impl
     backend = backend or jax.default_backend()
     b, s, k, g, _ = q_shape
-    if backend == "tpu" and _pallas_available():
-        return "pallas"
+    # TPU: blockwise, not pallas, until the Pallas path stops passing the mask as a dense
+    # [B, H, S, C] bias (see `pallas_attention`), which costs as much memory as dense.
     if backend in ("gpu", "cuda", "rocm") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
         return "cudnn"
     if backend == "cpu" and b * k * g * s * c <= AUTO_DENSE_MAX_SCORES:
@@ -300,3 +301,18 @@ def pallas_attention(q, k, v, mask, *, interpret: bool = False):
     else:
         out = flash_attention(qh, kv[0], kv[1], ab=bias, sm_scale=d ** -0.5)
     return out.transpose(0, 2, 1, 3)[:, :s].reshape(b, s, kh, g, d)
+
+
+def live_score_bytes(impl: str, rows: int, heads: int, queries: int, keys: int,
+                     backend: str = "cpu", dtype: Any = jnp.float32) -> int:
+    """Analytic bytes of one layer's attention scores live at once (for memory plans):
+    float32 [rows, heads, queries, keys] for dense (and pallas, whose mask bias is that
+    large), three [block_q, block_k] float32 blocks per head (scores, probabilities, their
+    gradient) for blockwise, and cuDNN's [rows, 1, queries, keys] mask bias for cudnn.
+    The [rows, queries, keys] boolean mask the model builds is not included."""
+    impl = resolve(impl, (rows, queries, heads, 1, 1), keys, dtype, backend=backend)
+    if impl in ("dense", "pallas"):
+        return rows * heads * queries * keys * 4
+    if impl == "cudnn":
+        return rows * queries * keys * jnp.dtype(dtype).itemsize
+    return 3 * rows * heads * min(DEFAULT_BLOCK_Q, queries) * min(DEFAULT_BLOCK_K, keys) * 4

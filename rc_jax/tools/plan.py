@@ -227,10 +227,14 @@ def _rows_per_device(rows: int, mesh) -> int:
 
 
 def _prefill_scores_bytes(config, mesh, rows: int, prompt: int, cache: int) -> int:
-    """float32 scores of one layer's prefill attention, [rows, heads, prompt, cache]: the
-    prompt is prefilled in one chunk (the softmax usually fuses into their consumer)."""
+    """Scores of one layer's prefill attention live at once for `config.attention`
+    (`attention.live_score_bytes`: dense [rows, heads, prompt, cache] float32; blockwise
+    a few [block_q, block_k] blocks per head); the prompt is prefilled in one chunk."""
+    from rc_jax.models.attention import live_score_bytes
     heads = config.num_heads // _axis_split(config.num_heads, mesh, "tensor")
-    return _rows_per_device(rows, mesh) * heads * prompt * cache * 4
+    return live_score_bytes(config.attention, _rows_per_device(rows, mesh), heads, prompt,
+                            cache, backend=mesh.devices.flat[0].platform,
+                            dtype=config.jnp_dtype)
 
 
 def _logits_bytes(config, mesh, rows: int, positions: int = 1) -> int:
@@ -410,15 +414,14 @@ def _train_plan(config, mesh, shardings, params, batch, seq_len, compile):
         dt = jnp.int32 if f in ints else jnp.bool_ if f in bools else jnp.float32
         micro[f] = jax.ShapeDtypeStruct(shape, dt, sharding=progs.rows)
     rows_dev = _rows_per_device(rows, mesh)
-    heads = config.num_heads // _axis_split(config.num_heads, mesh, "tensor")
     analytic = {
         "grads_f32": _shard_bytes(grads, shardings),
         "optimizer_state": _shard_bytes(opt_state, progs.opt_shardings),
         # remat 'full': the layer inputs are saved for the backward pass ...
         "saved_layer_inputs": rows_dev * seq_len * config.hidden_size
         * config.jnp_dtype.itemsize * config.num_layers,
-        # ... and one layer's attention scores are live at a time (no flash attention).
-        "attention_scores": rows_dev * heads * seq_len * seq_len * 4,
+        # ... and one layer's attention scores are live at a time (model.attention).
+        "attention_scores": _prefill_scores_bytes(config, mesh, rows, seq_len, seq_len),
         "logits": _logits_bytes(config, mesh, rows, seq_len),
     }
     lowered = []
