@@ -644,26 +644,34 @@ def _interruptible(fn: Callable[[], Any], host: _Host) -> Any:
 def _write_rows(cache: qwen3.KVCache, idx: jax.Array, sel: jax.Array, k: jax.Array,
                 v: jax.Array, valid: jax.Array, lens: jax.Array) -> qwen3.KVCache:
     """Writes R rows (k, v: [L, R, C, K, D] stacked layout) into cache rows `idx` where
-    `sel`; the cache may be stacked or in the per-layer decode form."""
+    `sel`; the cache may be stacked or in the per-layer decode form.
+
+    One `dynamic_update_slice` per (row, layer): XLA updates the loop-carried cache in
+    place, where a gather/scatter over the row axis would copy the whole cache.
+    """
     index = cache.index.at[idx].set(jnp.where(sel, lens, cache.index[idx]))
     new_valid = cache.valid.at[idx].set(jnp.where(sel[:, None], valid, cache.valid[idx]))
-    if not qwen3.cache_is_unstacked(cache):
-        pick = sel[None, :, None, None, None]
-        ck = cache.k.at[:, idx].set(jnp.where(pick, k.astype(cache.k.dtype), cache.k[:, idx]))
-        cv = cache.v.at[:, idx].set(jnp.where(pick, v.astype(cache.v.dtype), cache.v[:, idx]))
-        return cache.replace(k=ck, v=cv, valid=new_valid, index=index)
-    b = cache.valid.shape[0]
-    pick = sel[:, None, None, None]
-    ks, vs = [], []
-    for layer, (lk, lv) in enumerate(zip(cache.k, cache.v)):
-        bk, d, c = lk.shape
-        kv = bk // b
-        lk = lk.reshape(b, kv, d, c)   # [B, K, D, C]
-        lv = lv.reshape(b, kv, c, d)   # [B, K, C, D]
-        nk = k[layer].transpose(0, 2, 3, 1).astype(lk.dtype)  # [R, K, D, C]
-        nv = v[layer].transpose(0, 2, 1, 3).astype(lv.dtype)  # [R, K, C, D]
-        lk = lk.at[idx].set(jnp.where(pick, nk, lk[idx]))
-        lv = lv.at[idx].set(jnp.where(pick, nv, lv[idx]))
-        ks.append(lk.reshape(bk, d, c))
-        vs.append(lv.reshape(bk, c, d))
-    return cache.replace(k=tuple(ks), v=tuple(vs), valid=new_valid, index=index)
+    unstacked = qwen3.cache_is_unstacked(cache)
+    ks, vs = (list(cache.k), list(cache.v)) if unstacked else (cache.k, cache.v)
+    for j in range(idx.shape[0]):
+        row, keep_old = idx[j], ~sel[j]
+        if not unstacked:  # [L, B, C, K, D]
+            def put(full, new):
+                start = (0, row, 0, 0, 0)
+                old = jax.lax.dynamic_slice(full, start, (full.shape[0], 1) + full.shape[2:])
+                new = new[:, j:j + 1].astype(full.dtype)
+                return jax.lax.dynamic_update_slice(full, jnp.where(keep_old, old, new), start)
+            ks, vs = put(ks, k), put(vs, v)
+            continue
+        for layer in range(len(ks)):  # keys [B*K, D, C], values [B*K, C, D]
+            kv = k.shape[3]
+            for arrays, new in ((ks, k[layer, j].transpose(1, 2, 0)),   # [K, D, C]
+                                (vs, v[layer, j].transpose(1, 0, 2))):  # [K, C, D]
+                full = arrays[layer]
+                start = (row * kv, 0, 0)
+                old = jax.lax.dynamic_slice(full, start, (kv,) + full.shape[1:])
+                arrays[layer] = jax.lax.dynamic_update_slice(
+                    full, jnp.where(keep_old, old, new.astype(full.dtype)), start)
+    if unstacked:
+        ks, vs = tuple(ks), tuple(vs)
+    return cache.replace(k=ks, v=vs, valid=new_valid, index=index)
