@@ -90,8 +90,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.rc.summary_template = "math"
     c.rc.use_think_tags = False
     c.rc.engine = "device"            # device: the jitted slot loop; reference: host loop
-    c.rc.scheduling = "continuous"    # continuous: refill a slot when its phase ends;
-    #                                   lockstep: whole batches, phase by phase
+    c.rc.scheduling = "lockstep"      # lockstep: whole batches, phase by phase; continuous:
+    #                                   refill a slot when its phase ends (same results;
+    #                                   not yet faster on CPU: benchmarks/README.md)
     c.rc.refill_rows = 0              # slots prefilled together (0: min(batch_size, 4))
     c.rc.prompt_margin = 1 / 16       # planned re-encoding growth of generated text; random
     #                                   weights need ~3 (their bytes re-encode to ~3x tokens)

@@ -347,8 +347,9 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     res = _run_main(tmp_path, full)
     assert res.returncode == 0, res.stderr[-2000:]
     assert len((full / "results.jsonl").read_text().splitlines()) == 6
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(_main_cmd(killed), env=_env(tmp_path), cwd=ROOT,
+    killed = tmp_path / "killed"  # continuous schedule here, lockstep (default) above
+    proc = subprocess.Popen(_main_cmd(killed, "--config.rc.scheduling=continuous"),
+                            env=_env(tmp_path), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = killed / "progress.jsonl"
     deadline = time.time() + 600
@@ -362,7 +363,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     done_before = (len((killed / "results.jsonl").read_text().splitlines())
                    if (killed / "results.jsonl").exists() else 0)
     assert steps_before >= 4 and done_before < 6, "the kill came too late to test resume"
-    res = _run_main(tmp_path, killed)
+    res = _run_main(tmp_path, killed, "--config.rc.scheduling=continuous")
     assert res.returncode == 0, res.stderr[-2000:]
     assert _records(killed / "results.jsonl") == _records(full / "results.jsonl")
     # The resumed run re-ran no finished step: each (rollout, step) was logged once.

@@ -284,7 +284,7 @@ class RCEngine:
     """
 
     def __init__(self, config: ModelConfig, tokenizer: Tokenizer, settings: RCSettings,
-                 sampling: SamplingParams, *, slots: int = 8, scheduling: str = "continuous",
+                 sampling: SamplingParams, *, slots: int = 8, scheduling: str = "lockstep",
                  refill_rows: int = 0, prompt_margin: float = DEFAULT_PROMPT_MARGIN,
                  buckets: Buckets = Buckets(), mesh: Mesh | None = None,
                  data_axes: tuple[str, ...] | None = None, param_shardings: Any = None,
