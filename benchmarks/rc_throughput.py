@@ -28,10 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rc_jax.models import ModelConfig, param_shapes  # noqa: E402
+from rc_horizon import _cpu, _params  # noqa: E402  (the RC benchmarks' shared helpers)
+from rc_jax.models import ModelConfig  # noqa: E402
 from rc_jax.rc.engine import Job, RCEngine, RCSettings, row_key  # noqa: E402
 from rc_jax.sampling import SamplingParams  # noqa: E402
 from rc_jax.sampling.generate import Buckets  # noqa: E402
@@ -39,12 +39,6 @@ from rc_jax.testing.tiny_tokenizer import build_tiny_tokenizer  # noqa: E402
 from rc_jax.tokenizer import load_tokenizer  # noqa: E402
 
 OUT = Path(__file__).parent / "results"
-
-
-def _params(config: ModelConfig, seed: int = 0):
-    rng = np.random.RandomState(seed)
-    return jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape) * 0.05, s.dtype),
-                        param_shapes(config))
 
 
 def compare(name, config, params, tok, settings, sampling, problems, samples, slots,
@@ -144,16 +138,6 @@ def main() -> None:
     name = "rc_throughput_quick" if args.quick else "rc_throughput"
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))
     _plot(rows, out / f"{name}.png")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _plot(rows, path: Path) -> None:
