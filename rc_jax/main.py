@@ -229,34 +229,38 @@ def print_step_table(metrics: dict[str, Any]) -> None:
                   f"  {s.get('no_answer', 0):>9}  {tokens if tokens is not None else 'n/a'}")
 
 
-def _summarizer_sampling(config, sampling):
-    """summarizer.sampling.* (negative fields: the reasoner's value)."""
+def _summarizer_options(config, sampling) -> dict[str, Any]:
+    """The summarizer's own tokenizer (summarizer.tokenizer.path, default: its model
+    directory) and sampling (summarizer.sampling.*, negative fields: the reasoner's value),
+    for the device engine and the reference loop alike."""
     from rc_jax.sampling import SamplingParams
+    from rc_jax.tokenizer import load_tokenizer
     s = config.summarizer.sampling
     pick = lambda own, base: base if own < 0 else own  # noqa: E731
-    return SamplingParams(pick(s.temperature, sampling.temperature), pick(s.top_p, sampling.top_p),
-                          pick(s.top_k, sampling.top_k), pick(s.min_p, sampling.min_p))
+    return dict(
+        summarizer_tokenizer=load_tokenizer(config.summarizer.tokenizer.path
+                                            or config.summarizer.model.path),
+        summarizer_sampling=SamplingParams(
+            pick(s.temperature, sampling.temperature), pick(s.top_p, sampling.top_p),
+            pick(s.top_k, sampling.top_k), pick(s.min_p, sampling.min_p)))
 
 
 def _run_rc_engine(config, todo, params, model_config, tokenizer, settings, sampling, buckets,
                    mesh, shardings, summarizer, summarizer_shardings, results, chash):
-    """RC on the device engine: all rollouts through one continuous-batching loop; each
-    finished step goes durably to progress.jsonl, each finished rollout to results.jsonl."""
+    """RC on the device engine: all rollouts through one loop over `batch_size` slots;
+    each finished step goes durably to progress.jsonl, each finished rollout to
+    results.jsonl."""
     from rc_jax.parallel.distributed import is_main_process
     from rc_jax.progress import StepLog
     from rc_jax.rc.engine import Job, RCEngine, row_key
-    from rc_jax.tokenizer import load_tokenizer
 
     main_process = is_main_process()
     log = StepLog(config.output_dir, chash) if main_process else None
     restored = log.load() if main_process else {}
     s_kwargs = {}
     if summarizer is not None:
-        s_tok = (load_tokenizer(config.summarizer.tokenizer.path or config.summarizer.model.path)
-                 if (config.summarizer.tokenizer.path or config.summarizer.model.path) else None)
-        s_kwargs = dict(summarizer_config=summarizer[1], summarizer_tokenizer=s_tok,
-                        summarizer_sampling=_summarizer_sampling(config, sampling),
-                        summarizer_shardings=summarizer_shardings)
+        s_kwargs = dict(summarizer_config=summarizer[1], summarizer_shardings=summarizer_shardings,
+                        **_summarizer_options(config, sampling))
     engine = RCEngine(model_config, tokenizer, settings, sampling, slots=config.batch_size,
                       scheduling=config.rc.scheduling, refill_rows=config.rc.refill_rows,
                       prompt_margin=config.rc.prompt_margin,
@@ -307,11 +311,12 @@ def _batch_runner(config, params, model_config, tokenizer, settings, sampling, b
                             summarizer_shardings=summarizer_shardings)
         return lambda problems, keys: runner(problems, keys, ctx)
     from rc_jax.rc.reference import run_text_reference
+    s_kwargs = {} if summarizer is None else _summarizer_options(config, sampling)
 
     def run_reference(problems: Sequence[str], keys):
         return run_text_reference(params, model_config, tokenizer, settings, sampling,
-                                           problems, keys, buckets=buckets,
-                                           summarizer=summarizer)
+                                  problems, keys, buckets=buckets, summarizer=summarizer,
+                                  **s_kwargs)
     return run_reference
 
 

@@ -47,7 +47,7 @@ from rc_jax.models import qwen3
 from rc_jax.models.config import ModelConfig
 from rc_jax.parallel import (batch_axes, batch_shards, broadcast_from_main, put_global,
                              sharding_context)
-from rc_jax.rc.rollout import REASON, SUMMARIZE, PhasePrompts, Rollout, StepRecord
+from rc_jax.rc.rollout import PHASES, REASON, SUMMARIZE, PhasePrompts, Rollout, StepRecord
 from rc_jax.sampling import core
 from rc_jax.sampling.core import SamplingParams
 from rc_jax.sampling.generate import Buckets, stop_array
@@ -155,6 +155,21 @@ class Job:
     done_steps: Sequence[StepRecord] = ()
 
 
+def _reply_shapes(shapes: Sequence[Shapes]) -> tuple[jax.ShapeDtypeStruct, ...]:
+    """What the host callback returns: per pool, for every slot, whether it gets a prompt
+    [B], the prompt [B, P] (left-aligned), its length [B], its budget [B], the rollout's
+    key [B, 2] and the key's fold-in index [B]; then whether the run is finished []."""
+    out = []
+    for s in shapes:
+        out += [jax.ShapeDtypeStruct((s.slots,), jnp.bool_),
+                jax.ShapeDtypeStruct((s.slots, s.prompt_width), jnp.int32),
+                jax.ShapeDtypeStruct((s.slots,), jnp.int32),
+                jax.ShapeDtypeStruct((s.slots,), jnp.int32),
+                jax.ShapeDtypeStruct((s.slots, 2), jnp.uint32),
+                jax.ShapeDtypeStruct((s.slots,), jnp.int32)]
+    return tuple(out) + (jax.ShapeDtypeStruct((), jnp.bool_),)
+
+
 class _Host:
     """The host half of one `run`: rollouts, queues and slot assignments.
 
@@ -189,12 +204,9 @@ class _Host:
             return self._empty(finished=True)
 
     def _empty(self, finished: bool):
-        out = []
-        for s in self.shapes:
-            out += [np.zeros((s.slots,), bool), np.zeros((s.slots, s.prompt_width), np.int32),
-                    np.zeros((s.slots,), np.int32), np.zeros((s.slots,), np.int32),
-                    np.zeros((s.slots, 2), np.uint32), np.zeros((s.slots,), np.int32)]
-        return tuple(out) + (np.bool_(finished),)
+        """A reply that assigns nothing (and, with `finished`, ends the loop)."""
+        *assignments, _ = (np.zeros(x.shape, x.dtype) for x in _reply_shapes(self.shapes))
+        return tuple(assignments) + (np.bool_(finished),)
 
     def _service(self, *arrays):
         self.services += 1
@@ -236,7 +248,7 @@ class _Host:
                 limit = eng.budgets[phase]
                 if len(ids) > shape.prompt_width or len(ids) + limit > shape.cache_length:
                     raise ValueError(
-                        f"rollout {i} step {len(r.steps) + 1}: the {('reasoning', 'summary')[phase]}"
+                        f"rollout {i} step {len(r.steps) + 1}: the {PHASES[phase]}"
                         f" prompt has {len(ids)} tokens, more than the engine planned for "
                         f"({shape.prompt_width} prompt slots, {shape.cache_length} cache "
                         "slots): re-encoding the generated text grew it past the plan; raise "
@@ -417,15 +429,6 @@ class RCEngine:
         state = dict(pools=tuple(self._init_pool(pool, s, unroll)
                                  for pool, s in zip(self.pools, shapes)),
                      finished=jnp.bool_(False), iterations=jnp.int32(0))
-        result_shapes = []
-        for s in shapes:
-            result_shapes += [jax.ShapeDtypeStruct((s.slots,), jnp.bool_),
-                              jax.ShapeDtypeStruct((s.slots, s.prompt_width), jnp.int32),
-                              jax.ShapeDtypeStruct((s.slots,), jnp.int32),
-                              jax.ShapeDtypeStruct((s.slots,), jnp.int32),
-                              jax.ShapeDtypeStruct((s.slots, 2), jnp.uint32),
-                              jax.ShapeDtypeStruct((s.slots,), jnp.int32)]
-        result_shapes.append(jax.ShapeDtypeStruct((), jnp.bool_))
         def needs_service(st):
             pools = st["pools"]
             ended = jnp.any(jnp.stack([jnp.any(ps["busy"] & ps["done"]) for ps in pools]))
@@ -438,7 +441,7 @@ class RCEngine:
             args = []
             for ps in st["pools"]:
                 args += [ps["busy"] & ps["done"], ps["tokens"], ps["lengths"], ps["stopped"]]
-            res = io_callback(_dispatch, tuple(result_shapes), host_id, *args, ordered=False)
+            res = io_callback(_dispatch, _reply_shapes(shapes), host_id, *args, ordered=False)
             pools = []
             for i, (pool, shape, ps) in enumerate(zip(self.pools, shapes, st["pools"])):
                 assign, prompts, plen, budget, keys, key_index = res[6 * i:6 * i + 6]
