@@ -556,15 +556,16 @@ class RCEngine:
             engine.refill_rows = min(engine.slots, self.refill_rows)
         shapes = engine.shapes(engine.buckets.prompt(problem_tokens))
         with sharding_context(self.mesh):
-            return engine._program(shapes).lower(*engine._args(params, summarizer_params))
+            return engine._program(shapes).lower(*engine._args(params, summarizer_params, -1))
 
-    def _args(self, params, summarizer_params):
+    def _args(self, params, summarizer_params, host_id: int):
+        """The loop's arguments (see `_loop`); host_id -1 only lowers."""
         all_params = (params,) if len(self.pools) == 1 else (params, summarizer_params)
         if any(p is None for p in all_params):
             raise ValueError("two-model RC needs summarizer_params")
         values = tuple(pool.sampling.values() for pool in self.pools)
         stops = tuple(stop_array(pool.stop_ids) for pool in self.pools)
-        return (all_params, values, stops, np.int32(-1),
+        return (all_params, values, stops, np.int32(host_id),
                 np.bool_(self.scheduling == "lockstep"))
 
     def run(self, params: Any, jobs: Sequence[Job], *, summarizer_params: Any = None,
@@ -593,8 +594,7 @@ class RCEngine:
         host_id = next(_HOST_IDS)
         _HOSTS[host_id] = host
         start = time.time()
-        args = self._args(params, summarizer_params)
-        args = args[:3] + (np.int32(host_id),) + args[4:]
+        args = self._args(params, summarizer_params, host_id)
         try:
             with sharding_context(self.mesh):
                 if self.mesh is not None:

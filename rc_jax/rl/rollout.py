@@ -251,10 +251,9 @@ class RCTRollout:
         self.engine = shared_engine(config, tokenizer, settings, sampling, buckets, mesh,
                                     data_axes, _Key(param_shardings), max_rows or 8)
         self.stop_ids = tuple(tokenizer.eos_ids)
-        # Every prompt is built as text and encoded whole (docs/design.md, "Prompts"),
-        # exactly as the RC engine and evaluation build them.
-        self.prompts = PhasePrompts(tokenizer, settings.reasoning_template,
-                                    settings.summary_template, settings.use_think_tags)
+        # Every prompt is built as text and encoded whole (docs/design.md, "Prompts"):
+        # the engine's own prompt builder, so chains and training prompts agree.
+        self.prompts: PhasePrompts = self.engine.prompts
         self.context_field = "curr_summary"
         self.free_template: Template | None = None
         if summary_free:
