@@ -66,9 +66,9 @@ MESHES = (("v5p-8", 4, 95, "fsdp:4"), ("v5p-8", 4, 95, "fsdp:1,tensor:4"),
 def timing(quick: bool) -> dict:
     from absl import logging
     logging.set_verbosity(logging.WARNING)
-    from rc_jax.rl.config import default_config
+    from rc_jax.config import default_config
     from rc_jax.rl.train import Trainer
-    c = default_config()
+    c = default_config("train")
     c.model.path = "builtin:tiny-random"
     c.model.dtype = "float32"
     c.model.remat_policy = "none"

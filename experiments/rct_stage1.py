@@ -21,11 +21,11 @@ split. A v5p-8 slice (4 chips, 95 GB) runs `fsdp:1,tensor:4` (~68 GiB peak per c
 v4-32 (16 chips, 32 GB) needs `fsdp:2,tensor:8` (~31 GiB: no headroom). FSDP alone
 (`fsdp:4`, `data:4,fsdp:4`) does not fit at 18k. Multi-host pods: see launch/.
 """
-from rc_jax.rl.config import default_config
+from rc_jax.config import default_config
 
 
 def get_config():
-    c = default_config()
+    c = default_config("train")
     c.name = "rct_stage1"
     c.model.path = ""  # required override: an HF directory of Qwen3-4B-Instruct-2507
     c.model.dtype = "bfloat16"

@@ -6,11 +6,11 @@ plumbing (chains, snapshots, groups, update, checkpoints, export), not learning.
 
     python -m rc_jax.main --config=experiments/rct_tiny.py
 """
-from rc_jax.rl.config import default_config
+from rc_jax.config import default_config
 
 
 def get_config():
-    c = default_config()
+    c = default_config("train")
     c.name = "rct_tiny"
     c.model.path = "builtin:tiny-random"
     c.model.dtype = "float32"

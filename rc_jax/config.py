@@ -1,9 +1,16 @@
-"""The run configuration: one `ml_collections.ConfigDict` schema, validated up front.
+"""The run configuration: one `ml_collections.ConfigDict` schema for every method,
+evaluation and training alike, validated up front.
 
-Experiments (`experiments/*.py`) start from `default_config()` and override fields; any
-field can be overridden on the command line as `--config.rc.num_steps=8`. The dict is
-locked, so a misspelt field fails immediately, and `validate` checks values before any
-model is loaded, naming the field at fault.
+Experiments (`experiments/*.py`) start from `default_config()` (evaluation) or
+`default_config("train")` (RC training, rc_jax.rl) and override fields; any field can be
+overridden on the command line as `--config.rc.num_steps=8`. The dict is locked and its
+fields typed, so a misspelt field or a value of the wrong type fails immediately, and
+`validate` checks values before any model is loaded, naming the field at fault.
+
+The sections both kinds of run read (model, tokenizer, data, sampling, rc, and the run
+fields output_dir, mesh, grading_timeout) are defined once, in `_shared_fields`;
+evaluation adds the summarizer and the methods' sections, training adds the `rl` and
+`checkpoint` sections (`rc_jax.rl.config`). `config_hash` is the one resume hash.
 """
 from __future__ import annotations
 
@@ -15,15 +22,25 @@ import ml_collections
 
 METHODS = ("rc", "autoregressive", "self_refine", "self_verify", "budget_forcing", "rsa",
            "delethink")
+TRAIN = "train"  # the RC training method (rc_jax.rl); every other method evaluates
 ENGINES = ("device", "reference")
 SCHEDULES = ("continuous", "lockstep")
 DTYPES = ("float32", "bfloat16")
 BUILTIN_MODEL_PREFIX = "builtin:"
 
 # Fields that do not change what a run computes: changing them keeps a run resumable.
-_NON_SEMANTIC = ("batch_size", "output_dir", "data.limit", "evaluate", "show_rollouts", "mesh",
-                 "grading_timeout", "grading", "model.max_cache_length", "rc.engine",
-                 "rc.scheduling", "rc.refill_rows", "rc.prompt_margin", "model.attention")
+_NON_SEMANTIC_SHARED = ("output_dir", "grading_timeout", "model.max_cache_length")
+_NON_SEMANTIC = _NON_SEMANTIC_SHARED + (
+    "batch_size", "data.limit", "evaluate", "show_rollouts", "mesh", "grading", "rc.engine",
+    "rc.scheduling", "rc.refill_rows", "rc.prompt_margin", "model.attention")
+# Training: the data limit and the mesh change the problem stream and the loss weighting.
+_NON_SEMANTIC_TRAIN = _NON_SEMANTIC_SHARED + (
+    "checkpoint.directory", "checkpoint.save_every", "checkpoint.keep", "checkpoint.resume",
+    "checkpoint.export_every", "log_every", "tensorboard", "rl.total_steps", "progress")
+# Training fields added after runs were checkpointed: left out of the hash at their
+# default, so those runs still resume.
+_ADDED_LATER_TRAIN = {"rl.kl_coef_summary": -1.0, "rl.microbatch_agg_shards": 0,
+                      "model.attention": "auto"}
 
 # Config sections that only some methods read. A run's resume hash leaves out the sections
 # its method does not read, so adding or changing another method's knobs never makes
@@ -41,18 +58,72 @@ METHOD_SECTIONS = {
 _SUMMARIZING = ("rc", "rsa")
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """Every field rc_jax.main understands, with defaults."""
-    c = ml_collections.ConfigDict()
-    c.method = "rc"
-    c.name = "run"
+def default_config(method: str = "rc") -> ml_collections.ConfigDict:
+    """Every field rc_jax.main understands for `method`, with defaults.
 
+    Evaluation methods (`METHODS`) share one schema (`method` may be changed afterwards);
+    `default_config("train")` is the training schema: the same shared sections plus `rl`
+    and `checkpoint`, with the paper's training recipe as defaults.
+    """
+    if method != TRAIN and method not in METHODS:
+        _fail("method", f"unknown method {method!r}; choose from "
+              f"{', '.join(METHODS + (TRAIN,))}")
+    c = ml_collections.ConfigDict()
+    c.method = method
+    c.name = "run"
+    _shared_fields(c)
+    if method == TRAIN:
+        from rc_jax.rl.config import add_training_fields  # imports JAX: training only
+        add_training_fields(c)
+    else:
+        _evaluation_fields(c)
+    c.lock()
+    return c
+
+
+def _shared_fields(c: ml_collections.ConfigDict) -> None:
+    """The sections evaluation and training both read, with the evaluation defaults."""
     c.model = ml_collections.ConfigDict()
     c.model.path = ""                 # HF-format directory, or builtin:<name>
-    c.model.dtype = "float32"
+    c.model.dtype = "float32"         # activations / matmuls
     c.model.attention = "auto"        # auto|dense|blockwise|cudnn|pallas (rc_jax.models.attention)
     c.model.max_cache_length = 1 << 17
 
+    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.path = ""             # empty: the model directory
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = ""                # JSON/JSONL path, hf:<id>[:split], tfds:<name>, a
+    #                                   dataset directory, builtin:demo
+    c.data.split = ""                 # empty: the source's :split suffix, else `data_split`
+    c.data.limit = 0                  # 0: all problems
+    c.data.problem_field = ""         # empty: auto-detect (the authors' chat `prompt` works)
+    c.data.answer_field = ""          # e.g. reward_model.ground_truth
+    c.data.id_field = ""
+
+    c.sampling = ml_collections.ConfigDict()
+    c.sampling.temperature = 1.0      # 0: greedy (evaluation only)
+    c.sampling.top_p = 1.0
+    c.sampling.top_k = 0
+    c.sampling.min_p = 0.0
+    c.sampling.seed = 0
+
+    c.rc = ml_collections.ConfigDict()
+    c.rc.num_steps = 12               # T (training: the online chain length T_train)
+    c.rc.max_reasoning_tokens = 16384  # H_R
+    c.rc.max_summary_tokens = 2048    # H_S
+    c.rc.reasoning_template = "math"  # builtin name (math, science) or a text file
+    c.rc.summary_template = "math"
+    c.rc.use_think_tags = False
+
+    c.output_dir = "outputs/run"
+    c.mesh = ""                       # e.g. "data:-1" or "data:2,fsdp:4"; empty: one device
+    #                                   (training: every device on `data`)
+    c.grading_timeout = 5.0           # seconds per graded answer
+
+
+def _evaluation_fields(c: ml_collections.ConfigDict) -> None:
+    """What evaluation methods add to the shared sections."""
     c.summarizer = ml_collections.ConfigDict()
     c.summarizer.model = ml_collections.ConfigDict()
     c.summarizer.model.path = ""      # empty: the reasoning model also summarizes
@@ -64,31 +135,6 @@ def default_config() -> ml_collections.ConfigDict:
     c.summarizer.sampling.top_k = -1
     c.summarizer.sampling.min_p = -1.0
 
-    c.tokenizer = ml_collections.ConfigDict()
-    c.tokenizer.path = ""             # empty: the model directory
-
-    c.data = ml_collections.ConfigDict()
-    c.data.source = ""                # JSON/JSONL path, hf:<id>[:split], tfds:<name>, builtin:demo
-    c.data.split = ""
-    c.data.limit = 0                  # 0: all problems
-    c.data.problem_field = ""         # empty: auto-detect
-    c.data.answer_field = ""
-    c.data.id_field = ""
-
-    c.sampling = ml_collections.ConfigDict()
-    c.sampling.temperature = 1.0
-    c.sampling.top_p = 1.0
-    c.sampling.top_k = 0
-    c.sampling.min_p = 0.0
-    c.sampling.seed = 0
-
-    c.rc = ml_collections.ConfigDict()
-    c.rc.num_steps = 12
-    c.rc.max_reasoning_tokens = 16384
-    c.rc.max_summary_tokens = 2048
-    c.rc.reasoning_template = "math"  # builtin name (math, science) or a text file
-    c.rc.summary_template = "math"
-    c.rc.use_think_tags = False
     c.rc.engine = "device"            # device: the jitted slot loop; reference: host loop
     c.rc.scheduling = "lockstep"      # lockstep: whole batches, phase by phase; continuous:
     #                                   refill a slot when its phase ends (same results;
@@ -151,28 +197,45 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.num_samples = 16
     c.batch_size = 64                 # rollouts per engine call
-    c.output_dir = "outputs/run"
-    c.mesh = ""                       # e.g. "data:-1" or "data:2,fsdp:4"; empty: one device
     c.evaluate = True                 # grade and report at the end
     c.show_rollouts = 0               # print this many rollouts (per-step answers, summaries)
-    c.grading_timeout = 5.0
     c.grading = ml_collections.ConfigDict()
     # rc_jax: rc_jax's own grader (any brace nesting, string match, verify(gold, answer));
     # paper: the paper authors' evaluator (one level of braces inside \boxed{},
     # verify(answer, gold)), for numbers comparable with the paper's. See rc_jax.eval.grading.
     c.grading.mode = "rc_jax"
-    c.lock()
-    return c
 
 
 def _fail(field: str, message: str) -> None:
     raise ValueError(f"config.{field}: {message}")
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-    """Checks every value; raises ValueError naming the first bad field."""
-    if c.method not in METHODS:
-        _fail("method", f"unknown method {c.method!r}; choose from {', '.join(METHODS)}")
+def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None,
+             batch_shards: int | None = None) -> None:
+    """Checks every value of an evaluation or training config; raises ValueError naming
+    the first bad field.
+
+    Training only: the batch must divide over the mesh's batch shards, `batch_shards`
+    when given (a mesh built by the caller), else computed from `config.mesh` and
+    `device_count` (default: `jax.device_count()`).
+    """
+    if c.method != TRAIN and c.method not in METHODS:
+        _fail("method", f"unknown method {c.method!r}; choose from "
+              f"{', '.join(METHODS + (TRAIN,))}")
+    training = c.method == TRAIN
+    if training != ("rl" in c):
+        _fail("method", f"{c.method!r} needs the {'training' if training else 'evaluation'} "
+              f"schema: start from rc_jax.config.default_config({c.method!r})")
+    _validate_shared(c)
+    if training:
+        from rc_jax.rl.config import validate_training  # imports JAX: training only
+        validate_training(c, device_count=device_count, batch_shards=batch_shards)
+    else:
+        _validate_evaluation(c)
+
+
+def _validate_shared(c: ml_collections.ConfigDict) -> None:
+    """The sections evaluation and training share (see `_shared_fields`)."""
     if not c.model.path:
         _fail("model.path", "required (an HF-format checkpoint directory or builtin:<name>)")
     if not c.model.path.startswith(BUILTIN_MODEL_PREFIX) and not Path(c.model.path).is_dir():
@@ -188,15 +251,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     from rc_jax.models.config import ATTENTION_IMPLS
     if c.model.attention not in ATTENTION_IMPLS:
         _fail("model.attention", f"must be one of {ATTENTION_IMPLS}, got {c.model.attention!r}")
-    if c.summarizer.model.path and not Path(c.summarizer.model.path).is_dir():
-        _fail("summarizer.model.path", f"directory {c.summarizer.model.path!r} does not exist")
     if not c.data.source:
-        _fail("data.source", "required (a JSON/JSONL file, hf:<id>, tfds:<name> or builtin:demo)")
+        _fail("data.source", "required (a JSON/JSONL file, hf:<id>, tfds:<name>, a dataset "
+              "directory or builtin:demo)")
     if c.data.limit < 0:
         _fail("data.limit", f"must be >= 0, got {c.data.limit}")
-    from rc_jax.eval.grading import GRADING_MODES
-    if c.grading.mode not in GRADING_MODES:
-        _fail("grading.mode", f"must be one of {GRADING_MODES}, got {c.grading.mode!r}")
     s = c.sampling
     if not s.temperature >= 0:
         _fail("sampling.temperature", f"must be >= 0, got {s.temperature}")
@@ -207,8 +266,33 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if not 0 <= s.min_p < 1:
         _fail("sampling.min_p", f"must be in [0, 1), got {s.min_p}")
     for name in ("num_steps", "max_reasoning_tokens", "max_summary_tokens"):
-        if getattr(c.rc, name) <= 0:
-            _fail(f"rc.{name}", f"must be a positive integer, got {getattr(c.rc, name)}")
+        _positive(c, f"rc.{name}")
+    for name in ("reasoning_template", "summary_template"):
+        kind = "reasoning" if name.startswith("reasoning") else "summary"
+        from rc_jax.rc.prompts import load_template
+        try:
+            load_template(getattr(c.rc, name), kind)
+        except (ValueError, FileNotFoundError) as e:
+            _fail(f"rc.{name}", str(e))
+    if not c.output_dir:
+        _fail("output_dir", "required")
+    if not c.grading_timeout > 0:
+        _fail("grading_timeout", f"must be > 0, got {c.grading_timeout}")
+    if c.mesh:
+        from rc_jax.parallel.mesh import parse_mesh_shape
+        try:
+            parse_mesh_shape(c.mesh)
+        except ValueError as e:
+            _fail("mesh", str(e))
+
+
+def _validate_evaluation(c: ml_collections.ConfigDict) -> None:
+    """What evaluation methods add (see `_evaluation_fields`)."""
+    if c.summarizer.model.path and not Path(c.summarizer.model.path).is_dir():
+        _fail("summarizer.model.path", f"directory {c.summarizer.model.path!r} does not exist")
+    from rc_jax.eval.grading import GRADING_MODES
+    if c.grading.mode not in GRADING_MODES:
+        _fail("grading.mode", f"must be one of {GRADING_MODES}, got {c.grading.mode!r}")
     if c.rc.engine not in ENGINES:
         _fail("rc.engine", f"must be one of {ENGINES}, got {c.rc.engine!r}")
     if c.rc.scheduling not in SCHEDULES:
@@ -219,26 +303,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail("rc.prompt_margin", f"must be >= 0, got {c.rc.prompt_margin!r}")
     if c.summarizer.tokenizer.path and not c.summarizer.model.path:
         _fail("summarizer.tokenizer.path", "needs summarizer.model.path (a second model)")
-    for name in ("reasoning_template", "summary_template"):
-        kind = "reasoning" if name.startswith("reasoning") else "summary"
-        from rc_jax.rc.prompts import load_template
-        try:
-            load_template(getattr(c.rc, name), kind)
-        except (ValueError, FileNotFoundError) as e:
-            _fail(f"rc.{name}", str(e))
     _validate_methods(c)
-    if c.num_samples <= 0:
-        _fail("num_samples", f"must be a positive integer, got {c.num_samples}")
-    if c.batch_size <= 0:
-        _fail("batch_size", f"must be a positive integer, got {c.batch_size}")
-    if not c.output_dir:
-        _fail("output_dir", "required")
-    if c.mesh:
-        from rc_jax.parallel.mesh import parse_mesh_shape
-        try:
-            parse_mesh_shape(c.mesh)
-        except ValueError as e:
-            _fail("mesh", str(e))
+    _positive(c, "num_samples")
+    _positive(c, "batch_size")
 
 
 def _positive(c: ml_collections.ConfigDict, field: str, minimum: int = 1) -> None:
@@ -316,13 +383,39 @@ def steps_per_record(c: ml_collections.ConfigDict) -> int:
     return c.rc.num_steps
 
 
+def data_split(c: ml_collections.ConfigDict) -> str:
+    """The dataset split a run loads ("": let the loader choose).
+
+    `data.split` when set; else the source's `:split` suffix (`hf:<id>:test`); else the
+    loader's choice (the only split, else test, validation, train) for evaluation, and
+    `train` for training.
+    """
+    if c.data.split or c.method != TRAIN:
+        return c.data.split
+    source = c.data.source
+    if source.startswith(("hf:", "tfds:")):
+        from rc_jax.data.problems import _split_source
+        if _split_source(source.split(":", 1)[1])[1]:
+            return ""
+    return "train"
+
+
 def semantic_dict(c: ml_collections.ConfigDict) -> dict:
     """The config minus fields that do not change results (used for the resume hash)."""
     d = json.loads(c.to_json())
-    used = set(METHOD_SECTIONS.get(c.method, ()))
-    for section in {s for ss in METHOD_SECTIONS.values() for s in ss} - used:
-        d.pop(section, None)
-    for dotted in _NON_SEMANTIC:
+    if c.method == TRAIN:
+        non_semantic = _NON_SEMANTIC_TRAIN
+        for dotted, default in _ADDED_LATER_TRAIN.items():
+            section, name = dotted.split(".")
+            if d.get(section, {}).get(name, default) == default:
+                d.get(section, {}).pop(name, None)
+        d["data"]["split"] = data_split(c)  # the split loaded, whichever way it was chosen
+    else:
+        non_semantic = _NON_SEMANTIC
+        used = set(METHOD_SECTIONS.get(c.method, ()))
+        for section in {s for ss in METHOD_SECTIONS.values() for s in ss} - used:
+            d.pop(section, None)
+    for dotted in non_semantic:
         parts = dotted.split(".")
         node = d
         for p in parts[:-1]:
@@ -332,6 +425,8 @@ def semantic_dict(c: ml_collections.ConfigDict) -> dict:
 
 
 def config_hash(c: ml_collections.ConfigDict) -> str:
+    """Hash of the fields that change results: a resumed run must match it (evaluation:
+    `results.jsonl` / `progress.jsonl`; training: the checkpoints)."""
     blob = json.dumps(semantic_dict(c), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -222,17 +222,16 @@ def test_resolve_and_config_validation():
 
 def test_run_configs_carry_model_attention():
     from rc_jax import config as run_config
-    from rc_jax.rl import config as rl_config
-    for mod in (run_config, rl_config):
-        c = mod.default_config()
+    for method in ("rc", "train"):
+        c = run_config.default_config(method)
         assert c.model.attention == "auto"
-        before = mod.config_hash(c)
+        before = run_config.config_hash(c)
         c.model.path = "builtin:any"  # checked before model.attention
         c.model.attention = "bogus"
         with pytest.raises(ValueError, match="model.attention"):
-            mod.validate(c)
+            run_config.validate(c)
         c.model.path, c.model.attention = "", "auto"
-        assert mod.config_hash(c) == before
+        assert run_config.config_hash(c) == before
 
 
 def test_fused_kernels_off_their_backend_fail_clearly():

@@ -248,7 +248,7 @@ def _authors_token_weights(lengths, response_lengths, budget, workers):
 
 
 def test_microbatch_token_mean_weights_are_the_authors_token_balanced_partition():
-    from rc_jax.rl import config as rl_config
+    from rc_jax import config as run_config
     from rc_jax.rl.batch import Sample
     from rc_jax.rl.train import pack_minibatch
     rng = np.random.RandomState(0)
@@ -274,7 +274,7 @@ def test_microbatch_token_mean_weights_are_the_authors_token_balanced_partition(
                                want, rtol=1e-6)
     # What reaches the loss: the packed rows' weights on each response token, whatever
     # physical (length-sorted) micro-batch a sequence lands in.
-    c = rl_config.default_config()
+    c = run_config.default_config("train")
     c.rl.loss_agg_mode = "microbatch_token_mean"
     c.rl.micro_batch_tokens = budget
     c.rl.length_buckets_per_octave = 1

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from rc_jax.rc.rollout import PhasePrompts
+from rc_jax import config as run_config
 from rc_jax.rl import config as rl_config
 from rc_jax.rl.batch import (Sample, length_bucket, pack_rows, plan_micro_batches,
                              split_minibatches)
@@ -137,7 +138,7 @@ def test_row_keys_do_not_depend_on_the_batch():
 
 
 def _config(**rl):
-    c = rl_config.default_config()
+    c = run_config.default_config("train")
     c.model.path = "builtin:tiny-random"
     c.data.source = "builtin:demo"
     for k, v in rl.items():
@@ -150,7 +151,7 @@ def test_paper_batch_layout_is_valid_on_pod_meshes():
     assert rl_config.sequences_per_step(c) == 1024
     for mesh, devices in (("fsdp:4", 4), ("data:4,fsdp:4", 16), ("fsdp:-1", 32)):
         c.mesh = mesh
-        rl_config.validate(c, device_count=devices)
+        run_config.validate(c, device_count=devices)
 
 
 @pytest.mark.parametrize("changes,mesh,match", [
@@ -169,4 +170,4 @@ def test_bad_batch_layout_and_options_fail_with_the_field_named(changes, mesh, m
     c = _config(**changes)
     c.mesh = mesh
     with pytest.raises(ValueError, match=match):
-        rl_config.validate(c, device_count=8)
+        run_config.validate(c, device_count=8)

@@ -13,7 +13,7 @@ import pytest
 from helpers import tiny_config
 from rc_jax.models import param_shapes
 from rc_jax.parallel import make_mesh, param_shardings
-from rc_jax.rl import config as rl_config
+from rc_jax import config as run_config
 from rc_jax.rl.batch import Sample
 from rc_jax.rl.train import Trainer, optimizer_settings, loss_settings, train_on_samples
 from rc_jax.rl.step import train_programs
@@ -50,7 +50,7 @@ def files(tmp_path_factory):
 
 
 def tiny_rct(files, out, **rl):
-    c = rl_config.default_config()
+    c = run_config.default_config("train")
     c.model.path = "builtin:tiny-random"
     c.model.dtype = "float32"
     c.model.remat_policy = "none"
@@ -275,7 +275,7 @@ def test_authors_dataset_format_loads(tmp_path):
            "reward_model": {"ground_truth": "4", "style": "rule"},
            "extra_info": {"index": 17}}
     (tmp_path / "train.jsonl").write_text(json.dumps(row) + "\n")
-    c = rl_config.default_config()
+    c = run_config.default_config("train")
     c.data.source = str(tmp_path / "train.jsonl")
     (p,) = load_training_problems(c)
     assert (p.problem, p.answer, p.problem_id) == ("Find 2+2.", "4", "17")
@@ -310,7 +310,7 @@ def test_each_buffered_summary_seeds_chains_per_problem_chains():
 
 def test_new_rl_fields_at_their_defaults_keep_the_resume_hash(files, tmp_path):
     c = tiny_rct(files, tmp_path)
-    assert "kl_coef_summary" not in rl_config.semantic_dict(c)["rl"]
-    before = rl_config.config_hash(c)
+    assert "kl_coef_summary" not in run_config.semantic_dict(c)["rl"]
+    before = run_config.config_hash(c)
     c.rl.microbatch_agg_shards = 8
-    assert rl_config.config_hash(c) != before
+    assert run_config.config_hash(c) != before

@@ -23,11 +23,10 @@ def parse_mesh_shape(spec: str | Mapping[str, int]) -> dict[str, int]:
     return dict(spec)
 
 
-def make_mesh(shape: str | Mapping[str, int] | None = None,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A Mesh over axes ('data', 'fsdp', 'tensor'). Missing axes get size 1; one axis may
-    be -1 to take all remaining devices. Default: everything on 'data'."""
-    devices = list(devices if devices is not None else jax.devices())
+def mesh_axis_sizes(shape: str | Mapping[str, int] | None, device_count: int) -> dict[str, int]:
+    """{axis: size} of the mesh `make_mesh(shape)` builds over `device_count` devices:
+    missing axes get size 1; one axis may be -1 to take all remaining devices. Default:
+    everything on 'data'."""
     sizes = {"data": -1, "fsdp": 1, "tensor": 1} if not shape else {
         a: 1 for a in MESH_AXES} | parse_mesh_shape(shape)
     unknown = [a for a in sizes if a not in MESH_AXES]
@@ -38,12 +37,21 @@ def make_mesh(shape: str | Mapping[str, int] | None = None,
         raise ValueError(f"mesh: only one axis may be -1, got {free}")
     fixed = int(np.prod([s for s in sizes.values() if s != -1]))
     if free:
-        if len(devices) % fixed:
-            raise ValueError(f"mesh: {len(devices)} devices do not divide by {fixed}")
-        sizes[free[0]] = len(devices) // fixed
+        if device_count % fixed:
+            raise ValueError(f"mesh: {device_count} devices do not divide by {fixed}")
+        sizes[free[0]] = device_count // fixed
     total = int(np.prod(list(sizes.values())))
-    if total != len(devices):
-        raise ValueError(f"mesh: axes {sizes} need {total} devices, have {len(devices)}")
+    if total != device_count:
+        raise ValueError(f"mesh: axes {sizes} need {total} devices, have {device_count}")
+    return sizes
+
+
+def make_mesh(shape: str | Mapping[str, int] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A Mesh over axes ('data', 'fsdp', 'tensor'). Missing axes get size 1; one axis may
+    be -1 to take all remaining devices. Default: everything on 'data'."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = mesh_axis_sizes(shape, len(devices))
     shape = [sizes[a] for a in MESH_AXES]
     grid = np.asarray(devices).reshape(shape)
     if devices[0].platform == "tpu" and len({d.slice_index if hasattr(d, "slice_index")
@@ -112,6 +120,16 @@ def batch_shards(mesh: Mesh | None, axes: Sequence[str] | None = None) -> int:
         return 1
     axes = batch_axes(mesh) if axes is None else axes
     return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def batch_shards_of(shape: str | Mapping[str, int] | None, device_count: int,
+                    rules=LOGICAL_AXIS_RULES) -> int:
+    """`batch_shards` of the mesh `make_mesh(shape)` would build over `device_count`
+    devices, without building it (config validation)."""
+    target = dict(rules).get("activation_batch")
+    axes = target if isinstance(target, tuple) else (target,)
+    sizes = mesh_axis_sizes(shape, device_count)
+    return int(np.prod([sizes[a] for a in axes if a is not None]))
 
 
 # KV cache layout of `rc_jax.models.qwen3.KVCache` (stacked form), in logical names.

@@ -1,77 +1,45 @@
-"""The RC reinforcement-learning (RCT) configuration: one locked `ConfigDict`, validated
-before any model is loaded or any token generated.
+"""What RC training (RCT, method 'train') adds to the one config schema of
+`rc_jax.config`: the `rl` section (the algorithm), `checkpoint`, the training run fields,
+the training defaults of the shared sections, and their validation.
 
-Field names follow `rc_jax.config.default_config` for the shared sections (model,
-tokenizer, data, sampling, rc) and add `rl` (the algorithm), `checkpoint` and the run
-fields. Defaults are the authors' released Stage-I run (see docs/training.md):
-64 problems x 2 snapshots x 8 responses = 1024 sequences per step, 2 mini-batches,
-lr 1e-6, clip 0.2 / 0.28, dual clip 3, low-variance KL 0.001, no entropy bonus.
-`experiments/rct_stage1.py` spells them out.
+`rc_jax.config.default_config("train")` builds the training config and
+`rc_jax.config.validate` checks it (calling `validate_training` here). Defaults are the
+authors' released Stage-I run (see docs/training.md): 64 problems x 2 snapshots x 8
+responses = 1024 sequences per step, 2 mini-batches, lr 1e-6, clip 0.2 / 0.28, dual
+clip 3, low-variance KL 0.001, no entropy bonus. `experiments/rct_stage1.py` spells
+them out.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import ml_collections
 
+from rc_jax import config as run_config
+from rc_jax.parallel.mesh import batch_shards_of
 from rc_jax.rl import losses
 
-METHOD = "train"
-DTYPES = ("float32", "bfloat16")
+METHOD = run_config.TRAIN
 REWARDS = ("math", "string_match")
 OLD_LOGPROBS = ("recompute", "sampler")
 SUMMARY_FREE_TEMPLATES = ("self_refine", "self_verify")
 
-# Fields that do not change what a run computes (a resumed run may change them).
-_NON_SEMANTIC = ("output_dir", "checkpoint.directory", "checkpoint.save_every",
-                 "checkpoint.keep", "checkpoint.resume", "checkpoint.export_every",
-                 "log_every", "tensorboard", "rl.total_steps", "grading_timeout",
-                 "model.max_cache_length", "progress")
-
 
 def default_config() -> ml_collections.ConfigDict:
-    """Every field `rc_jax.main` understands for method 'train', with defaults."""
-    c = ml_collections.ConfigDict()
-    c.method = METHOD
-    c.name = "rct"
+    """The training config: `rc_jax.config.default_config("train")`."""
+    return run_config.default_config(METHOD)
 
-    c.model = ml_collections.ConfigDict()
-    c.model.path = ""                 # HF-format directory or builtin:<name>
+
+def add_training_fields(c: ml_collections.ConfigDict) -> None:
+    """Adds the training sections to the shared ones (`rc_jax.config._shared_fields`) and
+    sets the training defaults of shared fields."""
+    c.name = "rct"
     c.model.dtype = "bfloat16"        # activations / matmuls
     c.model.param_dtype = "float32"   # trained parameters and optimizer state
     c.model.remat_policy = "full"     # jax.checkpoint per layer: none|full|dots|dots_no_batch
-    c.model.attention = "auto"        # auto|dense|blockwise|cudnn|pallas (rc_jax.models.attention)
-    c.model.max_cache_length = 1 << 17
-
-    c.tokenizer = ml_collections.ConfigDict()
-    c.tokenizer.path = ""             # empty: the model directory
-
-    c.data = ml_collections.ConfigDict()
-    c.data.source = ""                # JSON/JSONL, hf:<id>[:split], directory, builtin:demo
-    c.data.split = "train"
-    c.data.limit = 0
-    c.data.problem_field = ""         # empty: auto-detect (the authors' chat `prompt` works)
-    c.data.answer_field = ""          # e.g. reward_model.ground_truth
-    c.data.id_field = ""
     c.data.shuffle = True
     c.data.seed = 1                   # the authors' RandomSampler seed
-
-    c.sampling = ml_collections.ConfigDict()
-    c.sampling.temperature = 1.0
-    c.sampling.top_p = 1.0
-    c.sampling.top_k = 0
-    c.sampling.min_p = 0.0
-    c.sampling.seed = 0
-
-    c.rc = ml_collections.ConfigDict()
     c.rc.num_steps = 3                # T_train: online chain length
-    c.rc.max_reasoning_tokens = 16384  # H_R
-    c.rc.max_summary_tokens = 2048    # H_S
-    c.rc.reasoning_template = "math"
-    c.rc.summary_template = "math"
-    c.rc.use_think_tags = False
 
     r = c.rl = ml_collections.ConfigDict()
     r.batch_size = 64                 # B: problems per training step
@@ -142,46 +110,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint.export_final = True
 
     c.output_dir = "outputs/rct"
-    c.mesh = ""                       # e.g. "fsdp:-1" or "data:4,fsdp:4"; empty: all on data
-    c.grading_timeout = 5.0
     c.log_every = 1
     c.tensorboard = True              # when tensorboardX / TensorFlow is installed
     c.progress = True                 # console progress bar
-    c.lock()
-    return c
 
 
-def _fail(field: str, message: str) -> None:
-    raise ValueError(f"config.{field}: {message}")
-
-
-def _positive_int(c, field: str) -> None:
-    node = c
-    for part in field.split("."):
-        node = node[part]
-    if int(node) != node or node <= 0:
-        _fail(field, f"must be a positive integer, got {node!r}")
-
-
-def mesh_batch_shards(mesh: str, device_count: int) -> int:
-    """How many ways a batch is split on `mesh` (data x fsdp axes), given the devices."""
-    from rc_jax.parallel.mesh import parse_mesh_shape
-    sizes = {"data": -1, "fsdp": 1, "tensor": 1} if not mesh else {
-        "data": 1, "fsdp": 1, "tensor": 1} | parse_mesh_shape(mesh)
-    fixed = 1
-    for v in sizes.values():
-        fixed *= v if v != -1 else 1
-    free = [a for a, v in sizes.items() if v == -1]
-    if len(free) > 1:
-        raise ValueError(f"only one axis may be -1, got {free}")
-    if free:
-        if device_count % fixed:
-            raise ValueError(f"{device_count} devices do not divide by {fixed}")
-        sizes[free[0]] = device_count // fixed
-    total = sizes["data"] * sizes["fsdp"] * sizes["tensor"]
-    if total != device_count:
-        raise ValueError(f"axes {sizes} need {total} devices, have {device_count}")
-    return sizes["data"] * sizes["fsdp"]
+_fail = run_config._fail
+_positive_int = run_config._positive
 
 
 def sequences_per_step(c: ml_collections.ConfigDict) -> int:
@@ -190,64 +125,32 @@ def sequences_per_step(c: ml_collections.ConfigDict) -> int:
     return r.batch_size * r.chains_per_problem * r.snapshots_per_chain * r.group_size
 
 
-def validate(c: ml_collections.ConfigDict, device_count: int | None = None,
-             batch_shards: int | None = None) -> None:
-    """Checks every value; raises ValueError naming the first bad field.
+def validate_training(c: ml_collections.ConfigDict, *, device_count: int | None = None,
+                      batch_shards: int | None = None) -> None:
+    """The training checks, after `rc_jax.config.validate` has checked the shared
+    sections; raises ValueError naming the first bad field.
 
     The batch must divide over the mesh's batch shards: `batch_shards` when given (a mesh
     built by the caller), else computed from `config.mesh` and `device_count` (default:
-    `jax.device_count()`). Nothing else touches JAX.
+    `jax.device_count()`).
     """
-    if c.method != METHOD:
-        _fail("method", f"must be {METHOD!r} for training, got {c.method!r}")
-    if not c.model.path:
-        _fail("model.path", "required (an HF-format checkpoint directory or builtin:<name>)")
-    if not c.model.path.startswith("builtin:") and not Path(c.model.path).is_dir():
-        _fail("model.path", f"directory {c.model.path!r} does not exist")
-    for name in ("dtype", "param_dtype"):
-        if c.model[name] not in DTYPES:
-            _fail(f"model.{name}", f"must be one of {DTYPES}, got {c.model[name]!r}")
+    if not c.sampling.temperature > 0:
+        _fail("sampling.temperature", f"must be > 0 for RL (log-probs divide by it), got "
+              f"{c.sampling.temperature}")
+    if c.model.param_dtype not in run_config.DTYPES:
+        _fail("model.param_dtype", f"must be one of {run_config.DTYPES}, got "
+              f"{c.model.param_dtype!r}")
     from rc_jax.models.config import REMAT_POLICIES
     if c.model.remat_policy not in REMAT_POLICIES:
         _fail("model.remat_policy", f"must be one of {REMAT_POLICIES}, got "
               f"{c.model.remat_policy!r}")
-    from rc_jax.models.config import ATTENTION_IMPLS
-    if c.model.attention not in ATTENTION_IMPLS:
-        _fail("model.attention", f"must be one of {ATTENTION_IMPLS}, got {c.model.attention!r}")
     if c.rl.reference_path and not Path(c.rl.reference_path).is_dir():
         _fail("rl.reference_path", f"directory {c.rl.reference_path!r} does not exist")
-    if not c.data.source:
-        _fail("data.source", "required (a JSON/JSONL file, hf:<id>, a directory or "
-              "builtin:demo)")
-    if c.data.limit < 0:
-        _fail("data.limit", f"must be >= 0, got {c.data.limit}")
-    s = c.sampling
-    if not s.temperature > 0:
-        _fail("sampling.temperature", f"must be > 0 for RL (log-probs divide by it), got "
-              f"{s.temperature}")
-    if not 0 < s.top_p <= 1:
-        _fail("sampling.top_p", f"must be in (0, 1], got {s.top_p}")
-    if s.top_k < 0:
-        _fail("sampling.top_k", f"must be >= 0, got {s.top_k}")
-    if not 0 <= s.min_p < 1:
-        _fail("sampling.min_p", f"must be in [0, 1), got {s.min_p}")
-    for name in ("rc.num_steps", "rc.max_reasoning_tokens", "rc.max_summary_tokens"):
-        _positive_int(c, name)
-    for name in ("reasoning_template", "summary_template"):
-        from rc_jax.rc.prompts import load_template
-        try:
-            load_template(c.rc[name], "reasoning" if name.startswith("reasoning") else "summary")
-        except (ValueError, FileNotFoundError) as e:
-            _fail(f"rc.{name}", str(e))
     _validate_rl(c)
     ck = c.checkpoint
     if ck.save_every < 0 or ck.keep < 1 or ck.export_every < 0:
         _fail("checkpoint", f"save_every/export_every must be >= 0 and keep >= 1, got "
               f"{ck.save_every}/{ck.export_every}/{ck.keep}")
-    if not c.output_dir:
-        _fail("output_dir", "required")
-    if c.grading_timeout <= 0:
-        _fail("grading_timeout", f"must be > 0, got {c.grading_timeout}")
     if c.log_every < 1:
         _fail("log_every", f"must be >= 1, got {c.log_every}")
     _validate_batch_layout(c, device_count, batch_shards)
@@ -377,18 +280,12 @@ def _validate_batch_layout(c: ml_collections.ConfigDict, device_count: int | Non
         _fail("rl.num_minibatches", f"a mini-batch of {per_mini} sequences would split a group "
               f"of {r.group_size}; choose num_minibatches dividing the number of groups "
               f"({n // r.group_size})")
-    if c.mesh:
-        from rc_jax.parallel.mesh import parse_mesh_shape
-        try:
-            parse_mesh_shape(c.mesh)
-        except ValueError as e:
-            _fail("mesh", str(e))
     if shards is None:
         if device_count is None:
             import jax
             device_count = jax.device_count()
         try:
-            shards = mesh_batch_shards(c.mesh, device_count)
+            shards = batch_shards_of(c.mesh, device_count)
         except ValueError as e:
             _fail("mesh", str(e))
     if r.microbatch_agg_shards and per_mini % r.microbatch_agg_shards:
@@ -398,31 +295,3 @@ def _validate_batch_layout(c: ml_collections.ConfigDict, device_count: int | Non
         _fail("rl.batch_size", f"a mini-batch of {per_mini} sequences does not divide over "
               f"the {shards} batch shards (data x fsdp) of mesh {c.mesh or 'data:-1'!r}; "
               "change rl.batch_size, rl.num_minibatches or the mesh")
-
-
-# Fields added after runs were checkpointed: left out of the hash at their default, so
-# those runs still resume.
-_ADDED_LATER = {"rl.kl_coef_summary": -1.0, "rl.microbatch_agg_shards": 0,
-                "model.attention": "auto"}
-
-
-def semantic_dict(c: ml_collections.ConfigDict) -> dict:
-    d = json.loads(c.to_json())
-    for dotted, default in _ADDED_LATER.items():
-        section, name = dotted.split(".")
-        if d.get(section, {}).get(name, default) == default:
-            d.get(section, {}).pop(name, None)
-    for dotted in _NON_SEMANTIC:
-        node = d
-        parts = dotted.split(".")
-        for p in parts[:-1]:
-            node = node.get(p, {})
-        node.pop(parts[-1], None)
-    return d
-
-
-def config_hash(c: ml_collections.ConfigDict) -> str:
-    """Hash of the fields that change results; a resumed run must match it."""
-    blob = json.dumps(semantic_dict(c), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-

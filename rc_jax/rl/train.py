@@ -23,10 +23,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from rc_jax.config import config_hash, data_split, validate
 from rc_jax.parallel import to_host
 from rc_jax.rl import losses
 from rc_jax.rl.batch import Sample, pack_rows, plan_micro_batches, split_minibatches
-from rc_jax.rl.config import config_hash, validate
 from rc_jax.rl.replay import SummaryReplayBuffer
 from rc_jax.rl.rollout import (REASONING, SUMMARY, Chain, Group, RCTRollout, RewardFn,
                                build_groups, check_groups, derive_keys, make_reward_fn, score)
@@ -64,7 +64,7 @@ def load_training_problems(c: ml_collections.ConfigDict) -> list:
     try:
         return load_problems(source, problem_field=d.problem_field or None,
                              answer_field=d.answer_field or None, id_field=d.id_field or None,
-                             split=d.split or None, limit=d.limit or None)
+                             split=data_split(c) or None, limit=d.limit or None)
     except DataError as e:
         raise ValueError(f"config.data ({d.source}): {e}") from None
 
