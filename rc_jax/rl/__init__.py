@@ -2,7 +2,8 @@
 
 Modules, in the order data flows through a training step:
 
-  config      the training config schema (`default_config`, `validate`)
+  config      the training sections of the config schema (`rl`, `checkpoint`) and
+              their checks (`rc_jax.config.default_config("train")`, `validate`)
   data        deterministic, resumable problem batches
   replay      summary replay buffer (optional)
   rollout     online RC chains -> snapshot prompts -> GRPO groups -> rewards

@@ -3,7 +3,7 @@ loss and loss-aggregation weights. Everything here is unit-testable with numbers
 
 Estimators, policy losses, KL penalties and aggregation modes are picked by *name* from
 the small registries below (`ADVANTAGE_ESTIMATORS`, `POLICY_LOSSES`, `KL_PENALTIES`,
-`LOSS_AGG_MODES`); configs name them and `rc_jax.rl.config.validate` checks the names.
+`LOSS_AGG_MODES`); configs name them and `rc_jax.config.validate` checks the names.
 
 Shapes: N sequences, B rows of a micro-batch, S token positions.
 """

@@ -1,5 +1,5 @@
 """RCT training: short-horizon RL on RC rollouts (`python -m rc_jax.main --config=...`
-with `method='train'`; config schema in `rc_jax.rl.config`).
+with `method='train'`; config schema: `rc_jax.config.default_config("train")`).
 
 One step (`Trainer.train_step`), following the authors' recipe (see docs/training.md):
   1. draw B problems (deterministic, resumable order);
