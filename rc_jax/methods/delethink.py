@@ -35,13 +35,15 @@ fold_in(row key, k).
 """
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from rc_jax.methods import register
 from rc_jax.methods.base import MethodContext, MethodRollout, fold
 from rc_jax.methods.prompts import load_method_template
+from rc_jax.sampling.generate import GenerationResult
 
 ANSWER_FROM_TRACE = "trace"  # record field `answer_from`: grade step k from chunks 0..k
 
@@ -82,38 +84,76 @@ def trace_answer_texts(chunks: Sequence[str]) -> list[str]:
     return out
 
 
+@dataclasses.dataclass
+class Trace:
+    """One Delethink trace as ids, per chunk k: its prompt, its generated ids (stop token
+    included), its finish reason and the sampler's log-probs of those ids. A trace has
+    fewer than `max_chunks` chunks when one ended on a stop token."""
+    prompts: list[list[int]] = dataclasses.field(default_factory=list)
+    chunks: list[list[int]] = dataclasses.field(default_factory=list)
+    finish: list[str] = dataclasses.field(default_factory=list)
+    logprobs: list[np.ndarray] = dataclasses.field(default_factory=list)
+
+
+# (prompts, max_new_tokens, keys) -> one batched sampler call (`MethodContext.generate`).
+GenerateFn = Callable[[list[list[int]], int, np.ndarray], GenerationResult]
+
+
+def run_traces(heads: Sequence[Sequence[int]], keys: np.ndarray, generate: GenerateFn,
+               spec: Any) -> list[Trace]:
+    """The chunk loop of every Delethink rollout: evaluation (`run_delethink`) and RL
+    (`rc_jax.rl.rollout`, `rl.rollout = delethink`).
+
+    heads[i]: row i's head ids; keys[i]: its key (chunk k samples with fold_in(key, k));
+    spec: anything with `chunk_tokens`, `keep_first`, `keep_last`, `max_chunks` (the
+    `delethink` config section). One sampler call per chunk index over the rows still
+    going, so a row's chunks do not depend on the other rows.
+    """
+    traces = [Trace() for _ in heads]
+    live = [True] * len(heads)
+    keys = np.asarray(keys)
+    for k in range(spec.max_chunks):
+        rows = [i for i in range(len(heads)) if live[i]]
+        if not rows:
+            break
+        prompts = [chunk_prompt(heads[i], traces[i].chunks, spec.keep_first, spec.keep_last)
+                   for i in rows]
+        res = generate(prompts, chunk_budget(spec.chunk_tokens, spec.keep_last, k),
+                       fold(keys[rows], k))
+        for j, i in enumerate(rows):
+            t = traces[i]
+            t.prompts.append(prompts[j])
+            t.chunks.append(list(res.tokens[j]))
+            t.finish.append(res.finish_reasons[j])
+            t.logprobs.append(np.asarray(res.logprobs[j], np.float32))
+            live[i] = res.finish_reasons[j] != "stop" and k + 1 < spec.max_chunks
+    return traces
+
+
 @register("delethink")
 def run_delethink(problems: Sequence[str], keys: np.ndarray,
                   ctx: MethodContext) -> list[MethodRollout]:
     c = ctx.config.delethink
     template = load_method_template(c.template, "solve")
     heads = [ctx.prompt(template.format(problem=p)) for p in ctx.check_problems(problems)]
-    chunks: list[list[list[int]]] = [[] for _ in problems]
-    live = [True] * len(problems)
-    outs = [MethodRollout(method_fields={"answer_from": ANSWER_FROM_TRACE,
-                                         "delethink_first": ""}) for _ in problems]
-    keys = np.asarray(keys)
-    for k in range(c.max_chunks):
-        rows = [i for i in range(len(problems)) if live[i]]
-        prompts = {i: chunk_prompt(heads[i], chunks[i], c.keep_first, c.keep_last)
-                   for i in rows}
-        if rows:
-            res = ctx.generate([prompts[i] for i in rows],
-                               chunk_budget(c.chunk_tokens, c.keep_last, k), fold(keys[rows], k))
-        for i, r in enumerate(outs):
-            if i not in prompts:  # the trace ended at an earlier chunk
+    traces = run_traces(heads, keys, ctx.generate, c)
+    outs = []
+    for t in traces:
+        r = MethodRollout(method_fields={"answer_from": ANSWER_FROM_TRACE,
+                                         "delethink_first": ""})
+        for k in range(c.max_chunks):
+            if k >= len(t.chunks):  # the trace ended at an earlier chunk
                 r.add_step("", "", [], 0, 0, r.reasoning_finish[-1])
                 if ctx.record_prompts:
                     r.prompts.append([])
                 continue
-            j = rows.index(i)
-            ids, finish = list(res.tokens[j]), res.finish_reasons[j]
-            chunks[i].append(ids)
+            ids = t.chunks[k]
             if k == 0:
                 r.method_fields["delethink_first"] = ctx.decode(first_span(ids, c.keep_first))
-            live[i] = finish != "stop" and k + 1 < c.max_chunks
-            handed = ctx.decode(last_span(ids, c.keep_last)) if live[i] else ""
-            r.add_step(ctx.decode(ids), handed, ids, len(prompts[i]), len(ids), finish)
+            # What chunk k hands on (its last m ids), when a chunk follows it.
+            handed = ctx.decode(last_span(ids, c.keep_last)) if k + 1 < len(t.chunks) else ""
+            r.add_step(ctx.decode(ids), handed, ids, len(t.prompts[k]), len(ids), t.finish[k])
             if ctx.record_prompts:
-                r.prompts.append([prompts[i]])
+                r.prompts.append([t.prompts[k]])
+        outs.append(r)
     return outs
