@@ -1,12 +1,21 @@
-"""The toy RC experiment (rc_jax.toy, experiments/toy): task, tokenizer, prompts, smoke run."""
+"""The toy RC experiment (package `experiments.toy`, not part of the installed library):
+task, tokenizer, prompts, the Delethink row, smoke run."""
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from rc_jax.toy import task
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the repo root out
+    sys.path.insert(0, str(ROOT))
+
+from experiments.toy import evaluate, pipeline, sft, task  # noqa: E402
+from experiments.toy.tokenizer import build_toy_tokenizer  # noqa: E402
+from rc_jax.tokenizer import load_tokenizer  # noqa: E402
 
 
 # ---------------------------------------------------------------- task
@@ -57,8 +66,6 @@ def test_sample_problems_stratified_and_seeded():
 # ---------------------------------------------------------------- tokenizer + prompts
 @pytest.fixture(scope="module")
 def toy_tokenizer(tmp_path_factory):
-    from rc_jax.tokenizer import load_tokenizer
-    from rc_jax.toy.tokenizer import build_toy_tokenizer
     return load_tokenizer(build_toy_tokenizer(tmp_path_factory.mktemp("toy_tok")))
 
 
@@ -83,7 +90,6 @@ def test_sft_prompts_are_the_engine_prompts(toy_tokenizer):
     the chat template applied to the filled text template."""
     from rc_jax.rc.prompts import load_template
     from rc_jax.rc.tokens import make_plan
-    from rc_jax.toy import pipeline, sft
     tok = toy_tokenizer
     rt = load_template(str(pipeline.REASONING_TEMPLATE), "reasoning")
     st = load_template(str(pipeline.SUMMARY_TEMPLATE), "summary")
@@ -111,7 +117,6 @@ def test_sft_prompts_are_the_engine_prompts(toy_tokenizer):
 
 
 def test_sft_batches_mask_only_responses(toy_tokenizer):
-    from rc_jax.toy import sft
     e = sft.Example([1, 2, 3, 4], [5, 6, 7], "reasoning")
     b = sft.make_batches([e] * 4, 2, 0, np.random.default_rng(0), length_multiple=8)
     assert len(b) == 2
@@ -122,22 +127,79 @@ def test_sft_batches_mask_only_responses(toy_tokenizer):
 
 
 def test_paired_difference():
-    from rc_jax.toy.evaluate import paired_difference
     a = {("p", 0): [False, True], ("q", 0): [True, True], ("r", 0): [False, False],
          ("s", 0): [True]}                               # too short for step 2: left out
     b = {("p", 0): [False, False], ("q", 0): [True, True], ("r", 0): [False, True],
          ("s", 0): [True, True]}
-    d = paired_difference(a, b, 2)
+    d = evaluate.paired_difference(a, b, 2)
     assert d["pairs"] == 3 and d["a_only"] == 1 and d["b_only"] == 1
     assert d["difference"] == 0.0 and abs(d["stderr"] - np.sqrt(1 / 3)) < 1e-12
-    assert paired_difference(a, b, 1)["difference"] == 0.0
+    assert evaluate.paired_difference(a, b, 1)["difference"] == 0.0
+
+
+# ---------------------------------------------------------------- the Delethink row
+def test_delethink_row_runs_with_the_toy_budgets(toy_tokenizer):
+    """The toy's Delethink row (rc_jax.methods.delethink on the toy model, the toy's solve
+    prompt, t_eval chunks of H_R + H_S tokens): records in the results schema, one step
+    per chunk, the chunk prompt rule on the toy's ids, budgets, and grading from the trace
+    so far. A random model, so that traces run for several chunks."""
+    import jax
+
+    from rc_jax.data import Problem
+    from rc_jax.methods import get_runner
+    from rc_jax.methods.base import MethodContext
+    from rc_jax.methods.delethink import chunk_prompt
+    from rc_jax.models import init_params
+    from rc_jax.rc.engine import row_key
+    from rc_jax.sampling import Buckets, SamplingParams
+
+    s = pipeline.SMOKE
+    tok = toy_tokenizer
+    cfg = sft.toy_model_config(s.vocab_size, hidden=s.hidden, layers=s.layers, heads=s.heads,
+                               kv_heads=s.kv_heads, mlp=s.mlp, eos_ids=tok.eos_ids)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    c = pipeline.delethink_config(s)
+    C, m0, m = s.delethink_chunk, s.delethink_keep_first, s.delethink_keep_last
+    assert (C, m0, m) == (s.max_reasoning_tokens + s.max_summary_tokens, 4, 13)
+    assert c.delethink.max_chunks == s.t_eval
+    problems = [Problem(f"p{i}", p.text, str(p.answer)) for i, p in
+                enumerate(task.sample_problems(np.random.default_rng(0), 3, 1, 12))]
+    ctx = MethodContext(c, params, cfg, tok, SamplingParams(temperature=1.0),
+                        buckets=Buckets(min_prompt=16, min_new_tokens=8), record_prompts=True)
+    keys = np.stack([row_key(7, p.problem_id, 0) for p in problems])
+    rollouts = get_runner("delethink")([p.problem for p in problems], keys, ctx)
+    head = tok.chat_prompt_ids(pipeline.SOLVE_TEMPLATE.read_text().format(
+        problem=problems[0].problem))
+    assert rollouts[0].prompts[0][0] == head   # chunk 0: the toy's solve prompt
+    chunks_run = 0
+    for r in rollouts:
+        for k, ids in enumerate(r.reasoning_ids):
+            if not r.prompts[k]:
+                continue                          # the trace had ended
+            chunks_run += 1
+            assert len(ids) <= (C if k == 0 else C - m)
+            assert r.prompts[k][0] == chunk_prompt(r.prompts[0][0], r.reasoning_ids[:k], m0, m)
+    assert chunks_run > len(problems)  # some trace went past its first chunk
+
+    recs = evaluate.method_records("delethink", ctx, problems, num_samples=2, seed=7,
+                                   method=pipeline.METHOD_SFT_DT, batch_size=4,
+                                   log=lambda *_: None)
+    assert len(recs) == 2 * len(problems)
+    for r in recs:
+        assert r["method"] == pipeline.METHOD_SFT_DT and r["answer_from"] == "trace"
+        assert len(r["reasoning_store"]) == s.t_eval
+        assert sum(r["token_counts"]["reasoning"]) <= C + (s.t_eval - 1) * (C - m)
+    # sample 0 of the records is the runner's row above (same row keys)
+    assert recs[0]["reasoning_store"] == rollouts[0].reasoning_text
+    # graded from the trace so far: a box written in chunk 0 still counts at later steps
+    fake = dict(recs[0], label="3", reasoning_store=["xx\\boxed{3}"] + [""] * (s.t_eval - 1))
+    assert evaluate.graded_by_record([fake])[("p0", 0)] == [True] * s.t_eval
 
 
 # ---------------------------------------------------------------- the whole pipeline
 @pytest.mark.slow
 def test_smoke_pipeline(tmp_path):
     """data -> SFT -> RC RL (rc_jax.rl) -> RC / autoregressive evaluation -> plot, tiny."""
-    from rc_jax.toy import pipeline
     s = pipeline.SMOKE
     summary = pipeline.run(s, work_dir=tmp_path / "work", results_dir=tmp_path / "results",
                            log=lambda *_: None)
@@ -145,7 +207,7 @@ def test_smoke_pipeline(tmp_path):
         assert (tmp_path / "results" / name).is_file()
     m = json.loads((tmp_path / "results" / "metrics.json").read_text())
     assert m["methods"] == [pipeline.METHOD_AR, pipeline.METHOD_SFT_RC, pipeline.METHOD_RL_RC,
-                            pipeline.METHOD_RL_AR]
+                            pipeline.METHOD_RL_AR, pipeline.METHOD_SFT_DT]
     for method in m["methods"]:
         curve = m["curves"][method]
         assert [p["step"] for p in curve] == list(range(1, s.t_eval + 1))
@@ -162,7 +224,12 @@ def test_smoke_pipeline(tmp_path):
     assert summary["checks"].keys() >= {"rl_rc_still_rising_beyond_t_train",
                                         "c_above_a_and_b_at_largest_budget",
                                         "paired_at_largest_budget"}
-    paired = summary["checks"]["paired_at_largest_budget"]["c_minus_b"]
-    assert paired["pairs"] == s.eval_per_ops * s.eval_max_ops * s.eval_samples
+    for pair in ("c_minus_b", "b_minus_e"):
+        paired = summary["checks"]["paired_at_largest_budget"][pair]
+        assert paired["pairs"] == s.eval_per_ops * s.eval_max_ops * s.eval_samples
+    dt = m["curves"][pipeline.METHOD_SFT_DT]   # Delethink: C, then C - m per later chunk
+    assert dt[-1]["tokens"] <= s.delethink_chunk + (s.t_eval - 1) * (
+        s.delethink_chunk - s.delethink_keep_last)
+    assert "Delethink" in (tmp_path / "results" / "table.md").read_text()
     # the RL model was saved and differs from the SFT model (an update happened)
     assert (tmp_path / "work" / "rl_model" / "config.json").is_file()

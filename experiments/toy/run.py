@@ -25,9 +25,10 @@ if str(ROOT) not in sys.path:  # `python experiments/toy/run.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
 
-def main(argv=None) -> int:
-    from rc_jax.toy import pipeline
+from experiments.toy import pipeline  # noqa: E402  (after the path fix above)
 
+
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny, fast version (tests)")
     p.add_argument("--work_dir", default=None)

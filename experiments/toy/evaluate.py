@@ -1,9 +1,11 @@
-"""Evaluation of the toy: RC decoding and the autoregressive baseline, graded per step.
+"""Evaluation of the toy: RC decoding and the other methods, graded per step.
 
 Everything runs through the project's own pieces: `rc_jax.rc.engine.RCEngine` for RC,
-the `autoregressive` method runner (`rc_jax.methods`) for plain decoding, records in the
-format of `rc_jax.main.build_record`, and `rc_jax.eval.report.evaluate_files` (with the
-exact-match `StringMatchGrader`) for the per-step accuracy and token metrics.
+the method runners of `rc_jax.methods` (`autoregressive`: one long generation read at
+checkpoints; `delethink`: fixed-size chunks with a few tokens carried over), records in
+the format of `rc_jax.main.build_record` (imported from the CLI module: known debt, see
+issue #19), and `rc_jax.eval.report.evaluate_files` (with the exact-match
+`StringMatchGrader`) for the per-step accuracy and token metrics.
 """
 from __future__ import annotations
 
@@ -16,7 +18,10 @@ import numpy as np
 
 from rc_jax.data import Problem
 from rc_jax.eval.grading import StringMatchGrader
+from rc_jax.eval.records import parse_rollout
+from rc_jax.eval.report import evaluate_files
 from rc_jax.main import build_record
+from rc_jax.methods import get_runner
 from rc_jax.rc.engine import Job, RCEngine, row_key
 
 
@@ -39,12 +44,12 @@ def rc_records(engine: RCEngine, params: Any, problems: Sequence[Problem], *, nu
     return out
 
 
-def autoregressive_records(ctx, problems: Sequence[Problem], *, num_samples: int, seed: int,
-                           method: str, batch_size: int,
-                           log: Callable[[str], None] = print) -> list[dict]:
-    """The project's autoregressive runner (one long generation read at checkpoints)."""
-    from rc_jax.methods import get_runner
-    runner = get_runner("autoregressive")
+def method_records(name: str, ctx, problems: Sequence[Problem], *, num_samples: int,
+                   seed: int, method: str, batch_size: int,
+                   log: Callable[[str], None] = print) -> list[dict]:
+    """Records of the project's method runner `name` (`autoregressive`, `delethink`, ...)
+    on every (problem, sample), `batch_size` rows per runner call, labelled `method`."""
+    runner = get_runner(name)
     todo = [(p, j) for p in problems for j in range(num_samples)]
     out = []
     start = time.perf_counter()
@@ -55,7 +60,7 @@ def autoregressive_records(ctx, problems: Sequence[Problem], *, num_samples: int
         rollouts = runner([p.problem for p, _ in chunk], keys, ctx)
         wall = time.perf_counter() - t0
         out += [build_record(p, j, r, method, wall, "") for (p, j), r in zip(chunk, rollouts)]
-    log(f"  {method}: {len(out)} generations in {time.perf_counter() - start:.0f}s")
+    log(f"  {method}: {len(out)} rollouts in {time.perf_counter() - start:.0f}s")
     return out
 
 
@@ -69,7 +74,6 @@ def write_jsonl(path: Path, records: Sequence[dict]) -> Path:
 
 def grade(paths: Sequence[Path], labels: Sequence[str], output_dir: Path) -> dict[str, Any]:
     """Per-step metrics of every results file (exact match of the last box)."""
-    from rc_jax.eval.report import evaluate_files
     return evaluate_files(paths, output_dir, grader=StringMatchGrader(), labels=labels,
                           progress=False, plots=True)
 
@@ -87,11 +91,13 @@ def per_difficulty(records: Sequence[dict], graded: dict[tuple[str, int], list[b
 
 
 def graded_by_record(records: Sequence[dict]) -> dict[tuple[str, int], list[bool]]:
-    """(problem_id, sample_id) -> per-step correctness (same rule as the report)."""
+    """(problem_id, sample_id) -> per-step correctness (same rule as the report: a step's
+    answer is read from its own text, or from the trace so far for Delethink records)."""
     grader = StringMatchGrader()
     out = {}
-    for r in records:
-        res = grader.grade_batch([(t, r["label"]) for t in r["reasoning_store"]])
+    for i, r in enumerate(records):
+        texts = parse_rollout(r, f"record {i}", 0).answer_texts()
+        res = grader.grade_batch([(t, r["label"]) for t in texts])
         out[(str(r["problem_id"]), int(r["sample_id"]))] = [g.correct for g in res]
     return out
 

@@ -17,11 +17,22 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import jax
 import numpy as np
 
-from rc_jax.toy import task
+from experiments.toy import evaluate, report, rl, sft, task
+from experiments.toy.tokenizer import build_toy_tokenizer
+from rc_jax.config import default_config
+from rc_jax.data import Problem
+from rc_jax.methods.base import MethodContext
+from rc_jax.models import load_hf_checkpoint, save_hf_checkpoint
+from rc_jax.rc.engine import RCEngine, RCSettings
+from rc_jax.rc.prompts import load_template
+from rc_jax.rc.tokens import make_plan
+from rc_jax.sampling import Buckets, SamplingParams
+from rc_jax.tokenizer import load_tokenizer
 
-EXPERIMENT_DIR = Path(__file__).resolve().parents[2] / "experiments" / "toy"
+EXPERIMENT_DIR = Path(__file__).resolve().parent  # templates and results live here
 REASONING_TEMPLATE = EXPERIMENT_DIR / "reasoning.txt"
 SUMMARY_TEMPLATE = EXPERIMENT_DIR / "summary.txt"
 SOLVE_TEMPLATE = EXPERIMENT_DIR / "solve.txt"
@@ -30,6 +41,7 @@ METHOD_AR = "(a) SFT, autoregressive"
 METHOD_SFT_RC = "(b) SFT, RC decoding"
 METHOD_RL_RC = "(c) RC-RL, RC decoding"
 METHOD_RL_AR = "(d) RC-RL, autoregressive"
+METHOD_SFT_DT = "(e) SFT, Delethink"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +90,18 @@ class Settings:
     eval_max_ops: int = 32
     eval_samples: int = 2
     eval_batch: int = 256
+    # Delethink row (rc_jax.methods.delethink, arXiv 2510.06557) of the SFT model: chunk k
+    # is prompted with the solve prompt + the first keep_first tokens of chunk 0 + the last
+    # keep_last tokens of chunk k-1; t_eval chunks at most, a step = a chunk. Chunk 0 gets
+    # delethink_chunk_tokens (0: H_R + H_S, the generation budget of one RC step and the
+    # autoregressive read-out interval), later chunks that minus keep_last.
+    delethink_chunk_tokens: int = 0
+    delethink_keep_first: int = 4        # one written operation (4 tokens)
+    delethink_keep_last: int = 13        # C / 2, the paper's ratio
+
+    @property
+    def delethink_chunk(self) -> int:
+        return self.delethink_chunk_tokens or self.max_reasoning_tokens + self.max_summary_tokens
 
     def __post_init__(self):
         need = 4 * self.ops_per_step + 4
@@ -88,6 +112,8 @@ class Settings:
             raise ValueError("t_eval must be >= t_train")
         if self.eval_max_ops > task.MAX_OPS or self.sft_max_ops > task.MAX_OPS:
             raise ValueError(f"at most {task.MAX_OPS} operations per problem")
+        if not 0 <= self.delethink_keep_last < self.delethink_chunk:
+            raise ValueError("delethink_keep_last must be in [0, delethink chunk tokens)")
 
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -98,8 +124,7 @@ class Settings:
         keys = ("seed", "ops_per_step", "vocab_size", "hidden", "layers", "heads", "kv_heads",
                 "mlp", "sft_steps", "sft_batch", "sft_lr", "sft_warmup", "sft_min_ops",
                 "sft_max_ops", "sft_summary_fraction", "max_reasoning_tokens")
-        from rc_jax.toy.sft import DATA_VERSION
-        d = {k: getattr(self, k) for k in keys} | {"sft_data_version": DATA_VERSION}
+        d = {k: getattr(self, k) for k in keys} | {"sft_data_version": sft.DATA_VERSION}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -138,6 +163,19 @@ def _write_problems(path: Path, records: list[dict]) -> str:
     return str(path)
 
 
+def delethink_config(s: Settings):
+    """The run config the `delethink` method runner reads for the toy's Delethink row: the
+    toy's solve prompt (the empty-summary RC prompt), t_eval chunks."""
+    c = default_config()
+    c.method = "delethink"
+    c.delethink.template = str(SOLVE_TEMPLATE)
+    c.delethink.chunk_tokens = s.delethink_chunk
+    c.delethink.keep_first = s.delethink_keep_first
+    c.delethink.keep_last = s.delethink_keep_last
+    c.delethink.max_chunks = s.t_eval
+    return c
+
+
 def write_replay_warm_start(engine, params, problems: list, s: Settings, path: str) -> int:
     """RC rollouts of `params` (t_eval steps, one sample) on the RL problems, stored in
     the replay-buffer JSON format ({problem: {summaries, starting_steps}}).
@@ -148,8 +186,6 @@ def write_replay_warm_start(engine, params, problems: list, s: Settings, path: s
     drifts there, see docs/toy.md). Later summaries repeat that finished state. The
     summaries are the model's own, wrong ones included.
     """
-    from rc_jax.data import Problem
-    from rc_jax.toy import evaluate
     records = evaluate.rc_records(
         engine, params, [Problem(f"rl-{i}", p.text, str(p.answer)) for i, p in enumerate(problems)],
         num_samples=1, num_steps=s.t_eval, seed=s.seed + 500, method="replay warm start",
@@ -166,16 +202,6 @@ def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = Fal
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Runs the experiment; writes toy_curve.png, table.md, metrics.json to results_dir."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import jax
-
-    from rc_jax.data import Problem
-    from rc_jax.models import load_hf_checkpoint, save_hf_checkpoint
-    from rc_jax.rc.engine import RCEngine, RCSettings
-    from rc_jax.sampling import Buckets, SamplingParams
-    from rc_jax.tokenizer import load_tokenizer
-    from rc_jax.toy import evaluate, report, rl, sft
-    from rc_jax.toy.tokenizer import build_toy_tokenizer
-
     work_dir, results_dir = Path(work_dir), Path(results_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     clock = Clock()
@@ -218,8 +244,6 @@ def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = Fal
         sft_history = json.loads(marker.read_text())["history"]
         log(f"SFT: reusing {sft_dir}")
     else:
-        from rc_jax.rc.prompts import load_template
-        from rc_jax.rc.tokens import make_plan
         r_plan = make_plan(tokenizer, load_template(str(REASONING_TEMPLATE), "reasoning"))
         s_plan = make_plan(tokenizer, load_template(str(SUMMARY_TEMPLATE), "summary"))
         data_rng = np.random.default_rng([s.seed, 2])
@@ -282,8 +306,6 @@ def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = Fal
     records[METHOD_RL_RC] = evaluate.rc_records(engine, rl_params, problems,
                                                 num_steps=s.t_eval, method=METHOD_RL_RC,
                                                 **common)
-    from rc_jax.config import default_config
-    from rc_jax.methods.base import MethodContext
     ar_cfg = default_config()
     step_tokens = s.max_reasoning_tokens + s.max_summary_tokens
     ar_cfg.autoregressive.max_tokens = s.t_eval * step_tokens
@@ -291,11 +313,15 @@ def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = Fal
     ar_cfg.baselines.solve_template = str(SOLVE_TEMPLATE)
     for method, params in ((METHOD_AR, sft_params), (METHOD_RL_AR, rl_params)):
         ctx = MethodContext(ar_cfg, params, model_cfg, tokenizer, sampling, buckets=buckets)
-        records[method] = evaluate.autoregressive_records(ctx, problems, method=method,
-                                                          **common)
+        records[method] = evaluate.method_records("autoregressive", ctx, problems,
+                                                  method=method, **common)
+    ctx = MethodContext(delethink_config(s), sft_params, model_cfg, tokenizer, sampling,
+                        buckets=buckets)
+    records[METHOD_SFT_DT] = evaluate.method_records("delethink", ctx, problems,
+                                                     method=METHOD_SFT_DT, **common)
     t = clock.lap("evaluation", t)
 
-    order = [METHOD_AR, METHOD_SFT_RC, METHOD_RL_RC, METHOD_RL_AR]
+    order = [METHOD_AR, METHOD_SFT_RC, METHOD_RL_RC, METHOD_RL_AR, METHOD_SFT_DT]
     paths = [evaluate.write_jsonl(work_dir / "eval" / f"{i}.jsonl", records[m])
              for i, m in enumerate(order)]
     metrics = evaluate.grade(paths, order, work_dir / "eval" / "report")
@@ -308,6 +334,8 @@ def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = Fal
     summary["checks"]["paired_at_largest_budget"] = {
         "c_minus_a": evaluate.paired_difference(graded[METHOD_RL_RC], graded[METHOD_AR], s.t_eval),
         "c_minus_b": evaluate.paired_difference(graded[METHOD_RL_RC], graded[METHOD_SFT_RC],
+                                                s.t_eval),
+        "b_minus_e": evaluate.paired_difference(graded[METHOD_SFT_RC], graded[METHOD_SFT_DT],
                                                 s.t_eval)}
     summary["settings"] = dataclasses.asdict(s) | {"hash": s.hash()}
     summary["model"] = {"num_params": model_cfg.num_params, **model_cfg.to_hf_dict()}

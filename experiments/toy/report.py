@@ -5,6 +5,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from matplotlib.figure import Figure
+
 ORACLE = "perfect RC model (fraction of problems solvable in T steps)"
 
 
@@ -106,20 +108,24 @@ def table(summary: dict[str, Any]) -> str:
         lines.append(f"Paired over the same {cb['pairs']} (problem, sample) rollouts: (c) - (b) = "
                      f"{100 * cb['difference']:+.1f} ± {100 * cb['stderr']:.1f} points "
                      f"({cb['a_only']} solved only by (c), {cb['b_only']} only by (b)).")
+        be = paired.get("b_minus_e")
+        if be:
+            lines.append(f"SFT model, RC decoding vs Delethink, paired: (b) - (e) = "
+                         f"{100 * be['difference']:+.1f} ± {100 * be['stderr']:.1f} points "
+                         f"({be['a_only']} solved only by (b), {be['b_only']} only by (e)).")
     lines.append("")
     return "\n".join(lines)
 
 
 def plot(summary: dict[str, Any], path: str | Path) -> None:
-    from matplotlib.figure import Figure
-
     s = summary["settings"]
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
     styles = {0: dict(color="tab:gray", marker="s", linestyle="-"),
               1: dict(color="tab:blue", marker="o", linestyle="-"),
               2: dict(color="tab:red", marker="o", linestyle="-", linewidth=2),
-              3: dict(color="tab:orange", marker="^", linestyle=":")}
+              3: dict(color="tab:orange", marker="^", linestyle=":"),
+              4: dict(color="tab:purple", marker="D", linestyle="--")}
     curves = summary["curves"]
     for i, m in enumerate(summary["methods"]):
         pts = [p for p in curves[m] if p["tokens"] is not None and p["accuracy"] is not None]

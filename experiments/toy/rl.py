@@ -14,6 +14,9 @@ from typing import Any, Callable
 
 import ml_collections
 
+from rc_jax.rl.config import default_config
+from rc_jax.rl.train import Trainer
+
 
 def rl_config(*, model_dir: str, data_path: str, output_dir: str, reasoning_template: str,
               summary_template: str, num_steps: int, max_reasoning_tokens: int,
@@ -25,7 +28,6 @@ def rl_config(*, model_dir: str, data_path: str, output_dir: str, reasoning_temp
     """The RCT config of the toy: authors' algorithm (GRPO groups per (problem, summary)
     snapshot, PPO dual clip 0.2/0.28/3, low-var KL to the SFT model, token-mean loss),
     tiny batch and a learning rate for a ~0.4M-parameter model."""
-    from rc_jax.rl.config import default_config
     c = default_config()
     c.name = "toy_rct"
     c.model.path = model_dir
@@ -67,7 +69,6 @@ def run_rl(config: ml_collections.ConfigDict, *, time_limit_s: float | None = No
            log: Callable[[str], None] = print) -> tuple[Any, list[dict[str, Any]]]:
     """Trains for `rl.total_steps` steps (or until `time_limit_s`); returns the final
     params and the per-step metrics."""
-    from rc_jax.rl.train import Trainer
     trainer = Trainer(config, mesh=None)
     start = time.perf_counter()
     try:

@@ -28,7 +28,7 @@ import optax
 
 from rc_jax.models import ModelConfig, forward, init_params
 from rc_jax.rc.tokens import PromptPlan
-from rc_jax.toy import task
+from experiments.toy import task
 
 
 def toy_model_config(vocab_size: int, *, hidden: int = 128, layers: int = 4,
