@@ -25,9 +25,6 @@ if str(ROOT) not in sys.path:  # `python experiments/toy/run.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
 
-from experiments.toy import pipeline  # noqa: E402  (after the path fix above)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny, fast version (tests)")
@@ -36,6 +33,8 @@ def main(argv=None) -> int:
     p.add_argument("--reuse_sft", action="store_true")
     p.add_argument("--seed", type=int, default=None)
     args = p.parse_args(argv)
+    # Imported here, not at the top: `--help` answers without loading JAX and the models.
+    from experiments.toy import pipeline
     settings = pipeline.SMOKE if args.smoke else pipeline.FULL
     if args.seed is not None:
         settings = dataclasses.replace(settings, seed=args.seed)
