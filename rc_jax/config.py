@@ -403,6 +403,7 @@ def data_split(c: ml_collections.ConfigDict) -> str:
 def semantic_dict(c: ml_collections.ConfigDict) -> dict:
     """The config minus fields that do not change results (used for the resume hash)."""
     d = json.loads(c.to_json())
+    non_semantic: tuple[str, ...]
     if c.method == TRAIN:
         non_semantic = _NON_SEMANTIC_TRAIN
         for dotted, default in _ADDED_LATER_TRAIN.items():
@@ -471,24 +472,26 @@ def flag_error_message(error: BaseException, argv: list[str]) -> str | None:
             return f"--config={config_arg}: config file {str(path)!r} not found{where}"
         cause = error.__cause__ or error.__context__ or error
         while isinstance(cause, OSError) and (cause.__cause__ or cause.__context__):
-            cause = cause.__cause__ or cause.__context__  # config_flags wraps the real error
+            cause = cause.__cause__ or cause.__context__ or cause  # config_flags wraps it
         line = ""
         if isinstance(cause, SyntaxError):
             line = f" line {cause.lineno}"
         else:
-            chain, e = [], error  # the config file's frame may be on any exception of the chain
+            # The config file's frame may be on any exception of the chain.
+            chain: list[BaseException] = []
+            e: BaseException | None = error
             while e is not None and e not in chain:
                 chain.append(e)
                 e = e.__cause__ or e.__context__
-            frames = [f for e in chain for f in traceback.extract_tb(e.__traceback__)
+            frames = [f for x in chain for f in traceback.extract_tb(x.__traceback__)
                       if Path(f.filename).resolve() == path.resolve()]
             line = f" line {frames[-1].lineno}" if frames else ""
         detail = cause.msg if isinstance(cause, SyntaxError) else str(cause)
         import re
         unknown = re.search(r'Key "([^"]+)" does not exist', detail)
         if unknown:  # ml_collections' locked-config message: keep the name and suggestion
-            hint = re.search(r'Did you mean "([^"]+)"', detail)
+            guess = re.search(r'Did you mean "([^"]+)"', detail)
             detail = f"the config has no field {unknown.group(1)!r}" + (
-                f"; did you mean {hint.group(1)!r}?" if hint else "")
+                f"; did you mean {guess.group(1)!r}?" if guess else "")
         return f"config file {str(path)!r}{line}: {type(cause).__name__}: {detail}"
     return None

@@ -52,15 +52,15 @@ def make_mesh(shape: str | Mapping[str, int] | None = None,
     be -1 to take all remaining devices. Default: everything on 'data'."""
     devices = list(devices if devices is not None else jax.devices())
     sizes = mesh_axis_sizes(shape, len(devices))
-    shape = [sizes[a] for a in MESH_AXES]
-    grid = np.asarray(devices).reshape(shape)
+    dims = [sizes[a] for a in MESH_AXES]
+    grid = np.asarray(devices).reshape(dims)
     if devices[0].platform == "tpu" and len({d.slice_index if hasattr(d, "slice_index")
                                              else 0 for d in devices}) == 1:
         # Within one TPU slice, order devices along the physical torus so that each mesh
         # axis maps to ICI links (what jax.make_mesh does); fall back to plain order.
         from jax.experimental import mesh_utils
         try:
-            grid = mesh_utils.create_device_mesh(shape, devices,
+            grid = mesh_utils.create_device_mesh(dims, devices,
                                                  allow_split_physical_axes=True)
         except (ValueError, NotImplementedError, AssertionError):
             pass
@@ -75,7 +75,7 @@ def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int], mesh: M
     check_rules(rules)
     table = dict(rules)
     used: set[str] = set()
-    spec = []
+    spec: list[str | tuple[str, ...] | None] = []
     for name, size in zip(logical, shape):
         target = table.get(name) if name is not None else None
         axes = tuple(a for a in (target if isinstance(target, tuple) else (target,))
