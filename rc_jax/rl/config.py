@@ -23,6 +23,7 @@ METHOD = run_config.TRAIN
 REWARDS = ("math", "string_match")
 OLD_LOGPROBS = ("recompute", "sampler")
 SUMMARY_FREE_TEMPLATES = ("self_refine", "self_verify")
+ROLLOUTS = ("rc", "delethink")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -42,6 +43,9 @@ def add_training_fields(c: ml_collections.ConfigDict) -> None:
     c.rc.num_steps = 3                # T_train: online chain length
 
     r = c.rl = ml_collections.ConfigDict()
+    # rc: RC chains -> snapshot groups (the paper's RCT). delethink: G Delethink traces per
+    # problem, every chunk a trained sample with its trace's reward (the Markovian Thinker).
+    r.rollout = "rc"
     r.batch_size = 64                 # B: problems per training step
     r.chains_per_problem = 1          # online chains per problem
     r.snapshots_per_chain = 2         # k: distinct chain indices trained per chain
@@ -156,8 +160,25 @@ def validate_training(c: ml_collections.ConfigDict, *, device_count: int | None 
     _validate_batch_layout(c, device_count, batch_shards)
 
 
+def _validate_delethink_rollout(c: ml_collections.ConfigDict) -> None:
+    """rl.rollout = delethink (the `delethink` section is checked with the shared ones):
+    the RC-only options it cannot take."""
+    r = c.rl
+    for name, value in (("chains_per_problem", r.chains_per_problem != 1),
+                        ("replay_buffer", r.replay_buffer),
+                        ("train_summarizer", r.train_summarizer),
+                        ("summary_free", r.summary_free)):
+        if value:
+            _fail(f"rl.{name}", "is an option of rl.rollout='rc'; a Delethink step has one "
+                  "group of group_size traces per problem and no summaries")
+
+
 def _validate_rl(c: ml_collections.ConfigDict) -> None:
     r = c.rl
+    if r.rollout not in ROLLOUTS:
+        _fail("rl.rollout", f"must be one of {ROLLOUTS}, got {r.rollout!r}")
+    if r.rollout == "delethink":
+        _validate_delethink_rollout(c)
     for name in ("batch_size", "chains_per_problem", "snapshots_per_chain", "group_size",
                  "num_minibatches", "micro_batch_tokens", "num_epochs",
                  "length_buckets_per_octave"):
@@ -165,7 +186,7 @@ def _validate_rl(c: ml_collections.ConfigDict) -> None:
     if r.total_steps < 0:
         _fail("rl.total_steps", f"must be >= 0 (0: num_epochs), got {r.total_steps}")
     eligible = c.rc.num_steps - int(r.omit_initial_snapshot)
-    if r.snapshots_per_chain > eligible:
+    if r.rollout == "rc" and r.snapshots_per_chain > eligible:
         _fail("rl.snapshots_per_chain", f"{r.snapshots_per_chain} distinct snapshots need at "
               f"least that many eligible chain indices; rc.num_steps={c.rc.num_steps} gives "
               f"{eligible}")
@@ -270,6 +291,21 @@ def _validate_batch_layout(c: ml_collections.ConfigDict, device_count: int | Non
                            shards: int | None = None) -> None:
     """Group, mini-batch and mesh divisibility: never a silent wrong grouping."""
     r = c.rl
+    if r.rollout == "delethink":
+        # One group per problem; its samples (one per chunk) vary in number, and the
+        # micro-batch planner pads rows to the batch shards.
+        if r.batch_size % r.num_minibatches:
+            _fail("rl.num_minibatches", f"the {r.batch_size} groups of a Delethink step "
+                  f"(one per problem) do not split into {r.num_minibatches} mini-batches")
+        if shards is None:
+            if device_count is None:
+                import jax
+                device_count = jax.device_count()
+            try:
+                batch_shards_of(c.mesh, device_count)
+            except ValueError as e:
+                _fail("mesh", str(e))
+        return
     n = sequences_per_step(c)
     if n % r.num_minibatches:
         _fail("rl.num_minibatches", f"{n} sequences per step (batch_size {r.batch_size} x "

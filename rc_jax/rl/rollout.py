@@ -22,6 +22,12 @@ Options from the authors' method space:
 * `train_summarizer`: extra groups whose responses are *summaries* of (s_i, r_i); each
   summary's reward is the mean grade of fresh reasoning continuations conditioned on it.
 
+Delethink rollouts (`rl.rollout = delethink`, the Markovian Thinker's recipe): instead of
+A-C, G Delethink traces per problem (`delethink_groups`, the chunk loop of
+`rc_jax.methods.delethink.run_traces`); each trace is graded on its whole text, and every
+chunk of it is one trained sample (prompt = the chunk's prompt, response = the chunk's
+ids) carrying the trace's reward and advantage. One problem's G traces form one group.
+
 Every random choice is keyed by (seed, step, problem id, chain, snapshot, sample), never
 by batch position, so results do not depend on batching or sharding.
 """
@@ -37,6 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rc_jax.methods.delethink import Trace, run_traces
+from rc_jax.methods.prompts import load_method_template
 from rc_jax.rc.engine import Job, RCEngine, RCSettings
 from rc_jax.rc.prompts import Template
 from rc_jax.rc.rollout import PhasePrompts
@@ -153,6 +161,40 @@ class Group:
     sampler_logprobs: list[np.ndarray] = dataclasses.field(default_factory=list)
     texts: list[str] = dataclasses.field(default_factory=list)
     rewards: list[float] = dataclasses.field(default_factory=list)
+
+    def sequences(self, j: int) -> list[tuple[list[int], list[int], np.ndarray]]:
+        """The trained (prompt, response, sampler log-probs) of member j: one."""
+        return [(self.prompt, self.responses[j], self.sampler_logprobs[j])]
+
+
+@dataclasses.dataclass
+class TraceGroup:
+    """One Delethink group: G traces of one problem, their texts (chunks joined) and
+    rewards. Every chunk of trace j is a trained sample with reward and advantage j."""
+    group_id: int
+    problem_index: int
+    label: str
+    traces: list[Trace] = dataclasses.field(default_factory=list)
+    texts: list[str] = dataclasses.field(default_factory=list)
+    rewards: list[float] = dataclasses.field(default_factory=list)
+
+    def sequences(self, j: int) -> list[tuple[list[int], list[int], np.ndarray]]:
+        """The trained (prompt, response, sampler log-probs) of trace j: one per chunk."""
+        t = self.traces[j]
+        return list(zip(t.prompts, t.chunks, t.logprobs))
+
+
+def delethink_metrics(groups: Sequence[TraceGroup]) -> dict[str, float]:
+    """Rollout metrics of a Delethink step: trace rewards, chunks and lengths."""
+    traces = [t for g in groups for t in g.traces]
+    chunks = [len(c) for t in traces for c in t.chunks]
+    return {"reward_mean": float(np.mean([x for g in groups for x in g.rewards])),
+            "chunks_mean": float(np.mean([len(t.chunks) for t in traces])),
+            "trace_len_mean": float(np.mean([sum(len(c) for c in t.chunks) for t in traces])),
+            "response_len_mean": float(np.mean(chunks)),
+            "response_len_max": float(np.max(chunks)),
+            # traces that never ended on a stop token (the chunk count ran out)
+            "truncated_frac": float(np.mean([t.finish[-1] != "stop" for t in traces]))}
 
 
 def select_snapshots(num_steps: int, k: int, rng: np.random.Generator,
@@ -361,6 +403,35 @@ class RCTRollout:
             # truncation they are the policy's own log-probs at the sampler's numerics.
             g.sampler_logprobs.append(np.asarray(lp, np.float32))
             g.texts.append(self.tokenizer.decode(toks, skip_special_tokens=True))
+
+    # ------------------------------------------------------------ Delethink rollouts
+    def delethink_head(self, problem: str, template_spec: str) -> list[int]:
+        """Chunk 0's prompt: the solve template, chat-wrapped and encoded whole (as
+        `MethodContext.prompt` builds it for evaluation)."""
+        text = load_method_template(template_spec, "solve").format(problem=problem)
+        return self.tokenizer.encode(self.tokenizer.phase_prompt(
+            text, use_think_tags=self.settings.use_think_tags))
+
+    def delethink_groups(self, problems: Sequence[str], labels: Sequence[str],
+                         keys: np.ndarray, group_size: int, spec) -> list[TraceGroup]:
+        """`group_size` Delethink traces per problem (group i = problem i), decoded.
+
+        keys: [len(problems) * group_size, 2], problem-major; spec: the `delethink`
+        config section. Rows run in calls of at most `max_rows` (the keys make the traces
+        independent of that split).
+        """
+        heads = [self.delethink_head(p, spec.template) for p in problems]
+        rows = [h for h in heads for _ in range(group_size)]
+        per_call = self.max_rows or len(rows)
+        traces: list[Trace] = []
+        for start in range(0, len(rows), per_call):
+            traces.extend(run_traces(rows[start:start + per_call],
+                                     keys[start:start + per_call], self.generate, spec))
+        decode = functools.partial(self.tokenizer.decode, skip_special_tokens=True)
+        return [TraceGroup(i, i, labels[i], part,
+                           ["".join(decode(c) for c in t.chunks) for t in part])
+                for i, part in enumerate(traces[i * group_size:(i + 1) * group_size]
+                                         for i in range(len(problems)))]
 
     # ------------------------------------------------------------ summarizer training
     def build_summary_groups(self, chains: Sequence[Chain], k: int, rng: np.random.Generator,

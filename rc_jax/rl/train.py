@@ -29,7 +29,8 @@ from rc_jax.rl import losses
 from rc_jax.rl.batch import Sample, pack_rows, plan_micro_batches, split_minibatches
 from rc_jax.rl.replay import SummaryReplayBuffer
 from rc_jax.rl.rollout import (REASONING, SUMMARY, Chain, Group, RCTRollout, RewardFn,
-                               build_groups, check_groups, derive_keys, make_reward_fn, score)
+                               TraceGroup, build_groups, check_groups, delethink_metrics,
+                               derive_keys, make_reward_fn, score)
 from rc_jax.rl.step import LossSettings, OptimizerSettings, train_programs
 
 BATCH_AXES = ("data", "fsdp")
@@ -213,8 +214,35 @@ class Trainer:
         c, r = self.c, self.c.rl
         step = self.step + 1
         timer = StepTimer()
-        t = time.perf_counter()
         problems = self.stream.next_batch()
+        if r.rollout == "delethink":
+            chains, summary_groups = [], []
+            groups = self._delethink_groups(problems, step, timer)
+            metrics = delethink_metrics(groups)
+        else:
+            chains, groups, summary_groups = self._rc_groups(problems, step, timer)
+            metrics = self._rollout_metrics(chains, groups, summary_groups)
+        samples, adv_metrics = self._samples(groups, summary_groups)
+        metrics.update(adv_metrics)
+        metrics.update(self._update(samples, timer))
+        self.step = step
+        self._after_step(step)
+        metrics.update(self._timing(timer, groups, summary_groups, chains, samples))
+        metrics["lr"] = float(self.programs.opt_settings.schedule()(
+            max(0, step * r.num_minibatches - 1)))
+        if self.buffer is not None:
+            metrics["replay_size"] = len(self.buffer)
+            metrics["replay_problems"] = len(self.buffer.entries)
+        self.logger.log(step, metrics)
+        self.history.append(metrics)
+        return metrics
+
+    def _rc_groups(self, problems, step: int, timer: StepTimer
+                   ) -> tuple[list[Chain], list[Group], list[Group]]:
+        """RC rollouts (rl.rollout = rc): online chains, snapshot groups with G fresh
+        responses each, summary groups (rl.train_summarizer), all graded."""
+        c, r = self.c, self.c.rl
+        t = time.perf_counter()
         rng = np.random.default_rng([c.sampling.seed, step])
         labels = [p.answer for p in problems]
 
@@ -256,23 +284,25 @@ class Trainer:
                                for text in ch.reasoning_text], self.reward_fn)
         for i, ch in enumerate(chains):
             ch.correct = chain_correct[i * c.rc.num_steps:(i + 1) * c.rc.num_steps].tolist()
-        t = timer.add("reward", t)
+        timer.add("reward", t)
+        return chains, groups, summary_groups
 
-        metrics = self._rollout_metrics(chains, groups, summary_groups)
-        samples, adv_metrics = self._samples(groups, summary_groups)
-        metrics.update(adv_metrics)
-        metrics.update(self._update(samples, timer))
-        self.step = step
-        self._after_step(step)
-        metrics.update(self._timing(timer, groups, summary_groups, chains, samples))
-        metrics["lr"] = float(self.programs.opt_settings.schedule()(
-            max(0, step * r.num_minibatches - 1)))
-        if self.buffer is not None:
-            metrics["replay_size"] = len(self.buffer)
-            metrics["replay_problems"] = len(self.buffer.entries)
-        self.logger.log(step, metrics)
-        self.history.append(metrics)
-        return metrics
+    def _delethink_groups(self, problems, step: int, timer: StepTimer) -> list[TraceGroup]:
+        """Delethink rollouts (rl.rollout = delethink): G traces per problem with the
+        current weights, each graded on its whole text (chunks joined)."""
+        c, r = self.c, self.c.rl
+        t = time.perf_counter()
+        keys = derive_keys(c.sampling.seed, [f"{step}/{p.problem_id}/delethink"
+                                             for p in problems], r.group_size)
+        groups = self.rollout.delethink_groups([p.problem for p in problems],
+                                               [p.answer for p in problems], keys,
+                                               r.group_size, c.delethink)
+        t = timer.add("generation", t)
+        rewards = score([(text, g.label) for g in groups for text in g.texts], self.reward_fn)
+        for i, g in enumerate(groups):
+            g.rewards = rewards[i * r.group_size:(i + 1) * r.group_size].tolist()
+        timer.add("reward", t)
+        return groups
 
     def _group_label(self, step, problems, chains, g: Group) -> str:
         ch = chains[g.chain]
@@ -346,10 +376,11 @@ class Trainer:
             for gi, g in enumerate(gs):
                 if r.drop_zero_advantage_groups and flat[gi]:
                     continue
-                for j in range(size):
-                    samples.append(Sample(g.prompt, g.responses[j], float(adv[gi * size + j]),
-                                          g.group_id, g.rewards[j], g.sampler_logprobs[j],
-                                          is_summary=kind == SUMMARY))
+                for j in range(size):  # a response, or every chunk of a Delethink trace
+                    for prompt, response, logprobs in g.sequences(j):
+                        samples.append(Sample(prompt, response, float(adv[gi * size + j]),
+                                              g.group_id, g.rewards[j], logprobs,
+                                              is_summary=kind == SUMMARY))
         metrics["trained_sequences"] = len(samples)
         return samples, metrics
 
@@ -388,7 +419,7 @@ class Trainer:
     def _timing(self, timer, groups, summary_groups, chains, samples) -> dict[str, float]:
         tm = timer.times
         gen_tokens = sum(len(x) for g in list(groups) + list(summary_groups)
-                         for x in g.responses)
+                         for j in range(len(g.rewards)) for _, x, _ in g.sequences(j))
         trained = sum(s.length for s in samples)
         total = sum(tm.values())
         return {"time_generation_s": tm["generation"], "time_reward_s": tm["reward"],
@@ -617,10 +648,14 @@ def run_training(config: ml_collections.ConfigDict) -> dict[str, Any]:
     from absl import logging
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
     trainer = Trainer(config)
+    d = config.delethink
+    shape = (f"k={config.rl.snapshots_per_chain} G={config.rl.group_size} "
+             f"T={config.rc.num_steps}" if config.rl.rollout == "rc" else
+             f"G={config.rl.group_size} delethink C={d.chunk_tokens} m0={d.keep_first} "
+             f"m={d.keep_last} chunks={d.max_chunks}")
     print(f"rc_jax train: model={config.model.path} data={config.data.source} "
           f"steps {trainer.step}->{trainer.total_steps} "
-          f"B={config.rl.batch_size} k={config.rl.snapshots_per_chain} "
-          f"G={config.rl.group_size} T={config.rc.num_steps} -> {config.output_dir}")
+          f"B={config.rl.batch_size} {shape} -> {config.output_dir}")
     try:
         history = trainer.train()
     finally:
