@@ -40,7 +40,7 @@ _NON_SEMANTIC_TRAIN = _NON_SEMANTIC_SHARED + (
 # Training fields added after runs were checkpointed: left out of the hash at their
 # default, so those runs still resume.
 _ADDED_LATER_TRAIN = {"rl.kl_coef_summary": -1.0, "rl.microbatch_agg_shards": 0,
-                      "model.attention": "auto"}
+                      "model.attention": "auto", "rl.rollout": "rc"}
 
 # Config sections that only some methods read. A run's resume hash leaves out the sections
 # its method does not read, so adding or changing another method's knobs never makes
@@ -116,6 +116,18 @@ def _shared_fields(c: ml_collections.ConfigDict) -> None:
     c.rc.summary_template = "math"
     c.rc.use_think_tags = False
 
+    # Delethink ("The Markovian Thinker", arXiv 2510.06557; rc_jax.methods.delethink):
+    # chunk 0 gets chunk_tokens (C) new tokens; chunk k > 0 is prompted with the wrapped
+    # problem + the first keep_first (m0) tokens of the trace + the last keep_last (m)
+    # tokens of chunk k-1 and gets C - m new tokens; stops on EOS or after max_chunks.
+    # Read by method delethink and by training with rl.rollout = delethink.
+    c.delethink = ml_collections.ConfigDict()
+    c.delethink.template = "math"         # the solve prompt ({problem}): math, science, bare, file
+    c.delethink.chunk_tokens = 8192       # C (the paper's 8K)
+    c.delethink.keep_first = 100          # m0 (the authors' 100)
+    c.delethink.keep_last = 4096          # m (the paper's C / 2)
+    c.delethink.max_chunks = 5            # I (the paper's 5: 8K + 4 x 4K = 24K tokens)
+
     c.output_dir = "outputs/run"
     c.mesh = ""                       # e.g. "data:-1" or "data:2,fsdp:4"; empty: one device
     #                                   (training: every device on `data`)
@@ -183,17 +195,6 @@ def _evaluation_fields(c: ml_collections.ConfigDict) -> None:
     c.rsa.max_candidate_tokens = 0        # each shown candidate keeps its last N tokens; 0: all
     c.rsa.template = "math"               # {problem}, {candidates}
     c.rsa.store_population = False        # also write every candidate's text (large)
-
-    # Delethink ("The Markovian Thinker", arXiv 2510.06557; rc_jax.methods.delethink):
-    # chunk 0 gets chunk_tokens (C) new tokens; chunk k > 0 is prompted with the wrapped
-    # problem + the first keep_first (m0) tokens of the trace + the last keep_last (m)
-    # tokens of chunk k-1 and gets C - m new tokens; stops on EOS or after max_chunks.
-    c.delethink = ml_collections.ConfigDict()
-    c.delethink.template = "math"         # the solve prompt ({problem}): math, science, bare, file
-    c.delethink.chunk_tokens = 8192       # C (the paper's 8K)
-    c.delethink.keep_first = 100          # m0 (the authors' 100)
-    c.delethink.keep_last = 4096          # m (the paper's C / 2)
-    c.delethink.max_chunks = 5            # I (the paper's 5: 8K + 4 x 4K = 24K tokens)
 
     c.num_samples = 16
     c.batch_size = 64                 # rollouts per engine call
@@ -284,6 +285,24 @@ def _validate_shared(c: ml_collections.ConfigDict) -> None:
             parse_mesh_shape(c.mesh)
         except ValueError as e:
             _fail("mesh", str(e))
+    _validate_delethink(c)
+
+
+def _validate_delethink(c: ml_collections.ConfigDict) -> None:
+    """The `delethink` section (method delethink; training with rl.rollout = delethink)."""
+    from rc_jax.methods.prompts import load_method_template
+    try:
+        load_method_template(c.delethink.template, "solve")
+    except (ValueError, FileNotFoundError) as e:
+        _fail("delethink.template", str(e))
+    _positive(c, "delethink.chunk_tokens")
+    _positive(c, "delethink.keep_first", minimum=0)
+    _positive(c, "delethink.keep_last", minimum=0)
+    _positive(c, "delethink.max_chunks")
+    if c.delethink.keep_last >= c.delethink.chunk_tokens:
+        _fail("delethink.keep_last", f"must be < delethink.chunk_tokens "
+              f"({c.delethink.chunk_tokens}): later chunks get chunk_tokens - keep_last new "
+              f"tokens, got {c.delethink.keep_last}")
 
 
 def _validate_evaluation(c: ml_collections.ConfigDict) -> None:
@@ -354,15 +373,6 @@ def _validate_methods(c: ml_collections.ConfigDict) -> None:
     _positive(c, "rsa.generations", minimum=0)
     _positive(c, "rsa.max_candidate_tokens", minimum=0)
     template("rsa.template", "aggregate")
-    template("delethink.template", "solve")
-    _positive(c, "delethink.chunk_tokens")
-    _positive(c, "delethink.keep_first", minimum=0)
-    _positive(c, "delethink.keep_last", minimum=0)
-    _positive(c, "delethink.max_chunks")
-    if c.delethink.keep_last >= c.delethink.chunk_tokens:
-        _fail("delethink.keep_last", f"must be < delethink.chunk_tokens "
-              f"({c.delethink.chunk_tokens}): later chunks get chunk_tokens - keep_last new "
-              f"tokens, got {c.delethink.keep_last}")
     if c.summarizer.model.path and c.method not in _SUMMARIZING:
         _fail("summarizer.model.path", f"method {c.method!r} has no summarization phase; "
               f"a summarizer model is used by {' and '.join(_SUMMARIZING)} only")
@@ -406,6 +416,8 @@ def semantic_dict(c: ml_collections.ConfigDict) -> dict:
     non_semantic: tuple[str, ...]
     if c.method == TRAIN:
         non_semantic = _NON_SEMANTIC_TRAIN
+        if d["rl"].get("rollout", "rc") == "rc":
+            d.pop("delethink", None)  # read by Delethink rollouts only
         for dotted, default in _ADDED_LATER_TRAIN.items():
             section, name = dotted.split(".")
             if d.get(section, {}).get(name, default) == default:
