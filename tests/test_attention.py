@@ -306,3 +306,52 @@ def test_benchmark_script_quick(tmp_path):
     result = json.loads(out.read_text())
     assert {r["impl"] for r in result["rows"]} == {"dense", "blockwise"}
     assert all(r["time_s"] > 0 for r in result["rows"])
+
+
+# ------------------------------------------------------------------ length-aware (cached)
+def test_cached_attention_equals_dense():
+    q, k, v, mask = _kernel_inputs(b=3, s=5, c=64)
+    # Row 0: only slots 20..29 (left padding before, nothing after); row 2: one key.
+    mask = np.array(mask)
+    mask[0] = False
+    mask[0, :, 20:30] = True
+    mask[2] = False
+    mask[2, :, 40] = True
+    mask = jnp.asarray(mask)
+    out = attn.cached_attention(q, k, v, mask, block=16)
+    assert _rel(attn.dense_attention(q, k, v, mask), out) <= RTOL
+
+
+def test_cached_attention_row_does_not_depend_on_the_batch():
+    """The RC engine's promise: a row's output is bit-identical whatever the other rows'
+    lengths (they change which key blocks the loop visits)."""
+    q, k, v, _ = _kernel_inputs(b=2, s=1, c=128)
+    base = np.zeros((2, 1, 128), bool)
+    base[0, :, 16:40] = True  # row 0: blocks 1-2 of 16
+    rows = []
+    for other in ((0, 8), (100, 128), (50, 51)):  # row 1 before, after, between
+        m = base.copy()
+        m[1, :, other[0]:other[1]] = True
+        rows.append(np.asarray(attn.cached_attention(q, k, v, jnp.asarray(m), block=16)[0]))
+    assert all(np.array_equal(rows[0], r) for r in rows[1:])
+
+
+def test_cached_model_paths_match_dense(params, monkeypatch):
+    """Prefill chunks and a decode step over a stacked cache of several key blocks:
+    auto/blockwise read only live blocks and equal dense; the CPU decode form is dense."""
+    from rc_jax.sampling.core import prefill
+    monkeypatch.setattr(attn, "DEFAULT_BLOCK_KV", 16)
+    tokens, mask = _padded((32, 29, 12), width=32, seed=4)
+    out = {}
+    for impl in ("dense", "auto", "blockwise"):
+        cfg = _cfg(impl)
+        last, cache = prefill(params, cfg, tokens, mask, 64, chunk=8)
+        pos = mask.sum(1, keepdims=True).astype(jnp.int32)
+        nxt = jnp.asarray([[7], [9], [11]])
+        step, _ = forward(params, cfg, nxt, pos, cache)
+        dec, _ = forward(qwen3.pack_for_decode(params, cfg), cfg, nxt, pos,
+                         qwen3.unstack_cache(cache))
+        out[impl] = last, step, dec
+    for impl in ("auto", "blockwise"):
+        for a, b in zip(out["dense"], out[impl]):
+            assert _rel(a, b) <= RTOL, impl

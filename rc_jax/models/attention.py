@@ -23,6 +23,11 @@ Implementations:
              blockwise for long ones; everything else (TPU included: see `resolve`)
              blockwise.
 
+Over a KV cache (prefill chunks and decode; `qwen3.Attention(cached=True)`), `auto` and
+`blockwise` use `cached_attention`: the same online softmax over key blocks, but only
+from the first to the last block that some row can see, so the cost of a step follows the
+filled length, not the cache bucket. `dense` stays dense everywhere (the reference).
+
 Rows whose mask is entirely False (left-padding queries) produce a uniform average in
 `dense` and zeros in `blockwise`; such rows are never read by real tokens.
 """
@@ -41,6 +46,10 @@ _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully-masked r
 AUTO_DENSE_MAX_SCORES = 1 << 24
 DEFAULT_BLOCK_Q = 512
 DEFAULT_BLOCK_K = 512
+# Key block of `cached_attention` (inference over a KV cache): small enough that a decode
+# step reads little past the longest row, large enough that the loop's per-block cost
+# stays small next to the block's work.
+DEFAULT_BLOCK_KV = 256
 
 
 def resolve(impl: str, q_shape: tuple[int, ...], c: int, dtype: Any,
@@ -117,6 +126,27 @@ def _scores(qb, kb, mb):
     return jnp.where(mb[:, None, None], sc, _MASK_VALUE)
 
 
+def _online_update(carry, sc, mb, pv_fn):
+    """One key block of the online softmax. carry: (running max m, denominator l
+    [B, K, G, S], float32 accumulator acc [B, K, G, S, D]); sc: masked scores
+    [B, K, G, S, bk]; mb: [B, S, bk]; pv_fn(p) -> p @ block values, [B, K, G, S, D].
+
+    A block that is all masked for a row leaves that row's carry bit-identical (its
+    probabilities are exactly 0 and its rescale factor exactly 1), which is what makes a
+    row's result independent of how many blocks a batch processes."""
+    m, l, acc = carry
+    m_new = jnp.maximum(m, sc.max(axis=-1))
+    p = jnp.where(mb[:, None, None], jnp.exp(sc - m_new[..., None]), 0.0)
+    alpha = jnp.exp(m - m_new)
+    return m_new, l * alpha + p.sum(axis=-1), acc * alpha[..., None] + pv_fn(p)
+
+
+def _softmax_init(b, kh, g, s, d):
+    return (jnp.full((b, kh, g, s), _MASK_VALUE, jnp.float32),
+            jnp.zeros((b, kh, g, s), jnp.float32),
+            jnp.zeros((b, kh, g, s, d), jnp.float32))
+
+
 def _flash_forward(q, k, v, mask, bq, bk):
     """(out [B, S, K, G, D] in q.dtype, lse [B, K, G, S] float32)."""
     b, s, kh, g, d = q.shape
@@ -132,24 +162,14 @@ def _flash_forward(q, k, v, mask, bq, bk):
             mb = jax.lax.dynamic_slice_in_dim(mq, j * bk, bk, axis=2)
 
             def update(carry):
-                m, l, acc = carry
                 kb = jax.lax.dynamic_slice_in_dim(k, j * bk, bk, axis=1)
                 vb = jax.lax.dynamic_slice_in_dim(v, j * bk, bk, axis=1)
-                sc = _scores(qb, kb, mb)
-                m_new = jnp.maximum(m, sc.max(axis=-1))
-                p = jnp.where(mb[:, None, None], jnp.exp(sc - m_new[..., None]), 0.0)
-                alpha = jnp.exp(m - m_new)
-                l = l * alpha + p.sum(axis=-1)
-                pv = jnp.einsum("bkgqc,bckd->bkgqd", p.astype(dt), vb,
-                                preferred_element_type=jnp.float32)
-                return m_new, l, acc * alpha[..., None] + pv
+                return _online_update(carry, _scores(qb, kb, mb), mb, lambda p: jnp.einsum(
+                    "bkgqc,bckd->bkgqd", p.astype(dt), vb, preferred_element_type=jnp.float32))
 
             return jax.lax.cond(mb.any(), jax.checkpoint(update), lambda x: x, carry), None
 
-        init = (jnp.full((b, kh, g, bq), _MASK_VALUE, jnp.float32),
-                jnp.zeros((b, kh, g, bq), jnp.float32),
-                jnp.zeros((b, kh, g, bq, d), jnp.float32))
-        (m, l, acc), _ = jax.lax.scan(k_step, init, jnp.arange(nk))
+        (m, l, acc), _ = jax.lax.scan(k_step, _softmax_init(b, kh, g, bq, d), jnp.arange(nk))
         out = acc / jnp.where(l == 0, 1.0, l)[..., None]
         lse = m + jnp.log(jnp.maximum(l, jnp.finfo(jnp.float32).tiny))
         return out.astype(dt).transpose(0, 3, 1, 2, 4), lse  # [B, bq, K, G, D]
@@ -243,6 +263,57 @@ def _flash_bwd(bq, bk, res, dout):
     dk = dks.transpose(1, 0, 2, 3, 4).reshape(b, c, kh, d)
     dv = dvs.transpose(1, 0, 2, 3, 4).reshape(b, c, kh, d)
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+# ------------------------------------------------------------------- cached (inference)
+def kv_block(c: int, block: int | None = None) -> int:
+    """The key block `cached_attention` uses for a cache of `c` slots: the largest power
+    of two <= `block` (default DEFAULT_BLOCK_KV) dividing c (at least 16), or c itself
+    (one block: plain dense)."""
+    bk = block or DEFAULT_BLOCK_KV
+    while bk >= 16 and c % bk:
+        bk //= 2
+    return bk if bk >= 16 and c > bk else c
+
+
+def _live_blocks(mask: jax.Array, bk: int) -> tuple[jax.Array, jax.Array]:
+    """[first, last) key blocks that any query of the batch may see ([] int32 each)."""
+    cols = jnp.any(mask, axis=(0, 1)).reshape(-1, bk).any(axis=-1)  # [C / bk]
+    n = cols.shape[0]
+    first = jnp.argmax(cols).astype(jnp.int32)
+    last = jnp.where(cols.any(), n - jnp.argmax(cols[::-1]), first).astype(jnp.int32)
+    return first, last
+
+
+def cached_attention(q, k, v, mask, *, block: int | None = None):
+    """Length-aware attention over a KV cache (prefill chunks and decode; no gradient):
+    an online softmax over key blocks, from the first to the last block any row may see
+    (a `fori_loop` with a traced trip count), so a step at slot 300 of a 20k-slot cache
+    reads ~300 slots, not 20k, and left padding before every row's prompt is skipped.
+    Shapes as `attend` (k, v: a layer of the stacked cache [B, C, K, D]).
+
+    Exact in the sense the RC engine needs: a row's output does not depend on the other
+    rows (blocks outside a row's keys leave its softmax state bit-identical, see
+    `_online_update`). It differs from `dense_attention` only by float32 rounding.
+    """
+    b, s, kh, g, d = q.shape
+    c = mask.shape[-1]
+    dt = q.dtype
+    bk = kv_block(c, block)
+    if bk == c:
+        return dense_attention(q, k, v, mask)
+
+    def body(j, carry):
+        mb = jax.lax.dynamic_slice_in_dim(mask, j * bk, bk, axis=2)
+        kb = jax.lax.dynamic_slice_in_dim(k, j * bk, bk, axis=1).astype(dt)
+        vb = jax.lax.dynamic_slice_in_dim(v, j * bk, bk, axis=1).astype(dt)
+        return _online_update(carry, _scores(q, kb, mb), mb, lambda p: jnp.einsum(
+            "bkgsc,bckd->bkgsd", p.astype(dt), vb, preferred_element_type=jnp.float32))
+
+    first, last = _live_blocks(mask, bk)
+    m, l, acc = jax.lax.fori_loop(first, last, body, _softmax_init(b, kh, g, s, d))
+    out = acc / jnp.where(l == 0, 1.0, l)[..., None]
+    return out.astype(dt).transpose(0, 3, 1, 2, 4)
 
 
 # ------------------------------------------------------------------------------ fused

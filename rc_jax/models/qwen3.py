@@ -26,7 +26,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from rc_jax.models.attention import attend
+from rc_jax.models.attention import attend, cached_attention
 from rc_jax.models.config import ModelConfig
 
 Params = Any  # nested dict of arrays
@@ -154,14 +154,32 @@ def dense_t(x: jax.Array, w_t: jax.Array, preferred_element_type: Any = None) ->
     return jax.lax.optimization_barrier(y).T.reshape(*lead, w_t.shape[0])
 
 
+def _dense_decode_layout(q, layer_k, layer_v, mask, k: int):
+    """Dense attention on the decode form of the cache: q [B, S, H, D], keys [B*K, D, C],
+    values [B*K, C, D], mask [B, S, C] -> [B, S, H*D]. Queries grouped by kv head:
+    [B*K, G*S, D] @ [B*K, D, C], then @ [B*K, C, D]: two plain batched matmuls."""
+    b, s, h, d = q.shape
+    g, c, dt = h // k, layer_k.shape[-1], q.dtype
+    qg = q.reshape(b, s, k, g, d).transpose(0, 2, 3, 1, 4).reshape(b * k, g * s, d)
+    scores = jnp.einsum("nmd,ndc->nmc", qg, layer_k.astype(dt),
+                        preferred_element_type=jnp.float32) * (d ** -0.5)
+    scores = jnp.where(mask[:, None, None], scores.reshape(b, k, g, s, c), _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt).reshape(b * k, g * s, c)
+    out = jnp.einsum("nmc,ncd->nmd", probs, layer_v.astype(dt))
+    return out.reshape(b, k, g, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, h * d)
+
+
 class Attention(nn.Module):
     """Grouped-query attention reading and writing an explicit per-layer cache.
 
     `packed` selects the decode parameter layout of `pack_for_decode`: one transposed
     q|k|v projection `qkv_t` [(H+2K)*D, E] and `o_t` [E, H*D], used through `dense_t`.
+    `cached`: the call reads a KV cache (prefill or decode, never differentiated), so
+    `auto`/`blockwise` attention may skip the key blocks no row can see.
     """
     config: ModelConfig
     packed: bool = False
+    cached: bool = False
 
     @nn.compact
     def __call__(self, x, layer_k, layer_v, ctx):
@@ -222,12 +240,15 @@ class Attention(nn.Module):
                 start = (0, index, 0, 0)
                 layer_k = jax.lax.dynamic_update_slice(layer_k, kk.astype(layer_k.dtype), start)
                 layer_v = jax.lax.dynamic_update_slice(layer_v, vv.astype(layer_v.dtype), start)
-            # cfg.attention: dense | blockwise | cudnn | pallas | auto (rc_jax.models.attention)
-            out = attend(q.reshape(b, s, k, g, d), layer_k, layer_v, ctx["mask"],
-                         impl=cfg.attention)
+            # cfg.attention: dense | blockwise | cudnn | pallas | auto (rc_jax.models.attention);
+            # over a cache, auto and blockwise read only the blocks some row can see.
+            qk = q.reshape(b, s, k, g, d)
+            if self.cached and cfg.attention in ("auto", "blockwise"):
+                out = cached_attention(qk, layer_k, layer_v, ctx["mask"])
+            else:
+                out = attend(qk, layer_k, layer_v, ctx["mask"], impl=cfg.attention)
             out = out.reshape(b, s, h * d)
         else:  # decode form: keys [B*K, D, C], values [B*K, C, D]
-            c = layer_k.shape[-1]
             new_k = jnp.transpose(kk, (0, 2, 3, 1)).reshape(b * k, d, s)
             new_v = jnp.transpose(vv, (0, 2, 1, 3)).reshape(b * k, s, d)
             if per_row:  # row n = b * K + kv head: slots of row b
@@ -242,15 +263,11 @@ class Attention(nn.Module):
                                                        (0, 0, index))
                 layer_v = jax.lax.dynamic_update_slice(layer_v, new_v.astype(layer_v.dtype),
                                                        (0, index, 0))
-            # Queries grouped by kv head: [B*K, G*S, D] @ [B*K, D, C], then @ [B*K, C, D].
-            qg = q.reshape(b, s, k, g, d).transpose(0, 2, 3, 1, 4).reshape(b * k, g * s, d)
-            scores = jnp.einsum("nmd,ndc->nmc", qg, layer_k.astype(dt),
-                                preferred_element_type=jnp.float32) * (d ** -0.5)
-            scores = scores.reshape(b, k, g, s, c)
-            scores = jnp.where(ctx["mask"][:, None, None], scores, _MASK_VALUE)
-            probs = jax.nn.softmax(scores, axis=-1).astype(dt).reshape(b * k, g * s, c)
-            out = jnp.einsum("nmc,ncd->nmd", probs, layer_v.astype(dt))
-            out = out.reshape(b, k, g, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, h * d)
+            # Dense on purpose: on XLA:CPU a key-block loop copies every block it reads
+            # (dynamic slices are not fused into dots) and pays per-op dispatch per
+            # block, which at one query per row costs more than scoring the whole cache
+            # (docs/design.md, "Attention").
+            out = _dense_decode_layout(q, layer_k, layer_v, ctx["mask"], k)
         if self.packed:
             y = dense_t(out, wo.astype(dt))
         else:
@@ -292,12 +309,13 @@ class DecoderLayer(nn.Module):
     unrolled layer of the decode layout)."""
     config: ModelConfig
     packed: bool = False
+    cached: bool = False
 
     @nn.compact
     def __call__(self, x, layer_kv, ctx):
         cfg = self.config
         layer_k, layer_v = layer_kv
-        attn_out, layer_k, layer_v = Attention(cfg, self.packed, name="attn")(
+        attn_out, layer_k, layer_v = Attention(cfg, self.packed, self.cached, name="attn")(
             RMSNorm(cfg, cfg.hidden_size, "embed", name="attn_norm")(x), layer_k, layer_v, ctx)
         x = x + attn_out
         x = x + MLP(cfg, self.packed, name="mlp")(
@@ -325,7 +343,7 @@ class PackedLayers(nn.Module):
         cfg = self.config
         ks, vs = list(layer_kv[0]), list(layer_kv[1])
         for i in range(cfg.num_layers):
-            x, (ks[i], vs[i]) = DecoderLayer(cfg, packed=True, name=str(i))(
+            x, (ks[i], vs[i]) = DecoderLayer(cfg, packed=True, cached=True, name=str(i))(
                 x, (ks[i], vs[i]), ctx)
         return x, (tuple(ks), tuple(vs))
 
@@ -338,6 +356,7 @@ class Decoder(nn.Module):
     """
     config: ModelConfig
     packed: bool = False
+    cached: bool = False  # reads a given KV cache (see Attention)
 
     @nn.compact
     def __call__(self, tokens, cos, sin, mask, write_index, cache_k, cache_v,
@@ -361,7 +380,8 @@ class Decoder(nn.Module):
                             split_rngs={"params": True}, in_axes=(0, nn.broadcast),
                             length=cfg.num_layers,
                             metadata_params={nn.PARTITION_NAME: "layers"})
-            x, (cache_k, cache_v) = stack(cfg, name="layers")(x, (cache_k, cache_v), ctx)
+            x, (cache_k, cache_v) = stack(cfg, cached=self.cached, name="layers")(
+                x, (cache_k, cache_v), ctx)
         else:
             raise NotImplementedError("scan_layers=False is not implemented; params are "
                                       "always stacked along the layer axis")
@@ -492,7 +512,7 @@ def forward(params: Params, config: ModelConfig, tokens: jax.Array, positions: j
                                              (0, cache.index))
     mask = attention_mask(valid, cache.index, s)
     cos, sin = rope_tables(positions, config.head_dim, config.rope_theta)
-    logits, k, v = Decoder(config, packed=packed).apply(
+    logits, k, v = Decoder(config, packed=packed, cached=given_cache).apply(
         {"params": params}, tokens, cos, sin, mask, cache.index, work.k, work.v,
         last_only=last_only)
     if not given_cache:
