@@ -161,6 +161,10 @@ def run(config) -> dict[str, Any] | None:
                            buckets, mesh, shardings, summarizer, summarizer_shardings,
                            results, chash)
             todo = []
+        if config.method == "delethink" and config.rc.engine == "device":
+            _run_delethink_engine(config, todo, params, model_config, tokenizer, sampling,
+                                  buckets, mesh, shardings, results, chash)
+            todo = []
         bar = tqdm(total=len(todo), desc="rollouts", unit="rollout",
                    disable=not main_process or not todo)
         run_batch = _batch_runner(config, params, model_config, tokenizer, settings, sampling,
@@ -297,6 +301,43 @@ def _run_rc_engine(config, todo, params, model_config, tokenizer, settings, samp
     bar.close()
     logging.info("RC engine: %d loop iterations, slot utilization %.2f, %d host callbacks",
                  stats.iterations, stats.utilization, stats.services)
+
+
+def _run_delethink_engine(config, todo, params, model_config, tokenizer, sampling, buckets,
+                          mesh, shardings, results, chash):
+    """Delethink on the device engine's loop (rc_jax.methods.delethink.DelethinkEngine): the
+    chunks of all rollouts through `batch_size` slots, scheduled by `rc.scheduling`; each
+    finished rollout goes to results.jsonl (its records equal the batched runner's)."""
+    from tqdm import tqdm
+
+    from rc_jax.methods.base import MethodContext
+    from rc_jax.methods.delethink import DelethinkEngine, delethink_heads, delethink_records
+    from rc_jax.parallel.distributed import is_main_process
+    from rc_jax.rc.engine import Job, row_key
+
+    ctx = MethodContext(config, params, model_config, tokenizer, sampling, buckets=buckets,
+                        mesh=mesh, param_shardings=shardings)
+    texts = list(dict.fromkeys(p.problem for p, _ in todo))
+    engine = DelethinkEngine(model_config, tokenizer, config.delethink, sampling,
+                             dict(zip(texts, delethink_heads(ctx, texts))),
+                             slots=config.batch_size, scheduling=config.rc.scheduling,
+                             refill_rows=config.rc.refill_rows, buckets=buckets, mesh=mesh,
+                             param_shardings=shardings)
+    jobs = [Job(p.problem, row_key(config.sampling.seed, p.problem_id, j),
+                config.delethink.max_chunks) for p, j in todo]
+    bar = tqdm(total=len(jobs), desc="rollouts", unit="rollout", disable=not is_main_process())
+
+    def on_done(i, rollout, wall):
+        p, j = todo[i]
+        if results is not None:
+            (record,) = delethink_records([rollout.trace], config.delethink, ctx.decode)
+            results.append([build_record(p, j, record, config.method, wall, chash)])
+        bar.update(1)
+
+    _, stats = engine.run(params, jobs, on_done=on_done)
+    bar.close()
+    logging.info("Delethink engine: %d loop iterations, slot utilization %.2f, %d host "
+                 "callbacks", stats.iterations, stats.utilization, stats.services)
 
 
 def _batch_runner(config, params, model_config, tokenizer, settings, sampling, buckets, mesh,

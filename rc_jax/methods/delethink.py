@@ -32,10 +32,17 @@ chunk follows), `delethink_first` the decoded first-m0 prefix every later chunk 
 context is reset at every chunk boundary), `token_counts.reasoning[k]` its length. Steps
 after the trace ended hold "", 0 tokens and the last finish reason. Chunk k samples with
 fold_in(row key, k).
+
+Two schedulers give the same records: `run_delethink` (the registered runner; one
+sampler call per chunk index over the traces still going) and `DelethinkEngine`, the RC
+engine's continuous-batching loop with a host half whose rollouts have one phase type
+(`rc_jax.main` uses it with `rc.engine=device`). RL trains on `run_traces`' traces
+(`rl.rollout = delethink`).
 """
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -43,6 +50,8 @@ import numpy as np
 from rc_jax.methods import register
 from rc_jax.methods.base import MethodContext, MethodRollout, fold
 from rc_jax.methods.prompts import load_method_template
+from rc_jax.rc.engine import Job, RCEngine, RCSettings, Shapes, _Host
+from rc_jax.rc.rollout import REASON
 from rc_jax.sampling.generate import GenerationResult
 
 ANSWER_FROM_TRACE = "trace"  # record field `answer_from`: grade step k from chunks 0..k
@@ -130,30 +139,128 @@ def run_traces(heads: Sequence[Sequence[int]], keys: np.ndarray, generate: Gener
     return traces
 
 
-@register("delethink")
-def run_delethink(problems: Sequence[str], keys: np.ndarray,
-                  ctx: MethodContext) -> list[MethodRollout]:
-    c = ctx.config.delethink
-    template = load_method_template(c.template, "solve")
-    heads = [ctx.prompt(template.format(problem=p)) for p in ctx.check_problems(problems)]
-    traces = run_traces(heads, keys, ctx.generate, c)
+def delethink_records(traces: Sequence[Trace], spec: Any, decode: Callable[[list[int]], str],
+                      record_prompts: bool = False) -> list[MethodRollout]:
+    """The per-step records of finished traces (a step = a chunk; see the module doc)."""
     outs = []
     for t in traces:
         r = MethodRollout(method_fields={"answer_from": ANSWER_FROM_TRACE,
                                          "delethink_first": ""})
-        for k in range(c.max_chunks):
+        for k in range(spec.max_chunks):
             if k >= len(t.chunks):  # the trace ended at an earlier chunk
                 r.add_step("", "", [], 0, 0, r.reasoning_finish[-1])
-                if ctx.record_prompts:
+                if record_prompts:
                     r.prompts.append([])
                 continue
             ids = t.chunks[k]
             if k == 0:
-                r.method_fields["delethink_first"] = ctx.decode(first_span(ids, c.keep_first))
+                r.method_fields["delethink_first"] = decode(first_span(ids, spec.keep_first))
             # What chunk k hands on (its last m ids), when a chunk follows it.
-            handed = ctx.decode(last_span(ids, c.keep_last)) if k + 1 < len(t.chunks) else ""
-            r.add_step(ctx.decode(ids), handed, ids, len(t.prompts[k]), len(ids), t.finish[k])
-            if ctx.record_prompts:
+            handed = decode(last_span(ids, spec.keep_last)) if k + 1 < len(t.chunks) else ""
+            r.add_step(decode(ids), handed, ids, len(t.prompts[k]), len(ids), t.finish[k])
+            if record_prompts:
                 r.prompts.append([t.prompts[k]])
         outs.append(r)
     return outs
+
+
+def delethink_heads(ctx: MethodContext, problems: Sequence[str]) -> list[list[int]]:
+    """Each problem's head ids: the solve template, chat-wrapped, encoded whole."""
+    template = load_method_template(ctx.config.delethink.template, "solve")
+    return [ctx.prompt(template.format(problem=p)) for p in ctx.check_problems(problems)]
+
+
+@register("delethink")
+def run_delethink(problems: Sequence[str], keys: np.ndarray,
+                  ctx: MethodContext) -> list[MethodRollout]:
+    traces = run_traces(delethink_heads(ctx, problems), keys, ctx.generate, ctx.config.delethink)
+    return delethink_records(traces, ctx.config.delethink, ctx.decode, ctx.record_prompts)
+
+
+# ---------------------------------------------------------------- on the RC engine
+class _DelethinkRollout:
+    """A Delethink trace in flight on the engine's host: one phase type (a chunk)."""
+
+    def __init__(self, head: list[int], key: np.ndarray, spec: Any):
+        self.head, self.key, self.spec, self.trace = head, key, spec, Trace()
+
+    @property
+    def steps(self) -> list[list[int]]:  # the engine names a rollout's progress `steps`
+        return self.trace.chunks
+
+    @property
+    def done(self) -> bool:
+        t = self.trace
+        return bool(t.chunks) and (t.finish[-1] == "stop" or len(t.chunks) >= self.spec.max_chunks)
+
+
+class _DelethinkHost(_Host):
+    """The engine's host half for Delethink: a slot whose chunk ended gets the trace's
+    next chunk prompt (head + first m0 ids of chunk 0 + last m ids of that chunk, as ids),
+    budget C - m and key fold-in index = chunk index, exactly as `run_traces` samples."""
+
+    def _rollout(self, job: Job) -> _DelethinkRollout:
+        return _DelethinkRollout(self.engine.heads[job.problem], np.asarray(job.key, np.uint32),
+                                 self.engine.spec)
+
+    def _request(self, i: int, phase: int) -> tuple[list[int], int, int]:
+        r, spec = self.rollouts[i], self.engine.spec
+        k = len(r.trace.chunks)
+        ids = chunk_prompt(r.head, r.trace.chunks, spec.keep_first, spec.keep_last)
+        return ids, chunk_budget(spec.chunk_tokens, spec.keep_last, k), k
+
+    def _finish_phase(self, i: int, phase: int, ids: list[int], prompt_len: int,
+                      finish: str) -> None:
+        r = self.rollouts[i]
+        t = r.trace
+        t.prompts.append(chunk_prompt(r.head, t.chunks, self.engine.spec.keep_first,
+                                      self.engine.spec.keep_last))
+        t.chunks.append(ids)
+        t.finish.append(finish)
+        t.logprobs.append(np.zeros((0,), np.float32))  # the engine keeps no log-probs
+        if self.on_step is not None:
+            self.on_step(i, len(t.chunks) - 1, t)
+        if r.done:
+            self.in_flight.discard(i)
+            if self.on_done is not None:
+                self.on_done(i, r, time.time() - self.started.get(i, time.time()))
+        else:
+            self.queues[self.engine.pool_of[REASON]].append((i, REASON))
+
+
+class DelethinkEngine(RCEngine):
+    """Delethink on the RC engine's loop: B slots, continuous or lockstep scheduling, one
+    program per shape bucket. Chunk prompts are built from ids on the host (`chunk_prompt`),
+    so the records equal `run_delethink`'s (same keys: chunk k folds k into the row key).
+
+    heads: problem text -> head ids (`delethink_heads`), for every problem of a `run`.
+    """
+    host_class = _DelethinkHost
+
+    def __init__(self, config, tokenizer, spec: Any, sampling, heads: dict[str, list[int]],
+                 **kwargs):
+        # RC's settings only name the budget here (RC's templates are never used).
+        settings = RCSettings(num_steps=spec.max_chunks, max_reasoning_tokens=spec.chunk_tokens,
+                              max_summary_tokens=1)
+        super().__init__(config, tokenizer, settings, sampling, **kwargs)
+        self.spec, self.heads = spec, dict(heads)
+
+    def shapes(self, problem_tokens: int) -> tuple[Shapes, ...]:
+        """One pool: prompts up to the longest head + m0 + m; cache up to head + m0 + C."""
+        spec = self.spec
+        head = max(len(h) for h in self.heads.values())
+        width = self.buckets.prompt(head + spec.keep_first + spec.keep_last)
+        cache = max(head + spec.keep_first + spec.chunk_tokens, width)
+        cache = -(-cache // 16) * 16
+        if cache > self.buckets.max_cache_length:
+            raise ValueError(f"Delethink chunks of heads of {head} tokens need {cache} cache "
+                             f"slots, more than max_cache_length={self.buckets.max_cache_length}")
+        return (Shapes(self.slots, width, cache, self.buckets.new_tokens(spec.chunk_tokens),
+                       self.refill_rows),)
+
+    def traces(self, params: Any, problems: Sequence[str], keys: np.ndarray,
+               **kwargs) -> list[Trace]:
+        """Every problem's trace (in order), one engine run."""
+        jobs = [Job(p, k, self.spec.max_chunks) for p, k in zip(problems, np.asarray(keys))]
+        rollouts, _ = self.run(params, jobs, **kwargs)
+        return [r.trace for r in rollouts]

@@ -180,18 +180,33 @@ class _Host:
     def __init__(self, engine: "RCEngine", jobs: Sequence[Job], shapes: Sequence[Shapes],
                  on_step, on_done, record_prompts: bool):
         self.engine, self.shapes = engine, shapes
-        self.rollouts = [Rollout(j.problem, np.asarray(j.key, np.uint32), j.num_steps,
-                                 list(j.done_steps), j.initial_summary) for j in jobs]
+        self.record_prompts = record_prompts
+        self.rollouts = [self._rollout(j) for j in jobs]
         self.todo = collections.deque(i for i, r in enumerate(self.rollouts) if not r.done)
         self.in_flight: set[int] = set()
         self.queues = [collections.deque() for _ in shapes]  # (rollout, phase) per pool
         self.slot = [[None] * s.slots for s in shapes]  # (rollout, phase, prompt len)
         self.on_step, self.on_done = on_step, on_done
-        self.record_prompts = record_prompts
         self.started = {}
         self.error: BaseException | None = None
         self.services = 0
         self.cancelled = False
+
+    # ---------------------------------------------------------------- the method
+    # What a method defines (RC here; a subclass for another phase sequence, e.g.
+    # `rc_jax.methods.delethink.DelethinkEngine`): a job's rollout state, its next
+    # phase's request, and what a finished phase does.
+    def _rollout(self, job: Job) -> Any:
+        return Rollout(job.problem, np.asarray(job.key, np.uint32), job.num_steps,
+                       list(job.done_steps), job.initial_summary)
+
+    def _request(self, i: int, phase: int) -> tuple[list[int], int, int]:
+        """(prompt ids, budget, key fold-in index) of rollout i's next `phase`."""
+        r = self.rollouts[i]
+        ids = r.next_prompt(self.engine.prompts, phase)
+        if self.record_prompts:
+            (r.reasoning_prompt_ids if phase == REASON else r.summary_prompt_ids).append(ids)
+        return ids, self.engine.budgets[phase], 2 * len(r.steps) + phase
 
     # ---------------------------------------------------------------- callback
     def service(self, *arrays):
@@ -244,8 +259,7 @@ class _Host:
                     continue
                 i, phase = self.queues[p].popleft()
                 r = self.rollouts[i]
-                ids = r.next_prompt(eng.prompts, phase)
-                limit = eng.budgets[phase]
+                ids, limit, fold = self._request(i, phase)
                 if len(ids) > shape.prompt_width or len(ids) + limit > shape.cache_length:
                     raise ValueError(
                         f"rollout {i} step {len(r.steps) + 1}: the {PHASES[phase]}"
@@ -253,15 +267,12 @@ class _Host:
                         f"({shape.prompt_width} prompt slots, {shape.cache_length} cache "
                         "slots): re-encoding the generated text grew it past the plan; raise "
                         f"rc.prompt_margin (now {eng.prompt_margin:g}; random weights need ~3)")
-                if self.record_prompts:
-                    (r.reasoning_prompt_ids if phase == REASON
-                     else r.summary_prompt_ids).append(ids)
                 self.slot[p][b] = (i, phase, len(ids))
                 assign[b] = True
                 prompts[b, :len(ids)] = ids
                 plen[b], budget[b] = len(ids), limit
                 keys[b] = r.key
-                key_index[b] = 2 * len(r.steps) + phase
+                key_index[b] = fold
             out += [assign, prompts, plen, budget, keys, key_index]
         finished = not self.in_flight and not self.todo
         if not finished and all(x is None for slots in self.slot for x in slots):
@@ -294,6 +305,7 @@ class RCEngine:
     Stateless with respect to weights: every `run` takes the params, so RL can pass new
     weights without touching the engine.
     """
+    host_class: type = _Host  # the host half: RC's phases (a subclass runs another method)
 
     def __init__(self, config: ModelConfig, tokenizer: Tokenizer, settings: RCSettings,
                  sampling: SamplingParams, *, slots: int = 8, scheduling: str = "lockstep",
@@ -590,7 +602,7 @@ class RCEngine:
                 raise ValueError(f"problems[{i}] is empty")
             problem_tokens = max(problem_tokens, n)
         shapes = self.shapes(self.buckets.prompt(problem_tokens))
-        host = _Host(self, jobs, shapes, on_step, on_done, record_prompts)
+        host = self.host_class(self, jobs, shapes, on_step, on_done, record_prompts)
         host_id = next(_HOST_IDS)
         _HOSTS[host_id] = host
         start = time.time()
