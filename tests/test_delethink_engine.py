@@ -63,3 +63,27 @@ def test_cli_engine_equals_the_batched_runner(tmp_path):
         assert res.returncode == 0, res.stderr[-2000:]
         runs[name] = _records(tmp_path / name / "results.jsonl")
     assert len(runs["device"]) == 6 and runs["device"] == runs["reference"]
+
+
+def test_engine_on_an_8_device_mesh_equals_one_device(model, tiny_tokenizer):
+    from rc_jax.parallel import make_mesh, param_shardings
+    config, params = model
+    c = default_config("delethink")
+    c.delethink.chunk_tokens, c.delethink.keep_first = 10, 3
+    c.delethink.keep_last, c.delethink.max_chunks = 4, 3
+    sampling = SamplingParams(temperature=1.0)
+    stops = tuple(tiny_tokenizer.eos_ids) + tuple(range(300, 312))
+    keys = np.stack([row_key(0, str(i), 0) for i in range(len(PROBLEMS))])
+    ctx = MethodContext(c, params, config, tiny_tokenizer, sampling)
+    heads = dict(zip(PROBLEMS, delethink_heads(ctx, PROBLEMS)))
+    want = DelethinkEngine(config, tiny_tokenizer, c.delethink, sampling, heads, slots=8,
+                           stop_ids=stops).traces(params, PROBLEMS, keys)
+    mesh = make_mesh("data:2,fsdp:4")
+    shardings = param_shardings(config, mesh)
+    placed = jax.device_put(params, shardings)
+    engine = DelethinkEngine(config, tiny_tokenizer, c.delethink, sampling, heads, slots=8,
+                             scheduling="continuous", mesh=mesh, param_shardings=shardings,
+                             stop_ids=stops)
+    got = engine.traces(placed, PROBLEMS, keys)
+    assert [t.chunks for t in got] == [t.chunks for t in want]
+    assert [t.prompts for t in got] == [t.prompts for t in want]
