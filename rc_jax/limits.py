@@ -37,13 +37,24 @@ class Phase:
     extra: int = 0             # constant tokens besides the template (cues, headers)
 
 
+def _summarizer_path(c) -> str:
+    """The second model's path ('' without one; training configs have no such section)."""
+    return c.summarizer.model.path if "summarizer" in c else ""
+
+
+def phase_method(c) -> str:
+    """The method whose prompts a run builds: `c.method`, or for training (`train`) the
+    rollout kind (`rl.rollout`: rc or delethink)."""
+    return c.rl.rollout if c.method == "train" else c.method
+
+
 def method_phases(c, tokenizer) -> list[Phase]:
     """The phases of `c.method` with their bounds (see the module docstring)."""
     from rc_jax.methods.prompts import CANDIDATE_SEPARATOR, candidate_header, load_method_template
     rc = c.rc
     h_r, h_s, steps = rc.max_reasoning_tokens, rc.max_summary_tokens, rc.num_steps
-    method = c.method
-    summarizer = "summarizer" if c.summarizer.model.path else "model"
+    method = phase_method(c)
+    summarizer = "summarizer" if _summarizer_path(c) else "model"
     if method == "rc":
         summary = h_s if steps > 1 else 0  # step 1 has an empty summary
         return [
@@ -149,10 +160,10 @@ def check_context(c, tokenizer, problems: Sequence, context: int,
     parts += [f"{n} {f}" for f, n in ph.generated.items() if n]
     parts.append(f"{ph.budget} generated")
     raise ValueError(
-        f"problem {p.problem_id}: the {c.method} {ph.name} phase needs up to {total} tokens "
+        f"problem {p.problem_id}: the {phase_method(c)} {ph.name} phase needs up to {total} tokens "
         f"({' + '.join(parts)}), {over} over the {limit}-token context of "
         f"{describe(ph.model)} (max_position_embeddings); shorten the problem or lower the "
-        f"budgets ({_budget_fields(c.method)})")
+        f"budgets ({_budget_fields(phase_method(c))})")
 
 
 def _budget_fields(method: str) -> str:
@@ -171,7 +182,7 @@ def check_run_fits(c, tokenizer, problems: Sequence, model_dir) -> None:
     from rc_jax.models import ModelConfig
     context = ModelConfig.from_pretrained(str(model_dir)).max_position_embeddings
     s_context = s_tokenizer = None
-    if c.summarizer.model.path:
+    if _summarizer_path(c):
         s_context = ModelConfig.from_pretrained(c.summarizer.model.path).max_position_embeddings
         s_tok_path = getattr(getattr(c.summarizer, "tokenizer", None), "path", "")
         try:  # the summarizer's own tokenizer where it has one
@@ -181,7 +192,7 @@ def check_run_fits(c, tokenizer, problems: Sequence, model_dir) -> None:
             if s_tok_path:
                 raise
             s_tokenizer = None
-    names = {"model": f"model {c.model.path}", "summarizer": f"summarizer {c.summarizer.model.path}"}
+    names = {"model": f"model {c.model.path}", "summarizer": f"summarizer {_summarizer_path(c)}"}
     unique = list({str(p.problem_id): p for p in problems}.values())
     check_context(c, tokenizer, unique, context, s_context, describe=names.get,
                   summarizer_tokenizer=s_tokenizer)

@@ -206,6 +206,11 @@ def test_bad_configs_fail_before_any_model_or_generation(files, tmp_path, monkey
          "missing answer field 'reward_model.ground_truth'"),
         (dict(kl_coef_summary=0.01), "config.rl.kl_coef_summary: applies to summary tokens"),
         (dict(microbatch_agg_shards=3), "does not split into 3 equal parts"),
+        # Every rollout prompt plus its budget must fit the model's context (read from
+        # its config.json, before the weights load).
+        (dict(rc__max_reasoning_tokens=40000, model__max_cache_length=1 << 17),
+         r"problem p0: the rc summary phase needs up to \d+ tokens .* over the \d+-token "
+         r"context of model builtin:tiny-random"),
     ]
     for changes, match in cases:
         mesh = changes.pop("mesh", "")

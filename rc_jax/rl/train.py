@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from rc_jax.config import config_hash, data_split, validate
+from rc_jax.limits import check_context, check_run_fits
 from rc_jax.parallel import to_host
 from rc_jax.rl import losses
 from rc_jax.rl.batch import Sample, pack_rows, plan_micro_batches, split_minibatches
@@ -105,6 +106,11 @@ class Trainer:
         self.total_steps = r.total_steps or r.num_epochs * self.stream.steps_per_epoch
         self.mesh = self._make_mesh(mesh)
         self.tokenizer, self.model_dir = self._load_tokenizer(tokenizer, model)
+        # Every rollout prompt plus its budget fits the model, checked before loading it.
+        if model is None:
+            check_run_fits(config, self.tokenizer, problems, self.model_dir)
+        else:
+            check_context(config, self.tokenizer, problems, model[0].max_position_embeddings)
         self.model_config, self.params, self.shardings = self._load_model(model)
         self.ref_params = self._load_reference(model)
         self.loss = loss_settings(config)
