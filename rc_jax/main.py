@@ -307,14 +307,21 @@ def _run_delethink_engine(config, todo, params, model_config, tokenizer, samplin
                           mesh, shardings, results, chash):
     """Delethink on the device engine's loop (rc_jax.methods.delethink.DelethinkEngine): the
     chunks of all rollouts through `batch_size` slots, scheduled by `rc.scheduling`; each
-    finished rollout goes to results.jsonl (its records equal the batched runner's)."""
+    finished chunk goes durably to progress.jsonl (a re-run continues every trace from its
+    last finished chunk), each finished rollout to results.jsonl (its records equal the
+    batched runner's)."""
     from tqdm import tqdm
 
     from rc_jax.methods.base import MethodContext
-    from rc_jax.methods.delethink import DelethinkEngine, delethink_heads, delethink_records
+    from rc_jax.methods.delethink import (ChunkRecord, DelethinkEngine, delethink_heads,
+                                          delethink_records)
     from rc_jax.parallel.distributed import is_main_process
+    from rc_jax.progress import StepLog
     from rc_jax.rc.engine import Job, row_key
 
+    main_process = is_main_process()
+    log = StepLog(config.output_dir, chash, record=ChunkRecord) if main_process else None
+    restored = log.load() if main_process else {}
     ctx = MethodContext(config, params, model_config, tokenizer, sampling, buckets=buckets,
                         mesh=mesh, param_shardings=shardings)
     texts = list(dict.fromkeys(p.problem for p, _ in todo))
@@ -324,17 +331,32 @@ def _run_delethink_engine(config, todo, params, model_config, tokenizer, samplin
                              refill_rows=config.rc.refill_rows, buckets=buckets, mesh=mesh,
                              param_shardings=shardings)
     jobs = [Job(p.problem, row_key(config.sampling.seed, p.problem_id, j),
-                config.delethink.max_chunks) for p, j in todo]
-    bar = tqdm(total=len(jobs), desc="rollouts", unit="rollout", disable=not is_main_process())
+                config.delethink.max_chunks,
+                done_steps=restored.get((str(p.problem_id), j), ())) for p, j in todo]
+    resumed = sum(len(j.done_steps) for j in jobs)
+    if resumed:
+        logging.info("resuming %d finished chunks from %s", resumed, log.path)
+    bar = tqdm(total=len(jobs), desc="rollouts", unit="rollout", disable=not main_process)
+    written = set()
+
+    def on_step(i, chunk, record):
+        p, j = todo[i]
+        if log is not None:
+            log.append(p.problem_id, j, chunk, record)
 
     def on_done(i, rollout, wall):
         p, j = todo[i]
         if results is not None:
             (record,) = delethink_records([rollout.trace], config.delethink, ctx.decode)
             results.append([build_record(p, j, record, config.method, wall, chash)])
+        written.add(i)
         bar.update(1)
 
-    _, stats = engine.run(params, jobs, on_done=on_done)
+    rollouts, stats = engine.run(params, jobs, on_step=on_step, on_done=on_done)
+    # Traces whose every chunk was in the log (the run died before their results line).
+    for i, rollout in enumerate(rollouts):
+        if i not in written and rollout.done:
+            on_done(i, rollout, 0.0)
     bar.close()
     logging.info("Delethink engine: %d loop iterations, slot utilization %.2f, %d host "
                  "callbacks", stats.iterations, stats.utilization, stats.services)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
+
 from rc_jax.rc.rollout import StepRecord
 
 FILE = "progress.jsonl"
@@ -23,9 +25,13 @@ FILE = "progress.jsonl"
 class StepLog:
     """Appends and reads per-step progress lines for one run (one config hash)."""
 
-    def __init__(self, output_dir: str | os.PathLike, config_hash: str):
+    def __init__(self, output_dir: str | os.PathLike, config_hash: str,
+                 record: type = StepRecord):
+        """record: the step type (`to_json` / `from_json`): RC's `StepRecord`, or a
+        method's own (Delethink's `ChunkRecord`)."""
         self.path = Path(output_dir) / FILE
         self.config_hash = config_hash
+        self.record = record
         self._repair()
 
     def _repair(self) -> None:
@@ -40,7 +46,7 @@ class StepLog:
                 f.flush()
                 os.fsync(f.fileno())
 
-    def load(self) -> dict[tuple[str, int], list[StepRecord]]:
+    def load(self) -> dict[tuple[str, int], list[Any]]:
         """Finished steps per (problem_id, sample_id), in step order, of this config."""
         out: dict[tuple[str, int], list[StepRecord]] = {}
         if not self.path.exists():
@@ -55,10 +61,10 @@ class StepLog:
                 continue
             steps = out.setdefault((str(d["problem_id"]), int(d["sample_id"])), [])
             if d["step"] == len(steps):  # a step logged twice (resumed twice) counts once
-                steps.append(StepRecord.from_json(d))
+                steps.append(self.record.from_json(d))
         return out
 
-    def append(self, problem_id: str, sample_id: int, step: int, record: StepRecord) -> None:
+    def append(self, problem_id: str, sample_id: int, step: int, record: Any) -> None:
         line = json.dumps({"problem_id": problem_id, "sample_id": sample_id, "step": step,
                            "config_hash": self.config_hash, **record.to_json()}) + "\n"
         with open(self.path, "a", encoding="utf-8") as f:

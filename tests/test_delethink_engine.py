@@ -87,3 +87,60 @@ def test_engine_on_an_8_device_mesh_equals_one_device(model, tiny_tokenizer):
     got = engine.traces(placed, PROBLEMS, keys)
     assert [t.chunks for t in got] == [t.chunks for t in want]
     assert [t.prompts for t in got] == [t.prompts for t in want]
+
+
+def test_engine_resumes_from_finished_chunks(model, tiny_tokenizer):
+    from rc_jax.methods.delethink import ChunkRecord
+    config, params = model
+    c = default_config("delethink")
+    c.delethink.chunk_tokens, c.delethink.keep_first = 10, 3
+    c.delethink.keep_last, c.delethink.max_chunks = 4, 3
+    sampling = SamplingParams(temperature=1.0)
+    stops = tuple(tiny_tokenizer.eos_ids) + tuple(range(300, 312))
+    keys = np.stack([row_key(0, str(i), 0) for i in range(len(PROBLEMS))])
+    ctx = MethodContext(c, params, config, tiny_tokenizer, sampling)
+    heads = dict(zip(PROBLEMS, delethink_heads(ctx, PROBLEMS)))
+    engine = DelethinkEngine(config, tiny_tokenizer, c.delethink, sampling, heads, slots=3,
+                             scheduling="continuous", stop_ids=stops)
+    logged = []
+    want = engine.traces(params, PROBLEMS, keys,
+                         on_step=lambda i, k, rec: logged.append((i, k, rec)))
+    assert sorted((i, k) for i, k, _ in logged) == sorted(
+        (i, k) for i, t in enumerate(want) for k in range(len(t.chunks)))
+    # Each trace restarts after its first chunk (a whole trace when it had one chunk).
+    done = [[rec for i2, k, rec in logged if i2 == i and k == 0] for i in range(len(PROBLEMS))]
+    assert all(isinstance(d[0], ChunkRecord) for d in done)
+    got = engine.traces(params, PROBLEMS, keys, done=done)
+    assert [t.chunks for t in got] == [t.chunks for t in want]
+    assert [t.prompts for t in got] == [t.prompts for t in want]
+    assert [t.finish for t in got] == [t.finish for t in want]
+
+
+def test_cli_resume_from_the_progress_log_equals_an_uninterrupted_run(tmp_path):
+    import json
+    from test_delethink import _records, _run_main
+    full = tmp_path / "full"
+    res = _run_main(tmp_path, full)
+    assert res.returncode == 0, res.stderr[-2000:]
+    progress = (full / "progress.jsonl").read_text().splitlines()
+    results = (full / "results.jsonl").read_text().splitlines()
+    chunks = sum(sum(n > 0 for n in json.loads(l)["token_counts"]["reasoning"])
+                 for l in results)
+    assert len(results) == 6 and len(progress) == chunks > 6  # one line per chunk
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    # Killed mid-run: two rollouts written, the others' first chunks logged, a torn line.
+    first = [l for l in progress if json.loads(l)["step"] == 0]
+    (crashed / "progress.jsonl").write_text("\n".join(first) + "\n" + progress[-1][:40])
+    (crashed / "results.jsonl").write_text("\n".join(results[:2]) + "\n")
+    (crashed / "config.json").write_text((full / "config.json").read_text())
+    res = _run_main(tmp_path, crashed)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "4 rollouts to run" in res.stdout
+    assert _records(crashed / "results.jsonl") == _records(full / "results.jsonl")
+    # The four traces went on from their logged first chunk (none sampled it again).
+    steps = [json.loads(l)["step"] for l in
+             (crashed / "progress.jsonl").read_text().splitlines()]
+    assert steps.count(0) == 6 and len(steps) == 6 + sum(
+        sum(n > 0 for n in json.loads(l)["token_counts"]["reasoning"][1:])
+        for l in results[2:])

@@ -178,11 +178,37 @@ def run_delethink(problems: Sequence[str], keys: np.ndarray,
 
 
 # ---------------------------------------------------------------- on the RC engine
+@dataclasses.dataclass
+class ChunkRecord:
+    """One finished chunk, as the progress log keeps it: all a trace needs to continue
+    (its prompt is rebuilt from the head and the earlier chunks)."""
+    ids: list[int]
+    finish: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ids": list(self.ids), "finish": self.finish}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ChunkRecord":
+        return cls([int(x) for x in d["ids"]], str(d["finish"]))
+
+
 class _DelethinkRollout:
     """A Delethink trace in flight on the engine's host: one phase type (a chunk)."""
 
-    def __init__(self, head: list[int], key: np.ndarray, spec: Any):
+    def __init__(self, head: list[int], key: np.ndarray, spec: Any,
+                 done: Sequence[ChunkRecord] = ()):
         self.head, self.key, self.spec, self.trace = head, key, spec, Trace()
+        for chunk in done:  # resumed from the progress log
+            self.add(chunk.ids, chunk.finish)
+
+    def add(self, ids: list[int], finish: str) -> None:
+        t = self.trace
+        t.prompts.append(chunk_prompt(self.head, t.chunks, self.spec.keep_first,
+                                      self.spec.keep_last))
+        t.chunks.append(list(ids))
+        t.finish.append(finish)
+        t.logprobs.append(np.zeros((0,), np.float32))  # the engine keeps no log-probs
 
     @property
     def steps(self) -> list[list[int]]:  # the engine names a rollout's progress `steps`
@@ -201,7 +227,7 @@ class _DelethinkHost(_Host):
 
     def _rollout(self, job: Job) -> _DelethinkRollout:
         return _DelethinkRollout(self.engine.heads[job.problem], np.asarray(job.key, np.uint32),
-                                 self.engine.spec)
+                                 self.engine.spec, job.done_steps)
 
     def _request(self, i: int, phase: int) -> tuple[list[int], int, int]:
         r, spec = self.rollouts[i], self.engine.spec
@@ -212,14 +238,9 @@ class _DelethinkHost(_Host):
     def _finish_phase(self, i: int, phase: int, ids: list[int], prompt_len: int,
                       finish: str) -> None:
         r = self.rollouts[i]
-        t = r.trace
-        t.prompts.append(chunk_prompt(r.head, t.chunks, self.engine.spec.keep_first,
-                                      self.engine.spec.keep_last))
-        t.chunks.append(ids)
-        t.finish.append(finish)
-        t.logprobs.append(np.zeros((0,), np.float32))  # the engine keeps no log-probs
+        r.add(ids, finish)
         if self.on_step is not None:
-            self.on_step(i, len(t.chunks) - 1, t)
+            self.on_step(i, len(r.trace.chunks) - 1, ChunkRecord(ids, finish))
         if r.done:
             self.in_flight.discard(i)
             if self.on_done is not None:
@@ -259,8 +280,12 @@ class DelethinkEngine(RCEngine):
                        self.refill_rows),)
 
     def traces(self, params: Any, problems: Sequence[str], keys: np.ndarray,
-               **kwargs) -> list[Trace]:
-        """Every problem's trace (in order), one engine run."""
-        jobs = [Job(p, k, self.spec.max_chunks) for p, k in zip(problems, np.asarray(keys))]
+               done: Sequence[Sequence[ChunkRecord]] = (), **kwargs) -> list[Trace]:
+        """Every problem's trace (in order), one engine run; done[i]: problem i's chunks
+        already finished (resume). kwargs: `RCEngine.run`'s (on_step receives
+        `ChunkRecord`s, on_done the host's rollout, whose `.trace` is the trace)."""
+        done = list(done) or [()] * len(problems)
+        jobs = [Job(p, k, self.spec.max_chunks, done_steps=list(d))
+                for p, k, d in zip(problems, np.asarray(keys), done)]
         rollouts, _ = self.run(params, jobs, **kwargs)
         return [r.trace for r in rollouts]
