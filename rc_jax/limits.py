@@ -63,6 +63,17 @@ def method_phases(c, tokenizer) -> list[Phase]:
             Phase("summary", load_template(rc.summary_template, "summary"), "summary",
                   {"existing_summary": summary, "reasoning": h_r}, h_s, summarizer),
         ]
+    if method == "delethink":  # (training configs have no `baselines` section)
+        d = c.delethink
+        if d.max_chunks <= 1:
+            return [Phase("chunk", load_method_template(d.template, "solve"), "reasoning", {},
+                          d.chunk_tokens)]
+        # The longest prompt: the wrapped problem + the first m0 ids of chunk 0 (at most
+        # its C tokens) + the last m ids of the previous chunk; then C - m new tokens.
+        return [Phase("later chunk", load_method_template(d.template, "solve"), "reasoning",
+                      {"first tokens kept": min(d.keep_first, d.chunk_tokens),
+                       "last tokens kept": d.keep_last},
+                      d.chunk_tokens - d.keep_last)]
     from rc_jax.config import METHOD_SECTIONS
     solve = load_method_template(c.baselines.solve_template, "solve")
     if method == "autoregressive":
@@ -81,17 +92,6 @@ def method_phases(c, tokenizer) -> list[Phase]:
                           cont, extra=bf.num_forcings * (cue + joins))]
         return [Phase("generation (with every continuation cue)", template, "reasoning", {},
                       bf.max_tokens, extra=cue * bf.num_forcings)]
-    if method == "delethink":
-        d = c.delethink
-        if d.max_chunks <= 1:
-            return [Phase("chunk", load_method_template(d.template, "solve"), "reasoning", {},
-                          d.chunk_tokens)]
-        # The longest prompt: the wrapped problem + the first m0 ids of chunk 0 (at most
-        # its C tokens) + the last m ids of the previous chunk; then C - m new tokens.
-        return [Phase("later chunk", load_method_template(d.template, "solve"), "reasoning",
-                      {"first tokens kept": min(d.keep_first, d.chunk_tokens),
-                       "last tokens kept": d.keep_last},
-                      d.chunk_tokens - d.keep_last)]
     phases = []
     if "baselines" in METHOD_SECTIONS.get(method, ()):
         phases.append(Phase("first attempt", solve, "reasoning", {}, h_r))
