@@ -106,7 +106,7 @@ def run(config) -> dict[str, Any] | None:
     from tqdm import tqdm
 
     from rc_jax.outputs import ResultsFile
-    from rc_jax.rc.engine import RCEngine, RCSettings, row_key
+    from rc_jax.rc.engine import RCSettings, row_key
     from rc_jax.sampling import Buckets, SamplingParams
     from rc_jax.tokenizer import load_tokenizer
     from rc_jax.tools.builtin_models import resolve_model_path

@@ -1,7 +1,6 @@
 """Tiny model configs and an HF oracle shared by tests (torch only where asked for)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax

@@ -15,7 +15,6 @@ from rc_jax.parallel import distributed  # noqa: E402
 assert distributed.maybe_initialize(), "JAX_COORDINATOR_ADDRESS should be set"
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from rc_jax.models import load_hf_checkpoint  # noqa: E402
 from rc_jax.parallel import make_mesh, param_shardings  # noqa: E402

@@ -204,7 +204,8 @@ def test_empty_problem_and_bad_answer_types(tmp_path):
     with pytest.raises(DataError, match="must be text or a number, got dict"):
         load_problems(write_jsonl(tmp_path / "c.jsonl", [{"problem": "q", "answer": {"x": 1}}]))
     with pytest.raises(DataError, match="no user message"):
-        load_problems(write_jsonl(tmp_path / "d.jsonl", [{"prompt": [{"role": "system", "content": "s"}], "answer": "1"}]))
+        load_problems(write_jsonl(tmp_path / "d.jsonl",
+                                  [{"prompt": [{"role": "system", "content": "s"}], "answer": "1"}]))
 
 
 def test_corrupt_hf_directory(tmp_path):

@@ -26,7 +26,6 @@ from rc_jax.models import init_params, save_hf_checkpoint
 from rc_jax.rc.engine import RCEngine, RCSettings, row_key
 from rc_jax.rc.prompts import load_template
 from rc_jax.rc.text import clean_reasoning, clean_summary
-from rc_jax.rc.tokens import clean_host
 from rc_jax.sampling import Buckets, SamplingParams
 from rc_jax.sampling.generate import GenerationResult, generate
 

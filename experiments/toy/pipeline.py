@@ -340,7 +340,10 @@ def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = Fal
     summary["settings"] = dataclasses.asdict(s) | {"hash": s.hash()}
     summary["model"] = {"num_params": model_cfg.num_params, **model_cfg.to_hf_dict()}
     summary["sft_history"] = sft_history
-    summary["rl_history"] = [{k: v for k, v in h.items() if k.startswith(("reward", "chain_acc", "kl", "zero_adv", "response_len", "truncated", "time_step", "stopped"))} for h in rl_history]
+    kept = ("reward", "chain_acc", "kl", "zero_adv", "response_len", "truncated", "time_step",
+            "stopped")
+    summary["rl_history"] = [{k: v for k, v in h.items() if k.startswith(kept)}
+                             for h in rl_history]
     summary["timing"] = {"phases": clock.phases, "total": clock.total(),
                          "cpu_count": os.cpu_count(),
                          "load_average_at_end": list(os.getloadavg())}

@@ -9,7 +9,6 @@ file, and the reward is the project's `string_match` reward (exact match of the 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import ml_collections

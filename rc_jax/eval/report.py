@@ -170,7 +170,8 @@ def _token_notes(samples: Sequence[SampleOutcome], has_counter: bool) -> list[st
             "affected token means are reported as missing, not estimated"
         )
     if missing["prompt"]:
-        notes.append(f"prompt token counts missing for {missing['prompt']} of {len(steps)} steps (only recorded counts are used)")
+        notes.append(f"prompt token counts missing for {missing['prompt']} of {len(steps)} "
+                     "steps (only recorded counts are used)")
     return notes
 
 
@@ -418,7 +419,8 @@ def evaluate_files(
             "grading_mode": getattr(active, "mode", None),
             "timeout_s": timeout_s if own_grader else getattr(active, "timeout_s", None),
             "ks": list(ks),
-            "tokenizer": str(tokenizer) if isinstance(tokenizer, (str, Path)) else (type(tokenizer).__name__ if tokenizer else None),
+            "tokenizer": str(tokenizer) if isinstance(tokenizer, (str, Path))
+            else (type(tokenizer).__name__ if tokenizer else None),
             "step_numbering": "1-based",
         },
         "inputs": inputs,

@@ -22,7 +22,7 @@ import numpy as np
 
 from rc_jax.models import qwen3
 from rc_jax.models.config import ModelConfig
-from rc_jax.models.safetensors_io import SafetensorsFile, open_checkpoint_files, save_file
+from rc_jax.models.safetensors_io import open_checkpoint_files, save_file
 
 Transform = Callable[[np.ndarray], np.ndarray]
 _ident: Transform = lambda x: x

@@ -217,7 +217,7 @@ class Trainer:
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, Any]:
         """Runs one training step; returns its metrics."""
-        c, r = self.c, self.c.rl
+        r = self.c.rl
         step = self.step + 1
         timer = StepTimer()
         problems = self.stream.next_batch()
