@@ -27,7 +27,7 @@ def count_compiles() -> Iterator[CompileCount]:
     """`with count_compiles() as n: ...; assert n.count == 1` (any jit in the process)."""
     counter = CompileCount()
 
-    def listener(event: str, duration: float, **_: object) -> None:
+    def listener(event: str, duration_secs: float, **_: str | int) -> None:
         if event == _EVENT:
             counter.count += 1
 

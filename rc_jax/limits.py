@@ -194,5 +194,5 @@ def check_run_fits(c, tokenizer, problems: Sequence, model_dir) -> None:
             s_tokenizer = None
     names = {"model": f"model {c.model.path}", "summarizer": f"summarizer {_summarizer_path(c)}"}
     unique = list({str(p.problem_id): p for p in problems}.values())
-    check_context(c, tokenizer, unique, context, s_context, describe=names.get,
+    check_context(c, tokenizer, unique, context, s_context, describe=lambda who: names.get(who, who),
                   summarizer_tokenizer=s_tokenizer)

@@ -120,7 +120,7 @@ def run(config) -> dict[str, Any] | None:
     # others what is already done so that every process runs the same batches.
     results = (ResultsFile(config.output_dir, config.to_dict(), chash, problems,
                            config.data.source) if main_process else None)
-    done = broadcast_from_main(results.done if main_process else None)
+    done = broadcast_from_main(results.done if results is not None else set())
     todo = [(p, j) for p in problems for j in range(config.num_samples)
             if (p.problem_id, j) not in done]
     logging.info("%d problems x %d samples; %d already done, %d to run",
@@ -178,7 +178,7 @@ def run(config) -> dict[str, Any] | None:
             t0 = time.time()
             rollouts = run_batch([p.problem for p, _ in chunk], keys)
             wall = time.time() - t0
-            if main_process:
+            if results is not None:  # the main process
                 results.append(build_record(p, j, r, config.method, wall, chash)
                                for (p, j), r in zip(chunk, rollouts))
             tokens += sum(sum(r.reasoning_tokens) + sum(r.summary_tokens) for r in rollouts)
@@ -186,7 +186,7 @@ def run(config) -> dict[str, Any] | None:
             bar.set_postfix(tok_s=f"{tokens / (time.time() - start):.1f}")
         bar.close()
         jax.effects_barrier()
-    if not config.evaluate or not main_process:
+    if not config.evaluate or results is None:  # workers: results is None
         return None
     from rc_jax.eval.grading import MathVerifyGrader
     from rc_jax.eval.report import evaluate_files

@@ -26,7 +26,7 @@ class StepLog:
     """Appends and reads per-step progress lines for one run (one config hash)."""
 
     def __init__(self, output_dir: str | os.PathLike, config_hash: str,
-                 record: type = StepRecord):
+                 record: Any = StepRecord):
         """record: the step type (`to_json` / `from_json`): RC's `StepRecord`, or a
         method's own (Delethink's `ChunkRecord`)."""
         self.path = Path(output_dir) / FILE

@@ -42,7 +42,7 @@ import math
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from rc_jax.eval.normalize import normalize_answer
 
@@ -189,7 +189,7 @@ def compute_accounting(sample: SampleOutcome) -> list[StepCompute | None]:
         if any(c is None for c in counts):
             out += [None] * (len(sample.steps) - len(out))
             break
-        prompt, reasoning, s_prompt, summary = counts  # type: ignore[misc]
+        prompt, reasoning, s_prompt, summary = cast(tuple[int, int, int, int], counts)
         if prompt > 0:
             sequence = prompt + reasoning
         elif reasoning > 0:

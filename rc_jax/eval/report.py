@@ -101,14 +101,15 @@ def step_tokens(rollout: Rollout, step: int, counter: TokenCounter | None) -> tu
 # -- inputs --------------------------------------------------------------------
 
 
-def _default_labels(paths: Sequence[Path], rollouts: Sequence[Sequence[Rollout]]) -> list[str]:
+def _default_labels(paths: Sequence[str | Path], rollouts: Sequence[Sequence[Rollout]]) -> list[str]:
     """The file's single ``method`` if it has one, else the file stem; made unique."""
     labels = []
     for path, rs in zip(paths, rollouts):
         methods = {r.method for r in rs}
-        labels.append(methods.pop() if len(methods) == 1 and None not in methods else path.stem)
+        method = methods.pop() if len(methods) == 1 else None
+        labels.append(method if method is not None else Path(path).stem)
     counts = Counter(labels)
-    labels = [f"{l} [{p.name}]" if counts[l] > 1 else l for l, p in zip(labels, paths)]
+    labels = [f"{l} [{Path(p).name}]" if counts[l] > 1 else l for l, p in zip(labels, paths)]
     seen: Counter[str] = Counter()
     unique = []
     for label in labels:
@@ -387,7 +388,7 @@ def evaluate_files(
         grades = _grade_all(rollouts, active, progress)
     finally:
         if own_grader:
-            active.close()  # type: ignore[union-attr]
+            active.close()  # type: ignore[attr-defined]
 
     if ks is None:
         max_n = max(max(Counter(str(r.problem_id) for r in rs).values()) for rs in rollouts)

@@ -113,6 +113,7 @@ def run_scaffold(scaffold: Scaffold, problems: Sequence[str], keys: np.ndarray,
         s_lengths, s_finish = [0] * len(cands), [NO_SUMMARY] * len(cands)
         summarized = summary_template is not None and g < scaffold.rounds  # last: unread
         if summarized:
+            assert summary_template is not None
             s_prompts = [ctx.prompt(summary_template.format(
                              problem=problems[int(row_of[f])], existing_summary="",
                              reasoning=c)) for f, c in enumerate(cands)]

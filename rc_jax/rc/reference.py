@@ -41,14 +41,14 @@ def run_text_reference(params: Any, config: ModelConfig, tokenizer: Tokenizer,
                            settings.use_think_tags, summary_tokenizer=s_tok)
     rollouts = [Rollout(p, np.asarray(k), settings.num_steps) for p, k in zip(problems, keys)]
     fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
-    keys = jnp.asarray(keys, jnp.uint32)
+    device_keys = jnp.asarray(keys, jnp.uint32)
 
     def phase(p, cfg, tok, samp, phase_id, budget, step):
         ids = [r.next_prompt(prompts, phase_id) for r in rollouts]
         stops = tok.eos_ids if stop_ids is None else stop_ids
         res = generate(p, cfg, ids, samp, jax.random.PRNGKey(0), budget, stops,
                        pad_id=tok.pad_id, buckets=buckets,
-                       row_keys=np.asarray(fold(keys, 2 * step + phase_id)))
+                       row_keys=np.asarray(fold(device_keys, 2 * step + phase_id)))
         raw = [tok.decode(t, skip_special_tokens=True) for t in res.tokens]
         return ids, raw, res
 

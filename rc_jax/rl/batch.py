@@ -53,13 +53,13 @@ def split_minibatches(group_ids: Sequence[int], num_minibatches: int) -> list[np
 
     Raises if there are fewer groups than mini-batches (a mini-batch would be empty).
     """
-    group_ids = np.asarray(group_ids)
-    order = list(dict.fromkeys(group_ids.tolist()))  # groups in order of appearance
+    ids = np.asarray(group_ids).tolist()
+    order = list(dict.fromkeys(ids))  # groups in order of appearance
     if len(order) < num_minibatches:
         raise ValueError(f"{len(order)} groups cannot fill {num_minibatches} mini-batches")
     parts = np.array_split(np.arange(len(order)), num_minibatches)
     position = {g: i for i, g in enumerate(order)}
-    which = np.array([position[g] for g in group_ids.tolist()])
+    which = np.array([position[g] for g in ids])
     return [np.flatnonzero(np.isin(which, part)) for part in parts]
 
 
@@ -85,13 +85,13 @@ def plan_micro_batches(lengths: Sequence[int], token_budget: int, shards: int, *
     """
     if shards < 1 or token_budget < 1:
         raise ValueError(f"shards ({shards}) and token_budget ({token_budget}) must be >= 1")
-    lengths = np.asarray(lengths)
-    need = -(-len(lengths) // shards)
+    lens = np.asarray(lengths)
+    need = -(-len(lens) // shards)
     cap = 1 << max(0, (need - 1).bit_length())
-    order = list(np.argsort(-lengths, kind="stable"))
+    order = list(np.argsort(-lens, kind="stable"))
     plans = []
     while order:
-        length = length_bucket(int(lengths[order[0]]), per_octave, min_length)
+        length = length_bucket(int(lens[order[0]]), per_octave, min_length)
         per_shard = min(max(1, token_budget // length), cap)
         per_shard = 1 << (per_shard.bit_length() - 1)
         rows = shards * per_shard

@@ -80,7 +80,7 @@ class MetricsLogger:
         if self._tb is not None:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and math.isfinite(v):
-                    getattr(self._tb, self._tb_method)(k, v, step)
+                    getattr(self._tb, str(self._tb_method))(k, v, step)
         if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix({short: f"{metrics[key]:.3g}" for short, key in _CONSOLE

@@ -148,8 +148,9 @@ class Trainer:
         self.checkpointer = TrainCheckpointer(
             config.checkpoint.directory or self.output_dir / "checkpoints",
             save_every=config.checkpoint.save_every, keep=config.checkpoint.keep)
-        if config.checkpoint.resume and self.checkpointer.latest_step() is not None:
-            self.restore(self.checkpointer.latest_step())
+        latest = self.checkpointer.latest_step()
+        if config.checkpoint.resume and latest is not None:
+            self.restore(latest)
         from rc_jax.rl.metrics import MetricsLogger
         self.logger = MetricsLogger(self.output_dir, total_steps=self.total_steps,
                                     start_step=self.step, tensorboard=config.tensorboard,
@@ -221,6 +222,9 @@ class Trainer:
         step = self.step + 1
         timer = StepTimer()
         problems = self.stream.next_batch()
+        chains: list[Chain]
+        summary_groups: list[Group]
+        groups: Any  # RC's Groups or Delethink's TraceGroups (what _samples reads is shared)
         if r.rollout == "delethink":
             chains, summary_groups = [], []
             groups = self._delethink_groups(problems, step, timer)
@@ -502,7 +506,7 @@ def seed_chains(problems, buffer: SummaryReplayBuffer | None, rng: np.random.Gen
     every chain gets its own sampling key. A seed longer than `max_seed_tokens` (a
     warm-start summary longer than H_S) is cut to it.
     """
-    chains = []
+    chains: list[Chain] = []
     for pi, p in enumerate(problems):
         seeds = (buffer.sample(p.problem, samples_per_problem, rng, step=step)
                  if buffer is not None else [])

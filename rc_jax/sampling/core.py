@@ -144,6 +144,7 @@ def prefill(params: Any, config: ModelConfig, tokens: jax.Array, mask: jax.Array
     if p <= chunk:
         logits, cache = qwen3.forward(params, config, tokens, positions, cache,
                                       token_mask=mask, last_only=True)
+        assert cache is not None  # forward returns the cache it was given
         return logits[:, -1], cache
     if p % chunk:
         raise ValueError(f"prompt width {p} is not a multiple of the prefill chunk {chunk}")

@@ -124,7 +124,7 @@ def _program(config: ModelConfig, buffer_length: int, greedy: bool, truncates: b
     if mesh is None:
         return jax.jit(run)
     rows = NamedSharding(mesh, P(data_axes))
-    out = core.Decoded(rows, rows, rows, rows, rows)
+    out = core.Decoded(rows, rows, rows, rows, rows)  # type: ignore[arg-type]  # shardings
     return jax.jit(run, in_shardings=_input_shardings(
         mesh, data_axes, None if param_shardings_key is None else param_shardings_key.value),
         out_shardings=out)
