@@ -290,14 +290,23 @@ def _run_rc_engine(config, todo, params, model_config, tokenizer, settings, samp
         bar.set_postfix(rollouts=f"{finished[0]}/{len(jobs)}",
                         tok_s=f"{tokens[0] / max(time.time() - start, 1e-9):.1f}")
 
+    written = set()
+
     def on_done(i, rollout, wall):
         p, j = todo[i]
         if results is not None:
             results.append([build_record(p, j, rollout, config.method, wall, chash)])
+        written.add(i)
         finished[0] += 1
 
-    _, stats = engine.run(params, jobs, summarizer_params=summarizer[0] if summarizer else None,
-                          on_step=on_step, on_done=on_done)
+    rollouts, stats = engine.run(params, jobs,
+                                 summarizer_params=summarizer[0] if summarizer else None,
+                                 on_step=on_step, on_done=on_done)
+    # Rollouts whose every step was in the log (the run died before their results line):
+    # the engine has nothing left to run for them, so they are written here.
+    for i, rollout in enumerate(rollouts):
+        if i not in written and rollout.done:
+            on_done(i, rollout, 0.0)
     bar.close()
     logging.info("RC engine: %d loop iterations, slot utilization %.2f, %d host callbacks",
                  stats.iterations, stats.utilization, stats.services)

@@ -418,3 +418,33 @@ def test_ctrl_c_stops_the_device_engine_at_once_and_keeps_finished_steps(tmp_pat
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err and "re-run the same command to resume" in err
     assert len(progress.read_text().splitlines()) >= 2
+
+
+def test_a_rollout_logged_whole_but_not_written_is_written_on_resume(tmp_path):
+    # Killed after a rollout's last step reached progress.jsonl but before its results
+    # line: the re-run has nothing left to generate for it, and still writes it.
+    def run(out):
+        cmd = [sys.executable, "-m", "rc_jax.main", "--config=experiments/demo.py",
+               "--config.model.path=builtin:tiny-random", f"--config.output_dir={out}",
+               "--config.data.limit=3", "--config.num_samples=2", "--config.batch_size=2",
+               "--config.evaluate=False", "--config.rc.num_steps=2",
+               "--config.rc.max_reasoning_tokens=8", "--config.rc.max_summary_tokens=4",
+               "--config.rc.prompt_margin=3"]
+        env = dict(os.environ, RC_JAX_CACHE=str(tmp_path / "cache"))
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env,
+                             cwd=ROOT)
+        assert res.returncode == 0, res.stderr[-2000:]
+
+    def records(d):  # without wall-clock times
+        return sorted(json.dumps({k: v for k, v in json.loads(l).items() if k != "wall_time_s"},
+                                 sort_keys=True)
+                      for l in (d / "results.jsonl").read_text().splitlines())
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+    run(full)
+    results = (full / "results.jsonl").read_text().splitlines()
+    crashed.mkdir()
+    for name in ("progress.jsonl", "config.json"):
+        (crashed / name).write_text((full / name).read_text())
+    (crashed / "results.jsonl").write_text("\n".join(results[:2]) + "\n")
+    run(crashed)
+    assert len(results) == 6 and records(crashed) == records(full)
