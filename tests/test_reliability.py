@@ -242,6 +242,7 @@ def test_rl_start_over_refuses_when_an_input_lies_inside_the_old_run(tmp_path):
     old = _old_run(out)
     model = out / "export" / "step_2"
     model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")  # an export: passes the model.path check
     old = snapshot(out)
     line = error_line(run_cli("rc_jax.main", f"--config={ROOT / 'experiments' / 'rct_tiny.py'}",
                               f"--config.output_dir={out}", "--config.checkpoint.resume=False",
