@@ -518,14 +518,6 @@ class RCEngine:
         pool, pad = self.pools[pool_index], self.pad_ids[pool_index]
         width, r, c = shape.prompt_width, shape.refill_rows, shape.cache_length
 
-        def cond(carry):
-            return jnp.any(carry[0])
-
-        def body(carry):
-            # Many pending slots: prefill r of them together; a few: one at a time, so a
-            # lone refill never pays for r - 1 rows of padding.
-            return jax.lax.cond(jnp.sum(carry[0]) >= r, functools.partial(rows, r),
-                                functools.partial(rows, 1), carry)
 
         def rows(r, carry):
             pending, cache, logits = carry
@@ -551,7 +543,16 @@ class RCEngine:
             pending = pending.at[idx].set(False)
             return pending, cache, logits
 
-        _, cache, logits = jax.lax.while_loop(cond, body, (assign, cache, logits))
+        # Many pending slots: prefill r of them together; the rest one at a time, so a
+        # lone refill never pays for r - 1 rows of padding. Two loops, not a `cond`
+        # choosing the width per pass: XLA copies the whole cache into a conditional's
+        # result, but updates a while loop's carry in place.
+        carry = (assign, cache, logits)
+        if r > 1:
+            carry = jax.lax.while_loop(lambda c: jnp.sum(c[0]) >= r,
+                                       functools.partial(rows, r), carry)
+        _, cache, logits = jax.lax.while_loop(lambda c: jnp.any(c[0]),
+                                              functools.partial(rows, 1), carry)
         return cache, logits
 
     # ------------------------------------------------------------------ host API
