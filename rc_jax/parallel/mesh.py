@@ -149,3 +149,17 @@ def kv_cache_shardings(config, mesh: Mesh, batch: int, length: int,
     return {name: NamedSharding(mesh, logical_to_spec(axes, getattr(shapes, name).shape,
                                                       mesh, rules))
             for name, axes in KV_CACHE_LOGICAL_AXES.items()}
+
+
+class IdentityKey:
+    """Hashes and compares by identity, so that unhashable pytrees (e.g. of shardings) can
+    key a cache of compiled programs; the holder must keep the value alive."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __hash__(self):
+        return id(self.value)
+
+    def __eq__(self, other):
+        return isinstance(other, IdentityKey) and other.value is self.value

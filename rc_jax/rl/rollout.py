@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rc_jax.methods.delethink import Trace, run_traces
+from rc_jax.parallel.mesh import IdentityKey
 from rc_jax.methods.prompts import load_method_template
 from rc_jax.rc.engine import Job, RCEngine, RCSettings
 from rc_jax.rc.prompts import Template
@@ -241,22 +242,10 @@ def check_groups(groups: Sequence[Group], group_size: int) -> None:
 # ---------------------------------------------------------------- the rollout worker
 
 
-class _Key:
-    """Identity-hashed wrapper (pytrees of shardings are not hashable)."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def __hash__(self):
-        return id(self.value)
-
-    def __eq__(self, other):
-        return isinstance(other, _Key) and other.value is self.value
-
 
 @functools.lru_cache(maxsize=2)
 def shared_engine(config, tokenizer, settings: RCSettings, sampling: SamplingParams,
-                  buckets: Buckets, mesh, data_axes, shardings_key: _Key,
+                  buckets: Buckets, mesh, data_axes, shardings_key: IdentityKey,
                   slots: int) -> RCEngine:
     """One `RCEngine` per (model config, tokenizer, settings, mesh...): its jitted program
     compiles once per process even if several trainers are built (tests, restarts).
@@ -291,7 +280,7 @@ class RCTRollout:
         self.summary_free = summary_free
         self.params = params
         self.engine = shared_engine(config, tokenizer, settings, sampling, buckets, mesh,
-                                    data_axes, _Key(param_shardings), max_rows or 8)
+                                    data_axes, IdentityKey(param_shardings), max_rows or 8)
         self.stop_ids = tuple(tokenizer.eos_ids)
         # Every prompt is built as text and encoded whole (docs/design.md, "Prompts"):
         # the engine's own prompt builder, so chains and training prompts agree.

@@ -29,6 +29,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rc_jax.models.config import ModelConfig
+from rc_jax.parallel.mesh import IdentityKey
 from rc_jax.rl import losses
 from rc_jax.rl.logprobs import token_logprobs
 
@@ -182,18 +183,6 @@ def opt_state_shardings(optimizer: optax.GradientTransformation, abstract_params
     return jax.tree_util.tree_map_with_path(pick, state)
 
 
-class _Key:
-    """Identity-hashed wrapper so pytrees of shardings can key a program cache."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def __hash__(self):
-        return id(self.value)
-
-    def __eq__(self, other):
-        return isinstance(other, _Key) and other.value is self.value
-
 
 # ----------------------------------------------------------------------------- programs
 
@@ -324,5 +313,5 @@ def train_programs(config: ModelConfig, loss: LossSettings, opt: OptimizerSettin
                    batch_axes: tuple[str, ...] = ("data", "fsdp")) -> TrainPrograms:
     """Cached `TrainPrograms` (same arguments, same compiled programs)."""
     return _cached_programs(config, loss, opt, mesh,
-                            None if param_shardings is None else _Key(param_shardings),
+                            None if param_shardings is None else IdentityKey(param_shardings),
                             tuple(batch_axes))
