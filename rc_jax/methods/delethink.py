@@ -42,7 +42,6 @@ engine's continuous-batching loop with a host half whose rollouts have one phase
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -51,7 +50,6 @@ from rc_jax.methods import register
 from rc_jax.methods.base import MethodContext, MethodRollout, fold
 from rc_jax.methods.prompts import load_method_template
 from rc_jax.rc.engine import Job, RCEngine, RCSettings, Shapes, _Host
-from rc_jax.rc.rollout import REASON
 from rc_jax.sampling.generate import GenerationResult
 
 ANSWER_FROM_TRACE = "trace"  # record field `answer_from`: grade step k from chunks 0..k
@@ -239,14 +237,7 @@ class _DelethinkHost(_Host):
                       finish: str) -> None:
         r = self.rollouts[i]
         r.add(ids, finish)
-        if self.on_step is not None:
-            self.on_step(i, len(r.trace.chunks) - 1, ChunkRecord(ids, finish))
-        if r.done:
-            self.in_flight.discard(i)
-            if self.on_done is not None:
-                self.on_done(i, r, time.time() - self.started.get(i, time.time()))
-        else:
-            self.queues[self.engine.pool_of[REASON]].append((i, REASON))
+        self._step_done(i, len(r.trace.chunks) - 1, ChunkRecord(ids, finish))
 
 
 class DelethinkEngine(RCEngine):

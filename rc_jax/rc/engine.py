@@ -289,8 +289,13 @@ class _Host:
             self.queues[self.engine.pool_of[SUMMARIZE]].append((i, SUMMARIZE))
             return
         step = r.finish_summary(raw, prompt_len, len(ids), finish)
+        self._step_done(i, len(r.steps) - 1, step)
+
+    def _step_done(self, i: int, step_index: int, record: Any) -> None:
+        """Reports rollout i's finished step; then it is written or queued for its next."""
+        r = self.rollouts[i]
         if self.on_step is not None:
-            self.on_step(i, len(r.steps) - 1, step)
+            self.on_step(i, step_index, record)
         if r.done:
             self.in_flight.discard(i)
             if self.on_done is not None:
@@ -568,8 +573,11 @@ class RCEngine:
                                                                            self.data_axes))
             engine.refill_rows = min(engine.slots, self.refill_rows)
         shapes = engine.shapes(engine.buckets.prompt(problem_tokens))
+        # The arguments are built outside the mesh context: under `jax.set_mesh` of an
+        # abstract TPU topology (rc_jax.tools.plan) eager jnp ops fail to place.
+        args = engine._args(params, summarizer_params, -1)
         with sharding_context(self.mesh):
-            return engine._program(shapes).lower(*engine._args(params, summarizer_params, -1))
+            return engine._program(shapes).lower(*args)
 
     def _args(self, params, summarizer_params, host_id: int):
         """The loop's arguments (see `_loop`); host_id -1 only lowers."""
