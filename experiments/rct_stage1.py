@@ -60,9 +60,16 @@ def get_config():
     r.loss_agg_mode = "token_mean"
     r.old_logprobs = "recompute"
     r.num_minibatches = 2
-    # One ~18k-token row per batch shard per micro-batch: the memory measured in
-    # benchmarks/README.md. (The authors' 40000 per GPU packs rows without padding.)
-    r.micro_batch_tokens = 20000
+    # Two ~18k-token rows per batch shard per micro-batch (8 sequences on the v5p-8's
+    # fsdp:4 mesh). Planned 2026-12-02 by TPU ahead-of-time compilation
+    # (rc_jax.tools.plan --model=qwen3-4b --target=v5p-8 --mesh=fsdp:4 --program=train
+    # --seq_len=18432, libtpu 0.0.42.1, model.attention auto, with this file's float32
+    # params and logprob_chunk 2048): the accumulate program peaks at 34.2 GiB per chip
+    # for 8 x 18432 (51.1 GiB for 16 x 18432), AdamW update 15.0; plus the resident f32
+    # Adam moments (7.5) and bf16 reference (1.9) ~44 GiB of 95. Before blockwise
+    # attention (issue 20) one row per device needed 198 GiB (benchmarks/README.md).
+    # (The authors' 40000 per GPU packs rows without padding.)
+    r.micro_batch_tokens = 40000
     r.logprob_chunk = 2048                # never materialise [S, 151936] f32 logits
     r.learning_rate = 1e-6
     r.weight_decay = 0.01
@@ -73,6 +80,6 @@ def get_config():
     c.checkpoint.save_every = 10
     c.checkpoint.keep = 3
     c.checkpoint.export_final = True
-    c.mesh = "fsdp:1,tensor:4"            # v5p-8; "fsdp:2,tensor:8" on a v4-32
+    c.mesh = "fsdp:4"                     # v5p-8 (see micro_batch_tokens); a v4-32 is not re-planned
     c.output_dir = "outputs/rct_stage1"
     return c

@@ -128,7 +128,7 @@ def test_training_split_defaults_to_train_unless_the_source_names_one():
 PINNED = {
     "default:rc": "82375edf373d8b1c", "default:train": "4dcfa08aeb3f0bcb",
     "demo": "0b0821a03daf8e40", "hmmt": "97d4ec66241ea978",
-    "rct_tiny": "9d1b7782413b0b37", "rct_stage1": "823a6629ee0ea9ec",
+    "rct_tiny": "9d1b7782413b0b37", "rct_stage1": "82a1071629a85e66",
 }
 
 
