@@ -42,31 +42,37 @@ OUT = Path(__file__).parent / "results"
 
 
 def compare(name, config, params, tok, settings, sampling, problems, samples, slots,
-            stop_ids=None, buckets=Buckets(), margin=1 / 16):
-    """Runs both schedules (after a warm-up of each) and returns one result row."""
+            stop_ids=None, buckets=Buckets(), margin=1 / 16, repeats=2):
+    """Runs both schedules (after a warm-up of each), `repeats` times interleaved, and
+    returns one result row with each schedule's best wall time (this machine's timings
+    vary by ~15% from run to run; the best of several is the least disturbed)."""
     jobs = [Job(p, row_key(0, p, j), settings.num_steps) for p in problems
             for j in range(samples)]
     row = {"workload": name, "slots": slots, "rollouts": len(jobs),
            "steps": settings.num_steps, "H_R": settings.max_reasoning_tokens,
            "H_S": settings.max_summary_tokens}
-    results = {}
-    for scheduling in ("lockstep", "continuous"):
-        engine = RCEngine(config, tok, settings, sampling, slots=slots, scheduling=scheduling,
-                          stop_ids=stop_ids, buckets=buckets, prompt_margin=margin)
-        engine.run(params, jobs[:slots])  # compile and warm up (the program is shared)
-        t0 = time.perf_counter()
-        rollouts, stats = engine.run(params, jobs)
-        wall = time.perf_counter() - t0
-        tokens = sum(s.reasoning_tokens + s.summary_tokens for r in rollouts for s in r.steps)
-        results[scheduling] = rollouts
-        row[scheduling] = {"seconds": wall, "useful_tokens": tokens,
-                           "useful_tokens_per_s": tokens / wall,
-                           "utilization": stats.utilization,
-                           "decode_iterations": stats.decode_steps[0],
-                           "host_callbacks": stats.services}
-        print(f"{name} {scheduling:>10}: {wall:7.2f}s, {tokens} tokens, "
-              f"{tokens / wall:7.1f} tok/s, utilization {stats.utilization:.3f}, "
-              f"{stats.services} callbacks")
+    results, engines, walls = {}, {}, {"lockstep": [], "continuous": []}
+    for scheduling in walls:
+        engines[scheduling] = RCEngine(config, tok, settings, sampling, slots=slots,
+                                       scheduling=scheduling, stop_ids=stop_ids,
+                                       buckets=buckets, prompt_margin=margin)
+        engines[scheduling].run(params, jobs[:slots])  # compile, warm up (program shared)
+    for _ in range(repeats):
+        for scheduling, engine in engines.items():
+            t0 = time.perf_counter()
+            rollouts, stats = engine.run(params, jobs)
+            walls[scheduling].append(time.perf_counter() - t0)
+            results[scheduling] = rollouts
+            wall = min(walls[scheduling])
+            tokens = sum(s.reasoning_tokens + s.summary_tokens for r in rollouts for s in r.steps)
+            row[scheduling] = {"seconds": wall, "all_seconds": walls[scheduling],
+                               "useful_tokens": tokens, "useful_tokens_per_s": tokens / wall,
+                               "utilization": stats.utilization,
+                               "decode_iterations": stats.decode_steps[0],
+                               "host_callbacks": stats.services}
+            print(f"{name} {scheduling:>10}: {walls[scheduling][-1]:7.2f}s, {tokens} tokens, "
+                  f"{tokens / walls[scheduling][-1]:7.1f} tok/s, utilization "
+                  f"{stats.utilization:.3f}, {stats.services} callbacks", flush=True)
     same = all(a.steps == b.steps for a, b in zip(results["lockstep"], results["continuous"]))
     lengths = [s.reasoning_tokens for r in results["continuous"] for s in r.steps]
     row["identical_rollouts"] = same
@@ -79,7 +85,7 @@ def compare(name, config, params, tok, settings, sampling, problems, samples, sl
     return row
 
 
-def synthetic(quick: bool) -> dict:
+def synthetic(quick: bool, repeats: int) -> dict:
     config = ModelConfig(model_type="qwen3", vocab_size=512, hidden_size=256,
                          intermediate_size=768, num_layers=4, num_heads=8, num_kv_heads=4,
                          head_dim=32)
@@ -93,12 +99,13 @@ def synthetic(quick: bool) -> dict:
     stops = list(range(100, 100 + k))
     problems = [f"Compute {i} * {i + 3} and explain." for i in range(4 if quick else 16)]
     return compare("synthetic", config, _params(config), tok, settings,
-                   SamplingParams(temperature=1.0), problems, 2 if quick else 4,
+                   SamplingParams(temperature=1.0), problems, 2 if quick else 8,
                    4 if quick else 16,
-                   stop_ids=stops, margin=3.0)  # random weights: see text_bound
+                   stop_ids=stops, margin=3.0,  # random weights: see text_bound
+                   repeats=repeats)
 
 
-def smollm2(quick: bool) -> dict | None:
+def smollm2(quick: bool, repeats: int) -> dict | None:
     from rc_jax.data import demo_problems_path, load_problems
     from rc_jax.models import load_hf_checkpoint
     from rc_jax.tools.prepare_demo_model import DemoModelUnavailableError, ensure_demo_model
@@ -113,18 +120,22 @@ def smollm2(quick: bool) -> dict | None:
     settings = RCSettings(num_steps=2, max_reasoning_tokens=32 if quick else 160,
                           max_summary_tokens=16 if quick else 64)
     return compare("smollm2", config, params, tok, settings,
-                   SamplingParams(temperature=0.6), problems, 2, 4 if quick else 8)
+                   SamplingParams(temperature=0.6), problems, 2, 4 if quick else 8,
+                   repeats=repeats)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     ap.add_argument("--skip_smollm2", action="store_true")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="timed runs per schedule, interleaved; the best is reported")
     ap.add_argument("--out_dir", default=str(OUT))
     args = ap.parse_args()
-    rows = [synthetic(args.quick)]
+    repeats = 1 if args.quick else args.repeats
+    rows = [synthetic(args.quick, repeats)]
     if not args.skip_smollm2:
-        row = smollm2(args.quick)
+        row = smollm2(args.quick, repeats)
         if row is not None:
             rows.append(row)
     result = {"machine": {"cpu": _cpu(), "cores": os.cpu_count(),

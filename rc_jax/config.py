@@ -148,9 +148,9 @@ def _evaluation_fields(c: ml_collections.ConfigDict) -> None:
     c.summarizer.sampling.min_p = -1.0
 
     c.rc.engine = "device"            # device: the jitted slot loop; reference: host loop
-    c.rc.scheduling = "lockstep"      # lockstep: whole batches, phase by phase; continuous:
-    #                                   refill a slot when its phase ends (same results;
-    #                                   not yet faster on CPU: benchmarks/README.md)
+    c.rc.scheduling = "continuous"    # continuous: refill a slot when its phase ends;
+    #                                   lockstep: whole batches, phase by phase (same
+    #                                   results; benchmarks/README.md compares them)
     c.rc.refill_rows = 0              # slots prefilled together (0: min(batch_size, 4))
     c.rc.prompt_margin = 1 / 16       # planned re-encoding growth of generated text; random
     #                                   weights need ~3 (their bytes re-encode to ~3x tokens)

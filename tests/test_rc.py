@@ -344,11 +344,11 @@ def _records(path):
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     full = tmp_path / "full"
-    res = _run_main(tmp_path, full)
+    res = _run_main(tmp_path, full, "--config.rc.scheduling=lockstep")
     assert res.returncode == 0, res.stderr[-2000:]
     assert len((full / "results.jsonl").read_text().splitlines()) == 6
-    killed = tmp_path / "killed"  # continuous schedule here, lockstep (default) above
-    proc = subprocess.Popen(_main_cmd(killed, "--config.rc.scheduling=continuous"),
+    killed = tmp_path / "killed"  # continuous schedule (the default) here, lockstep above
+    proc = subprocess.Popen(_main_cmd(killed),
                             env=_env(tmp_path), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = killed / "progress.jsonl"

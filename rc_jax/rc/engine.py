@@ -313,7 +313,7 @@ class RCEngine:
     host_class: type = _Host  # the host half: RC's phases (a subclass runs another method)
 
     def __init__(self, config: ModelConfig, tokenizer: Tokenizer, settings: RCSettings,
-                 sampling: SamplingParams, *, slots: int = 8, scheduling: str = "lockstep",
+                 sampling: SamplingParams, *, slots: int = 8, scheduling: str = "continuous",
                  refill_rows: int = 0, prompt_margin: float = DEFAULT_PROMPT_MARGIN,
                  buckets: Buckets = Buckets(), mesh: Mesh | None = None,
                  data_axes: tuple[str, ...] | None = None, param_shardings: Any = None,
