@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 
-# The project never uses PyTorch; stop `transformers` from importing it (it would if
-# installed), which also makes start-up faster.
-os.environ.setdefault("USE_TORCH", "0")
+# The project never uses PyTorch; as the command-line entry point, stop `transformers`
+# from importing it (it would if installed), which also makes start-up faster. Only when
+# run as a program: imported as a module (tests, the toy) it must not change the process.
+if __name__ == "__main__":
+    os.environ.setdefault("USE_TORCH", "0")
 
 import sys  # noqa: E402
 import time  # noqa: E402

@@ -17,7 +17,8 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("USE_TORCH", "0")
+if __name__ == "__main__":  # the program, not an import (tests): see rc_jax/main.py
+    os.environ.setdefault("USE_TORCH", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[2]
