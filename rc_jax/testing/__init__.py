@@ -1,1 +1,0 @@
-"""Test helpers (tiny, offline artifacts) for rc_jax."""
