@@ -75,8 +75,7 @@ def machine_facts() -> dict:
     except OSError:
         pass
     import flax
-    import torch
-    import transformers
+    torch, transformers = _optional("torch"), _optional("transformers")
     return {
         "cpu_model": cpu,
         "cpu_cores": os.cpu_count(),
@@ -88,14 +87,22 @@ def machine_facts() -> dict:
         "jaxlib": getattr(jax.lib, "__version__", None) or __import__("jaxlib").__version__,
         "flax": flax.__version__,
         "numpy": np.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
+        "torch": getattr(torch, "__version__", None),
+        "transformers": getattr(transformers, "__version__", None),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
         "jax_backend": jax.default_backend(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "loadavg_start": _loadavg(),
         "niceness": os.nice(0),
     }
+
+
+def _optional(module: str):
+    """The module, or None where it is not installed (peers.py runs without PyTorch)."""
+    try:
+        return __import__(module)
+    except ImportError:
+        return None
 
 
 def _loadavg() -> list[float] | None:
