@@ -59,3 +59,42 @@ def test_rc_throughput_quick(tmp_path):
         assert 0 < row[sched]["utilization"] <= 1
         assert row[sched]["useful_tokens"] == row["lockstep"]["useful_tokens"]
     assert (tmp_path / "rc_throughput_quick.png").stat().st_size > 0
+
+
+def _peers_quick(tmp_path: Path, block: tuple[str, ...]) -> dict:
+    """benchmarks/peers.py --quick in a process where the `block`ed packages do not import."""
+    out = tmp_path / "peers.json"
+    code = ("import runpy, sys\n"
+            f"for m in {block!r}:\n    sys.modules[m] = None  # import fails, find_spec is None\n"
+            f"sys.argv = [{str(ROOT / 'benchmarks' / 'peers.py')!r}, '--quick', "
+            f"'--out', {str(out)!r}]\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    stdout = _run(["-c", code], tmp_path)
+    assert (tmp_path / "peers.png").stat().st_size > 0
+    return {"stdout": stdout, **json.loads(out.read_text())}
+
+
+@pytest.mark.slow
+def test_peers_quick_without_torch_or_llama_cpp(tmp_path):
+    res = _peers_quick(tmp_path, ("torch", "llama_cpp"))
+    peers = res["peers"]
+    assert "not installed" in peers["transformers"]["skipped"]
+    for name in ("llama_cpp_f32", "llama_cpp_q4_1"):
+        assert "llama-cpp-python not installed" in peers[name]["skipped"]
+        assert f"{name:15s}: skipped: llama-cpp-python not installed" in res["stdout"]
+    assert peers["llama_cpp_f32"]["gguf"]["bytes"] > 0   # the F32 GGUF is written anyway
+    assert [r["batch"] for r in res["results"]] == [1, 2]
+    for row in res["results"]:
+        assert row["rc_jax"]["decode_tokens_per_s"] > 0 and row["rc_jax"]["roofline"]["fraction"] > 0
+        assert set(row["not_run"]) == {"transformers", "llama_cpp_f32", "llama_cpp_q4_1"}
+
+
+@pytest.mark.slow
+def test_peers_quick_with_transformers(tmp_path):
+    pytest.importorskip("torch")
+    res = _peers_quick(tmp_path, ("llama_cpp",))
+    for row in res["results"]:
+        assert row["transformers"]["decode_tokens_per_s"] > 0
+        m = row["greedy_match_vs_rc_jax"]["transformers"]   # same weights, same greedy tokens
+        assert m["rows_identical"] == m["rows"] == row["batch"]
+        assert row["rc_jax_over"]["transformers"]["median_of_rounds"] > 0
