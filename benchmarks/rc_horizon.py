@@ -30,10 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from rc_jax.models import ModelConfig, param_shapes
-from rc_jax.rc.engine import Job, RCEngine, RCSettings, row_key
+from rc_jax.rc.engine import Job, RCEngine, RCSettings
+from rc_jax.sampling.keys import row_key
 from rc_jax.sampling import SamplingParams, generate
 from rc_jax.sampling.generate import Buckets
-from rc_jax.testing.tiny_tokenizer import build_tiny_tokenizer
+from rc_jax.tools.tiny_tokenizer import build_tiny_tokenizer
 from rc_jax.tokenizer import load_tokenizer
 
 OUT = Path(__file__).parent / "results"
@@ -82,7 +83,8 @@ def main() -> None:
         run = lambda: engine.run(params, jobs)[0]  # noqa: E731
         secs = _best_time(run, repeats)
         out = run()
-        generated = sum(sum(r.reasoning_tokens) + sum(r.summary_tokens) for r in out)
+        generated = sum(sum(r.record.reasoning_tokens) + sum(r.record.summary_tokens)
+                        for r in out)
         rows.append({"steps": t, "rc_seconds": secs, "rc_generated_tokens": generated})
         print(f"RC T={t}: {secs:.2f}s for {generated} generated tokens "
               f"({generated / secs:.0f} tok/s)")

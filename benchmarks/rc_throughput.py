@@ -32,10 +32,11 @@ import numpy as np  # noqa: E402
 
 from rc_horizon import _cpu, _params  # noqa: E402  (the RC benchmarks' shared helpers)
 from rc_jax.models import ModelConfig  # noqa: E402
-from rc_jax.rc.engine import Job, RCEngine, RCSettings, row_key  # noqa: E402
+from rc_jax.rc.engine import Job, RCEngine, RCSettings  # noqa: E402
+from rc_jax.sampling.keys import row_key  # noqa: E402
 from rc_jax.sampling import SamplingParams  # noqa: E402
 from rc_jax.sampling.generate import Buckets  # noqa: E402
-from rc_jax.testing.tiny_tokenizer import build_tiny_tokenizer  # noqa: E402
+from rc_jax.tools.tiny_tokenizer import build_tiny_tokenizer  # noqa: E402
 from rc_jax.tokenizer import load_tokenizer  # noqa: E402
 
 OUT = Path(__file__).parent / "results"
@@ -64,7 +65,8 @@ def compare(name, config, params, tok, settings, sampling, problems, samples, sl
             walls[scheduling].append(time.perf_counter() - t0)
             results[scheduling] = rollouts
             wall = min(walls[scheduling])
-            tokens = sum(s.reasoning_tokens + s.summary_tokens for r in rollouts for s in r.steps)
+            tokens = sum(sum(r.record.reasoning_tokens) + sum(r.record.summary_tokens)
+                         for r in rollouts)
             row[scheduling] = {"seconds": wall, "all_seconds": walls[scheduling],
                                "useful_tokens": tokens, "useful_tokens_per_s": tokens / wall,
                                "utilization": stats.utilization,
@@ -73,8 +75,8 @@ def compare(name, config, params, tok, settings, sampling, problems, samples, sl
             print(f"{name} {scheduling:>10}: {walls[scheduling][-1]:7.2f}s, {tokens} tokens, "
                   f"{tokens / walls[scheduling][-1]:7.1f} tok/s, utilization "
                   f"{stats.utilization:.3f}, {stats.services} callbacks", flush=True)
-    same = all(a.steps == b.steps for a, b in zip(results["lockstep"], results["continuous"]))
-    lengths = [s.reasoning_tokens for r in results["continuous"] for s in r.steps]
+    same = all(a.record == b.record for a, b in zip(results["lockstep"], results["continuous"]))
+    lengths = [n for r in results["continuous"] for n in r.record.reasoning_tokens]
     row["identical_rollouts"] = same
     row["mean_reasoning_tokens"] = float(np.mean(lengths))
     row["continuous_over_lockstep"] = (row["continuous"]["useful_tokens_per_s"]
@@ -85,21 +87,28 @@ def compare(name, config, params, tok, settings, sampling, problems, samples, sl
     return row
 
 
-def synthetic(quick: bool, repeats: int) -> dict:
+def synthetic(quick: bool, repeats: int, long: bool = False) -> dict:
+    """`long=False`: short budgets (H_R 128) under 300-700-token prompts, so prefill
+    dominates on CPU; `long=True`: H_R 1024, so decode dominates as at the paper's budgets
+    (H_R 16k under prompts of at most a few thousand tokens)."""
     config = ModelConfig(model_type="qwen3", vocab_size=512, hidden_size=256,
                          intermediate_size=768, num_layers=4, num_heads=8, num_kv_heads=4,
                          head_dim=32)
     tok = load_tokenizer(build_tiny_tokenizer(tempfile.mkdtemp(), 512))
-    h_r, h_s = (32, 8) if quick else (128, 32)
-    settings = RCSettings(num_steps=2 if quick else 3, max_reasoning_tokens=h_r,
-                          max_summary_tokens=h_s)
+    if quick:
+        h_r, h_s, steps, problems, samples = 32, 8, 2, 4, 2
+    elif long:
+        h_r, h_s, steps, problems, samples = 1024, 32, 2, 12, 8
+    else:
+        h_r, h_s, steps, problems, samples = 128, 32, 3, 16, 8
+    settings = RCSettings(num_steps=steps, max_reasoning_tokens=h_r, max_summary_tokens=h_s)
     # Near-uniform next-token distribution: k stop ids end a phase with chance ~k/V per
     # token, i.e. geometric lengths with mean ~V/k; V/k = H_R/2 gives "mean half the budget".
     k = max(1, round(2 * config.vocab_size / h_r))
     stops = list(range(100, 100 + k))
-    problems = [f"Compute {i} * {i + 3} and explain." for i in range(4 if quick else 16)]
-    return compare("synthetic", config, _params(config), tok, settings,
-                   SamplingParams(temperature=1.0), problems, 2 if quick else 8,
+    texts = [f"Compute {i} * {i + 3} and explain." for i in range(problems)]
+    return compare("synthetic_long" if long else "synthetic", config, _params(config), tok,
+                   settings, SamplingParams(temperature=1.0), texts, samples,
                    4 if quick else 16,
                    stop_ids=stops, margin=3.0,  # random weights: see text_bound
                    repeats=repeats)
@@ -128,12 +137,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     ap.add_argument("--skip_smollm2", action="store_true")
+    ap.add_argument("--skip_short", action="store_true", help="skip the H_R 128 synthetic row")
+    ap.add_argument("--skip_long", action="store_true", help="skip the H_R 1024 synthetic row")
     ap.add_argument("--repeats", type=int, default=2,
                     help="timed runs per schedule, interleaved; the best is reported")
     ap.add_argument("--out_dir", default=str(OUT))
     args = ap.parse_args()
     repeats = 1 if args.quick else args.repeats
-    rows = [synthetic(args.quick, repeats)]
+    rows = [] if args.skip_short else [synthetic(args.quick, repeats)]
+    if not (args.quick or args.skip_long):
+        rows.append(synthetic(False, repeats, long=True))
     if not args.skip_smollm2:
         row = smollm2(args.quick, repeats)
         if row is not None:

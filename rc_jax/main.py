@@ -55,38 +55,21 @@ def load_problem_set(config) -> list:
                          split=d.split or None, limit=d.limit or None)
 
 
-def load_model(path: str, dtype: str, mesh=None, attention: str = "auto"):
+def load_model(path: str, dtype: str, mesh=None, attention: str = "auto",
+               quantization: str = "none"):
     """(config, params, shardings) from an HF directory, sharded on `mesh` if given;
-    `attention`: the `ModelConfig.attention` implementation (config `model.attention`)."""
+    `attention`: the `ModelConfig.attention` implementation (config `model.attention`);
+    `quantization`: "int8" quantizes the projections as they load (`model.quantization`)."""
     from rc_jax.models import ModelConfig, load_hf_checkpoint
     shardings = None
     if mesh is not None:
         from rc_jax.parallel import param_shardings
         cfg = ModelConfig.from_pretrained(path, dtype=dtype, param_dtype=dtype,
-                                          attention=attention)
+                                          attention=attention, quantization=quantization)
         shardings = param_shardings(cfg, mesh)
     config, params = load_hf_checkpoint(path, dtype=dtype, shardings=shardings,
-                                        attention=attention)
+                                        attention=attention, quantization=quantization)
     return config, params, shardings
-
-
-def build_record(problem, sample_id: int, rollout, method: str, wall: float,
-                 chash: str) -> dict[str, Any]:
-    """One results line: the authors' fields plus rc_jax's token counts and timings."""
-    return {
-        "problem": problem.problem, "label": problem.answer,
-        "problem_id": problem.problem_id, "sample_id": sample_id, "method": method,
-        "reasoning_store": rollout.reasoning_text,      # raw phase outputs
-        "summarization_store": rollout.summary_text,
-        "token_counts": {"prompt": rollout.prompt_tokens,
-                         "reasoning": rollout.reasoning_tokens,
-                         "summary_prompt": rollout.summary_prompt_tokens,
-                         "summary": rollout.summary_tokens},
-        "finish_reasons": {"reasoning": rollout.reasoning_finish,
-                           "summary": rollout.summary_finish},
-        "wall_time_s": round(wall, 3), "config_hash": chash,
-        **(getattr(rollout, "extra", None) or {}),  # method-specific fields (rc_jax.methods)
-    }
 
 
 def run(config) -> dict[str, Any] | None:
@@ -104,11 +87,11 @@ def run(config) -> dict[str, Any] | None:
         return run_training(config)
     validate(config)
     import jax
-    import numpy as np
     from tqdm import tqdm
 
+    from rc_jax.batches import run_batches
     from rc_jax.outputs import ResultsFile
-    from rc_jax.rc.engine import RCSettings, row_key
+    from rc_jax.rc.engine import RCSettings
     from rc_jax.sampling import Buckets, SamplingParams
     from rc_jax.tokenizer import load_tokenizer
     from rc_jax.tools.builtin_models import resolve_model_path
@@ -143,11 +126,13 @@ def run(config) -> dict[str, Any] | None:
             from rc_jax.parallel import make_mesh
             mesh = make_mesh(config.mesh or "data:-1")
         model_config, params, shardings = load_model(str(model_dir), config.model.dtype, mesh,
-                                                        config.model.attention)
+                                                        config.model.attention,
+                                                        config.model.quantization)
         summarizer = summarizer_shardings = None
         if config.summarizer.model.path:
             s_cfg, s_params, summarizer_shardings = load_model(
-                config.summarizer.model.path, config.model.dtype, mesh, config.model.attention)
+                config.summarizer.model.path, config.model.dtype, mesh, config.model.attention,
+                config.model.quantization)
             summarizer = (s_params, s_cfg)
         settings = RCSettings(
             num_steps=config.rc.num_steps, max_reasoning_tokens=config.rc.max_reasoning_tokens,
@@ -174,17 +159,12 @@ def run(config) -> dict[str, Any] | None:
                                   summarizer_shardings=summarizer_shardings)
         tokens = 0
         start = time.time()
-        for i in range(0, len(todo), config.batch_size):
-            chunk = todo[i:i + config.batch_size]
-            keys = np.stack([row_key(config.sampling.seed, p.problem_id, j) for p, j in chunk])
-            t0 = time.time()
-            rollouts = run_batch([p.problem for p, _ in chunk], keys)
-            wall = time.time() - t0
+        for records in run_batches(run_batch, todo, config.batch_size, config.sampling.seed,
+                                   config.method, chash):
             if results is not None:  # the main process
-                results.append(build_record(p, j, r, config.method, wall, chash)
-                               for (p, j), r in zip(chunk, rollouts))
-            tokens += sum(sum(r.reasoning_tokens) + sum(r.summary_tokens) for r in rollouts)
-            bar.update(len(chunk))
+                results.append(r.to_json() for r in records)
+            tokens += sum(sum(r.reasoning_tokens) + sum(r.summary_tokens) for r in records)
+            bar.update(len(records))
             bar.set_postfix(tok_s=f"{tokens / (time.time() - start):.1f}")
         bar.close()
         jax.effects_barrier()
@@ -207,16 +187,14 @@ def show_rollouts(path, limit: int) -> None:
     import json
 
     from rc_jax.eval import extract_boxed
+    from rc_jax.records import RolloutRecord
     with open(path, encoding="utf-8") as f:
-        for line in list(f)[:limit]:
-            r = json.loads(line)
-            print(f"\n=== {r['problem_id']} sample {r['sample_id']}: {r['problem']} "
-                  f"(gold {r['label']})")
-            trace = ""  # Delethink (answer_from = "trace"): the answer of chunks 0..t
-            for t, (reasoning, summary) in enumerate(zip(r["reasoning_store"],
-                                                         r["summarization_store"])):
-                trace = trace + reasoning if r.get("answer_from") == "trace" else reasoning
-                print(f"  step {t + 1}: answer {extract_boxed(trace)!r}")
+        for n, line in enumerate(list(f)[:limit], 1):
+            r = RolloutRecord.from_json(json.loads(line), f"{path}: line {n}")
+            print(f"\n=== {r.problem_id} sample {r.sample_id}: {r.problem} (gold {r.label})")
+            # answer_texts: a step's own text, or (Delethink) the trace up to that step.
+            for t, (text, summary) in enumerate(zip(r.answer_texts(), r.summary_text)):
+                print(f"  step {t + 1}: answer {extract_boxed(text)!r}")
                 print(f"    summary: {' '.join(summary.split())[:300]}")
 
 
@@ -258,7 +236,8 @@ def _run_rc_engine(config, todo, params, model_config, tokenizer, settings, samp
     results.jsonl."""
     from rc_jax.parallel.distributed import is_main_process
     from rc_jax.progress import StepLog
-    from rc_jax.rc.engine import Job, RCEngine, row_key
+    from rc_jax.rc.engine import Job, RCEngine
+    from rc_jax.sampling.keys import row_key
 
     main_process = is_main_process()
     log = StepLog(config.output_dir, chash) if main_process else None
@@ -283,11 +262,11 @@ def _run_rc_engine(config, todo, params, model_config, tokenizer, settings, samp
     start = time.time()
     finished = [0]
 
-    def on_step(i, step, record):
+    def on_step(i, step, fields):
         p, j = todo[i]
         if log is not None:
-            log.append(p.problem_id, j, step, record)
-        tokens[0] += record.reasoning_tokens + record.summary_tokens
+            log.append(p.problem_id, j, step, fields)
+        tokens[0] += fields["reasoning_tokens"] + fields["summary_tokens"]
         bar.update(1)
         bar.set_postfix(rollouts=f"{finished[0]}/{len(jobs)}",
                         tok_s=f"{tokens[0] / max(time.time() - start, 1e-9):.1f}")
@@ -297,7 +276,8 @@ def _run_rc_engine(config, todo, params, model_config, tokenizer, settings, samp
     def on_done(i, rollout, wall):
         p, j = todo[i]
         if results is not None:
-            results.append([build_record(p, j, rollout, config.method, wall, chash)])
+            results.append([rollout.record.with_identity(p, j, config.method, wall,
+                                                         chash).to_json()])
         written.add(i)
         finished[0] += 1
 
@@ -324,14 +304,14 @@ def _run_delethink_engine(config, todo, params, model_config, tokenizer, samplin
     from tqdm import tqdm
 
     from rc_jax.methods.base import MethodContext
-    from rc_jax.methods.delethink import (ChunkRecord, DelethinkEngine, delethink_heads,
-                                          delethink_records)
+    from rc_jax.methods.delethink import DelethinkEngine, delethink_heads, delethink_records
     from rc_jax.parallel.distributed import is_main_process
     from rc_jax.progress import StepLog
-    from rc_jax.rc.engine import Job, row_key
+    from rc_jax.rc.engine import Job
+    from rc_jax.sampling.keys import row_key
 
     main_process = is_main_process()
-    log = StepLog(config.output_dir, chash, record=ChunkRecord) if main_process else None
+    log = StepLog(config.output_dir, chash) if main_process else None
     restored = log.load() if main_process else {}
     ctx = MethodContext(config, params, model_config, tokenizer, sampling, buckets=buckets,
                         mesh=mesh, param_shardings=shardings)
@@ -350,16 +330,16 @@ def _run_delethink_engine(config, todo, params, model_config, tokenizer, samplin
     bar = tqdm(total=len(jobs), desc="rollouts", unit="rollout", disable=not main_process)
     written = set()
 
-    def on_step(i, chunk, record):
+    def on_step(i, chunk, fields):
         p, j = todo[i]
         if log is not None:
-            log.append(p.problem_id, j, chunk, record)
+            log.append(p.problem_id, j, chunk, fields)
 
     def on_done(i, rollout, wall):
         p, j = todo[i]
         if results is not None:
             (record,) = delethink_records([rollout.trace], config.delethink, ctx.decode)
-            results.append([build_record(p, j, record, config.method, wall, chash)])
+            results.append([record.with_identity(p, j, config.method, wall, chash).to_json()])
         written.add(i)
         bar.update(1)
 

@@ -17,21 +17,19 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rc_jax.rc.rollout import StepRecord
-
 FILE = "progress.jsonl"
+_HEADER = ("problem_id", "sample_id", "step", "config_hash")  # a line's keys beside the step
 
 
 class StepLog:
     """Appends and reads per-step progress lines for one run (one config hash)."""
 
-    def __init__(self, output_dir: str | os.PathLike, config_hash: str,
-                 record: Any = StepRecord):
-        """record: the step type (`to_json` / `from_json`): RC's `StepRecord`, or a
-        method's own (Delethink's `ChunkRecord`)."""
+    def __init__(self, output_dir: str | os.PathLike, config_hash: str):
+        """A step is a JSON object whose layout the method's engine host defines (RC:
+        `RolloutRecord.step_json`; Delethink: the chunk's ids and finish reason); the log
+        adds the (problem, sample, step, config hash) header to each line."""
         self.path = Path(output_dir) / FILE
         self.config_hash = config_hash
-        self.record = record
         self._repair()
 
     def _repair(self) -> None:
@@ -46,9 +44,10 @@ class StepLog:
                 f.flush()
                 os.fsync(f.fileno())
 
-    def load(self) -> dict[tuple[str, int], list[Any]]:
-        """Finished steps per (problem_id, sample_id), in step order, of this config."""
-        out: dict[tuple[str, int], list[StepRecord]] = {}
+    def load(self) -> dict[tuple[str, int], list[dict[str, Any]]]:
+        """Finished steps per (problem_id, sample_id), in step order, of this config (each
+        as `append` got it)."""
+        out: dict[tuple[str, int], list[dict[str, Any]]] = {}
         if not self.path.exists():
             return out
         for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
@@ -61,12 +60,14 @@ class StepLog:
                 continue
             steps = out.setdefault((str(d["problem_id"]), int(d["sample_id"])), [])
             if d["step"] == len(steps):  # a step logged twice (resumed twice) counts once
-                steps.append(self.record.from_json(d))
+                steps.append({k: v for k, v in d.items() if k not in _HEADER})
         return out
 
-    def append(self, problem_id: str, sample_id: int, step: int, record: Any) -> None:
+    def append(self, problem_id: str, sample_id: int, step: int, fields: dict[str, Any]
+               ) -> None:
+        """Writes step `step` of (problem_id, sample_id) and fsyncs it before returning."""
         line = json.dumps({"problem_id": problem_id, "sample_id": sample_id, "step": step,
-                           "config_hash": self.config_hash, **record.to_json()}) + "\n"
+                           "config_hash": self.config_hash, **fields}) + "\n"
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()

@@ -19,7 +19,8 @@ import jax  # noqa: E402
 from rc_jax.models import load_hf_checkpoint  # noqa: E402
 from rc_jax.parallel import make_mesh, param_shardings  # noqa: E402
 from rc_jax.models.config import ModelConfig  # noqa: E402
-from rc_jax.rc.engine import Job, RCEngine, RCSettings, row_key  # noqa: E402
+from rc_jax.rc.engine import Job, RCEngine, RCSettings  # noqa: E402
+from rc_jax.sampling.keys import row_key  # noqa: E402
 from rc_jax.sampling import SamplingParams, generate  # noqa: E402
 from rc_jax.tokenizer import load_tokenizer  # noqa: E402
 
@@ -63,7 +64,7 @@ def main(checkpoint: str, tokenizer_dir: str, out_path: str) -> None:
         "main": distributed.is_main_process(),
         "bytes_read": sum(read), "bytes_held": local,
         "tokens": out.tokens, "logprobs": [x.tolist() for x in out.model_logprobs],
-        "steps": [[s.to_json() for s in r.steps] for r in rollouts],
+        "records": [r.record.to_json() for r in rollouts],
     }
     with open(out_path, "w") as f:
         json.dump(result, f)

@@ -19,17 +19,17 @@ from helpers import randomize, tiny_config
 from rc_jax.config import default_config, steps_per_record, validate
 from rc_jax.eval.grading import StringMatchGrader
 from rc_jax.eval.metrics import SampleOutcome, StepCompute, StepOutcome, compute_accounting
-from rc_jax.eval.records import parse_rollout
 from rc_jax.eval.report import evaluate_files
 from rc_jax.methods import get_runner
 from rc_jax.methods.base import MethodContext
 from rc_jax.methods.delethink import (chunk_budget, chunk_prompt, first_span, last_span,
                                       trace_answer_texts)
-from rc_jax.methods.prompts import load_method_template
+from rc_jax.prompts import load_template
 from rc_jax.models import init_params
-from rc_jax.rc.engine import row_key
+from rc_jax.sampling.keys import row_key
 from rc_jax.sampling import Buckets, SamplingParams
 from rc_jax.sampling.generate import GenerationResult
+from rc_jax.records import RolloutRecord
 
 ROOT = Path(__file__).parents[1]
 PROBLEMS = ["What is 2 + 3?", "Compute 7 * 8, then add 1."]
@@ -109,7 +109,7 @@ def test_chunks_prompts_budgets_and_stop_on_ids_and_text(tiny_tokenizer):
     # One sampler call per chunk over the live rows; budgets C, then C - m.
     assert [b for b, _, _ in ctx.calls] == [C, C - m, C - m]
     assert [len(p) for _, p, _ in ctx.calls] == [2, 1, 1]
-    solve = load_method_template("math", "solve")
+    solve = load_template("math", "solve")
     head_text = tok.phase_prompt(solve.format(problem=PROBLEMS[0]), use_think_tags=False)
     head = tok.encode(head_text)
     r = outs[0]
@@ -133,7 +133,8 @@ def test_chunks_prompts_budgets_and_stop_on_ids_and_text(tiny_tokenizer):
     assert r.prompt_tokens == [len(head), len(head) + m0 + m, len(head) + m0 + m, 0]
     assert r.reasoning_tokens == [C, C - m, len(c2), 0]
     assert r.reasoning_finish == ["length", "length", "stop", "stop"]
-    assert r.method_fields == {"answer_from": "trace", "delethink_first": "Let x be the sum"}
+    assert r.answer_from == "trace"
+    assert r.method_fields == {"delethink_first": "Let x be the sum"}
     # Row 1 stopped in chunk 0: no later chunk, padded steps.
     r1 = outs[1]
     assert r1.reasoning_text == ["\\boxed{57}", "", "", ""]
@@ -169,7 +170,7 @@ def test_think_tags_wrap_the_head_like_every_method(tiny_tokenizer):
                     chunk_tokens=40, keep_first=4, keep_last=8, max_chunks=2)
     ctx.config.rc.use_think_tags = True
     r = get_runner("delethink")(PROBLEMS[:1], _keys(1), ctx)[0]
-    solve = load_method_template("math", "solve").format(problem=PROBLEMS[0])
+    solve = load_template("math", "solve").format(problem=PROBLEMS[0])
     assert r.prompts[0] == [tok.encode(tok.phase_prompt(solve, use_think_tags=True))]
 
 
@@ -209,7 +210,7 @@ def test_config_validation_steps_and_context_check(tiny_tokenizer):
     assert phase.budget == 32  # the longest prompt + C - m = head + m0 + C
     problems = [Problem("p1", "What is 1+1?", "2")]
     head = len(tiny_tokenizer.encode(tiny_tokenizer.phase_prompt(
-        load_method_template("math", "solve").format(problem="What is 1+1?"),
+        load_template("math", "solve").format(problem="What is 1+1?"),
         use_think_tags=False)))
     check_context(c, tiny_tokenizer, problems, context=head + 10 + 64 + 1)
     with pytest.raises(ValueError, match=r"the delethink later chunk phase needs up to"):
@@ -228,7 +229,7 @@ def _record(reasoning, label="5", answer_from=None, **extra):
 
 def test_step_answer_is_the_last_box_of_the_trace_so_far(tmp_path):
     chunks = ["try \\boxed{4} hmm", " no wait, it is \\bo", "xed{5}.", ""]
-    r = parse_rollout(_record(chunks, answer_from="trace"), "x", 0)
+    r = RolloutRecord.from_json(_record(chunks, answer_from="trace"), "x", 0)
     assert r.answer_texts()[1] == chunks[0] + chunks[1]
     path = tmp_path / "r.jsonl"
     lines = [_record(chunks, answer_from="trace"), _record(chunks) | {"problem_id": "q"}]
@@ -240,7 +241,7 @@ def test_step_answer_is_the_last_box_of_the_trace_so_far(tmp_path):
     assert [s["accuracy"] for s in rows] == [0.0, 0.0, 0.5, 0.5]
     assert [s["no_answer"] for s in rows] == [0, 1, 1, 1]
     with pytest.raises(Exception, match="answer_from"):
-        parse_rollout(_record(chunks, answer_from="chunks"), "x", 0)
+        RolloutRecord.from_json(_record(chunks, answer_from="chunks"), "x", 0)
 
 
 # ---------------------------------------------------------------- compute accounting

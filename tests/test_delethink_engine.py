@@ -11,13 +11,13 @@ from rc_jax.methods import get_runner
 from rc_jax.methods.base import MethodContext
 from rc_jax.methods.delethink import DelethinkEngine, delethink_heads, delethink_records
 from rc_jax.models import init_params
-from rc_jax.rc.engine import row_key
+from rc_jax.sampling.keys import row_key
 from rc_jax.sampling import SamplingParams
 
 PROBLEMS = ["What is 2 + 3?", "Compute 7 * 8, then add 1.", "Is 91 prime?",
             "Name the smallest prime.", "What is 10 / 4?"]
 FIELDS = ("reasoning_ids", "prompts", "reasoning_text", "reasoning_clean", "prompt_tokens",
-          "reasoning_tokens", "reasoning_finish", "method_fields")
+          "reasoning_tokens", "reasoning_finish", "answer_from", "method_fields")
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,6 @@ def test_engine_on_an_8_device_mesh_equals_one_device(model, tiny_tokenizer):
 
 
 def test_engine_resumes_from_finished_chunks(model, tiny_tokenizer):
-    from rc_jax.methods.delethink import ChunkRecord
     config, params = model
     c = default_config("delethink")
     c.delethink.chunk_tokens, c.delethink.keep_first = 10, 3
@@ -109,7 +108,8 @@ def test_engine_resumes_from_finished_chunks(model, tiny_tokenizer):
         (i, k) for i, t in enumerate(want) for k in range(len(t.chunks)))
     # Each trace restarts after its first chunk (a whole trace when it had one chunk).
     done = [[rec for i2, k, rec in logged if i2 == i and k == 0] for i in range(len(PROBLEMS))]
-    assert all(isinstance(d[0], ChunkRecord) for d in done)
+    # What the progress log keeps of a chunk: its ids and finish reason.
+    assert all(set(d[0]) == {"ids", "finish"} for d in done)
     got = engine.traces(params, PROBLEMS, keys, done=done)
     assert [t.chunks for t in got] == [t.chunks for t in want]
     assert [t.prompts for t in got] == [t.prompts for t in want]

@@ -15,7 +15,8 @@ import pytest
 
 from helpers import randomize, tiny_config
 from rc_jax.models import init_params, load_hf_checkpoint, save_hf_checkpoint
-from rc_jax.rc.engine import Job, RCEngine, RCSettings, row_key
+from rc_jax.rc.engine import Job, RCEngine, RCSettings
+from rc_jax.sampling.keys import row_key
 from rc_jax.sampling import SamplingParams, generate
 
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
@@ -82,7 +83,7 @@ def test_two_processes_match_one(tmp_path, tiny_tokenizer_dir, tiny_tokenizer):
             np.testing.assert_allclose(a, b, atol=1e-4)
         # The engine's host callback ran on process 0 only; the rollouts reached
         # process 1 too, equal to a single-process run's.
-        assert r["steps"] == [[s.to_json() for s in x.steps] for x in rollouts]
+        assert r["records"] == [x.record.to_json() for x in rollouts]
         # Each host read only slices its own devices hold (a slice shared by several
         # local devices is read once): about half the model, as 'fsdp' spans the hosts
         # (norms are replicated), never all of it.

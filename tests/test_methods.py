@@ -19,12 +19,12 @@ from helpers import randomize, tiny_config
 from rc_jax.config import config_hash, default_config, validate
 from rc_jax.methods import get_runner
 from rc_jax.methods.autoregressive import checkpoints
-from rc_jax.methods.base import MethodContext, fold
+from rc_jax.methods.base import MethodContext
 from rc_jax.methods.budget_forcing import continuation_context, forcing_stop_ids
-from rc_jax.methods.prompts import format_candidates, load_method_template
 from rc_jax.models import init_params, save_hf_checkpoint
-from rc_jax.rc.engine import RCEngine, RCSettings, row_key
-from rc_jax.rc.prompts import load_template
+from rc_jax.rc.engine import RCEngine, RCSettings
+from rc_jax.sampling.keys import fold, row_key
+from rc_jax.prompts import format_candidates, load_template
 from rc_jax.rc.text import clean_reasoning, clean_summary
 from rc_jax.sampling import Buckets, SamplingParams
 from rc_jax.sampling.generate import GenerationResult, generate
@@ -83,7 +83,7 @@ def _ids(tok, text, think=False, open_think=False):
 
 
 def _solve(problem):
-    return load_method_template("math", "solve").format(problem=problem)
+    return load_template("math", "solve").format(problem=problem)
 
 
 # ---------------------------------------------------------------- scripted generations
@@ -128,7 +128,7 @@ def test_refine_and_verify_one_template_raw_stores_and_cleaned_context(tiny_toke
     texts = [THINKING, " second \\boxed{6} ", "third"]
     ctx = _scripted(tok, method, lambda call, row, m: texts[call])
     r = get_runner(method)(PROBLEMS[:1], _keys(1), ctx)[0]
-    template = load_method_template("math", kind)
+    template = load_template("math", kind)
     # Step 1 uses the same template as later steps, with an empty previous attempt.
     assert r.prompts[0][0] == _ids(tok, template.format(problem=PROBLEMS[0], previous_attempt=""))
     assert r.prompts[1][0] == _ids(tok, template.format(problem=PROBLEMS[0],
@@ -144,9 +144,8 @@ def test_refine_and_verify_one_template_raw_stores_and_cleaned_context(tiny_toke
     assert [b for _, b, _ in ctx.calls] == [ctx.config.rc.max_reasoning_tokens] * 3
     from types import SimpleNamespace
 
-    from rc_jax.main import build_record
-    record = build_record(SimpleNamespace(problem=PROBLEMS[0], answer="5", problem_id="p"), 0,
-                          r, method, 1.0, "hash")
+    record = r.with_identity(SimpleNamespace(problem=PROBLEMS[0], answer="5", problem_id="p"),
+                             0, method, 1.0, "hash").to_json()
     assert record["reasoning_store"] == texts and record["summarization_store"] == [""] * 3
     assert record["reasoning_clean"] == ["plan: add", "second \\boxed{6}", "third"]
     assert record["summary_clean"] == [""] * 3
@@ -159,7 +158,7 @@ def test_refine_and_verify_prompts_steps_and_budget(model, tiny_tokenizer, metho
     tok = tiny_tokenizer
     ctx = _ctx(model, tok, method, **{f"{method}__max_context_tokens": max_context})
     outs = get_runner(method)(PROBLEMS, _keys(3), ctx)
-    template = load_method_template("math", kind)
+    template = load_template("math", kind)
     cut = False
     for problem, r in zip(PROBLEMS, outs):
         assert len(r.reasoning_text) == len(r.prompts) == 3
@@ -210,9 +209,9 @@ def test_every_prompt_calls_the_chat_template_with_enable_thinking(tiny_tokenize
     first = ctx.calls[0][2][0]
     message = {"autoregressive": _solve(PROBLEMS[0]), "rsa": _solve(PROBLEMS[0]),
                "budget_forcing": PROBLEMS[0],
-               "self_refine": load_method_template("math", "refine").format(
+               "self_refine": load_template("math", "refine").format(
                    problem=PROBLEMS[0], previous_attempt=""),
-               "self_verify": load_method_template("math", "verify").format(
+               "self_verify": load_template("math", "verify").format(
                    problem=PROBLEMS[0], previous_attempt="")}[method]
     # Independently of phase_prompt: the template itself, called with enable_thinking.
     rendered = tok.hf.apply_chat_template([{"role": "user", "content": message}],
@@ -222,7 +221,7 @@ def test_every_prompt_calls_the_chat_template_with_enable_thinking(tiny_tokenize
 
 
 def test_thinking_switch_with_the_real_qwen3_template():
-    from rc_jax.testing.real_tokenizers import qwen3_tokenizer_dir
+    from helpers import qwen3_tokenizer_dir
     from rc_jax.tokenizer import load_tokenizer
     path = qwen3_tokenizer_dir()
     if path is None:
@@ -233,7 +232,7 @@ def test_thinking_switch_with_the_real_qwen3_template():
         ctx = _scripted(tok, "self_refine", lambda call, row, m: f"<think>a</think>\\boxed{{{call}}}",
                         model_config=big, rc__use_think_tags=think, rc__num_steps=2)
         r = get_runner("self_refine")(PROBLEMS[:1], _keys(1), ctx)[0]
-        template = load_method_template("math", "refine")
+        template = load_template("math", "refine")
         user = template.format(problem=PROBLEMS[0], previous_attempt="")
         want0 = tok.hf.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
                                            add_generation_prompt=True, enable_thinking=think)
@@ -406,7 +405,7 @@ def test_rsa_population_prompts_and_token_counts(model, tiny_tokenizer, use_summ
                rsa__use_summaries=use_summaries, rsa__store_population=True)
     r = get_runner("rsa")(PROBLEMS[:1], _keys(1), ctx)[0]
     problem = PROBLEMS[0]
-    aggregate = load_method_template("math", "aggregate")
+    aggregate = load_template("math", "aggregate")
     summary = load_template("math", "summary")
     pop = r.method_fields["population_store"]
     assert len(r.reasoning_text) == len(pop) == g + 1 and all(len(p) == n for p in pop)
@@ -448,7 +447,7 @@ def test_rsa_stores_raw_candidates_and_shows_cleaned_ones(tiny_tokenizer):
     assert r.reasoning_clean == ["plan: add", "plan: add"]
     assert r.summary_text == ["<think>hm</think> I added. ", ""]
     assert r.summary_clean == ["I added.", ""]
-    want = load_method_template("math", "aggregate").format(
+    want = load_template("math", "aggregate").format(
         problem=PROBLEMS[0], candidates=format_candidates(["I added."]))
     assert ctx.calls[2][2] == [_ids(tok, want)] * 2
 
@@ -641,7 +640,7 @@ def test_template_files_and_summarizer_checks(tmp_path):
     good = tmp_path / "refine.txt"
     good.write_text("Fix this attempt at {problem}:\n{previous_attempt}\n\\boxed{{}}")
     validate(_config("self_refine", self_refine__template=str(good), **base))
-    assert load_method_template(str(good), "refine").format(problem="p", previous_attempt="a") \
+    assert load_template(str(good), "refine").format(problem="p", previous_attempt="a") \
         == "Fix this attempt at p:\na\n\\boxed{}"
     with pytest.raises(ValueError, match="config.summarizer.model.path: method 'autoregressive'"):
         validate(_config("autoregressive", summarizer__model__path=str(tmp_path), **base))

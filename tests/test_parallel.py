@@ -17,7 +17,8 @@ from rc_jax.parallel import (KV_CACHE_LOGICAL_AXES, LOGICAL_AXIS_RULES, batch_ax
                              make_mesh, param_shardings, process_split, put_global,
                              sharding_context, to_host)
 from rc_jax.parallel import distributed
-from rc_jax.rc.engine import Job, RCEngine, RCSettings, row_key
+from rc_jax.rc.engine import Job, RCEngine, RCSettings
+from rc_jax.sampling.keys import row_key
 from rc_jax.sampling import SamplingParams, generate
 
 MESHES = ["data:8", "data:2,fsdp:4", "data:2,fsdp:2,tensor:2"]
@@ -164,7 +165,7 @@ def test_rc_engine_sharded_equals_unsharded(model, tiny_tokenizer, rc_reference,
                       slots=8, scheduling=scheduling, mesh=mesh, param_shardings=shardings)
     out, _ = engine.run(placed, _jobs())
     for got, want in zip(out, rc_reference):
-        assert got.steps == want.steps
+        assert got.record == want.record
     if mesh_shape != MESHES[-1] or scheduling != "continuous":
         return
     # The program's params arrive sharded, once (no replicated copy).

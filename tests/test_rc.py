@@ -13,19 +13,19 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import randomize, tiny_config
+from helpers import qwen3_tokenizer_dir, randomize, tiny_config
 from rc_jax.compile_counter import count_compiles
 from rc_jax.models import init_params
 from rc_jax.progress import StepLog
-from rc_jax.rc.engine import Job, RCEngine, RCSettings, row_key
-from rc_jax.rc.prompts import Template, load_template
+from rc_jax.rc.engine import Job, RCEngine, RCSettings
+from rc_jax.sampling.keys import row_key
+from rc_jax.prompts import Template, load_template
 from rc_jax.rc.reference import run_text_reference
-from rc_jax.rc.rollout import PhasePrompts, Rollout, StepRecord
+from rc_jax.rc.rollout import PhasePrompts, Rollout
 from rc_jax.rc.text import clean_reasoning, clean_summary
-from rc_jax.rc.tokens import clean_host, token_tables
+from rc_jax.records import RolloutRecord
 from rc_jax.sampling import SamplingParams
-from rc_jax.testing.real_tokenizers import qwen3_tokenizer_dir
-from rc_jax.testing.tiny_tokenizer import build_tiny_tokenizer
+from rc_jax.tools.tiny_tokenizer import build_tiny_tokenizer
 from rc_jax.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).parents[1]
@@ -55,10 +55,11 @@ def _stops(tok):
     return list(tok.eos_ids) + list(range(3, tok.vocab_size, 6))
 
 
-def _same(a: Rollout, b: Rollout):
-    assert a.reasoning_prompt_ids == b.reasoning_prompt_ids
-    assert a.summary_prompt_ids == b.summary_prompt_ids
-    assert a.steps == b.steps
+def _same(a: Rollout, b: RolloutRecord):
+    """The engine's rollout `a` holds the record the reference loop returned (`b`)."""
+    assert a.record.prompts == b.prompts
+    assert a.record.summary_prompts == b.summary_prompts
+    assert a.record == b
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_engine_equals_reference_loop_token_for_token(greedy_pair):
     got, ref, stats = greedy_pair
     for a, b in zip(got, ref):
         _same(a, b)
-    lengths = {s.reasoning_tokens for r in got for s in r.steps}
+    lengths = {n for r in got for n in r.record.reasoning_tokens}
     assert len(lengths) > 2, "stop ids should make phases end at different lengths"
     assert stats.services > 2 and 0 < stats.utilization <= 1
 
@@ -85,26 +86,26 @@ def test_engine_equals_reference_loop_token_for_token(greedy_pair):
 def test_prompt_ids_are_the_whole_prompt_string_encoded(greedy_pair, tiny_tokenizer):
     got, _, _ = greedy_pair
     prompts = PhasePrompts(tiny_tokenizer, "math", "math", False)
-    for problem, r in zip(PROBLEMS, got):
+    for problem, r in zip(PROBLEMS, (x.record for x in got)):
         summary = ""
-        for t, step in enumerate(r.steps):
+        for t in range(r.num_steps):
             text = prompts.reasoning_text(problem, summary, conditioned=t > 0)
-            assert r.reasoning_prompt_ids[t] == tiny_tokenizer.encode(text)
-            assert step.prompt_tokens == len(r.reasoning_prompt_ids[t])
-            text = prompts.summary_text(problem, summary, step.reasoning_clean)
-            assert r.summary_prompt_ids[t] == tiny_tokenizer.encode(text)
-            summary = step.summary_clean
+            assert r.prompts[t] == [tiny_tokenizer.encode(text)]
+            assert r.prompt_tokens[t] == len(r.prompts[t][0])
+            text = prompts.summary_text(problem, summary, r.reasoning_clean[t])
+            assert r.summary_prompts[t] == [tiny_tokenizer.encode(text)]
+            summary = r.summary_clean[t]
         assert f"## Problem\n{problem}\n\n" in tiny_tokenizer.decode(
-            r.reasoning_prompt_ids[0], skip_special_tokens=False)
+            r.prompts[0][0], skip_special_tokens=False)
 
 
 def test_first_step_sees_empty_summary_and_later_steps_the_previous_one(greedy_pair,
                                                                         tiny_tokenizer):
-    r = greedy_pair[0][0]
-    first = tiny_tokenizer.decode(r.reasoning_prompt_ids[0], skip_special_tokens=False)
+    r = greedy_pair[0][0].record
+    first = tiny_tokenizer.decode(r.prompts[0][0], skip_special_tokens=False)
     assert "## Summary of an earlier attempt\n\n\n## What to do" in first
-    second = tiny_tokenizer.decode(r.reasoning_prompt_ids[1], skip_special_tokens=False)
-    assert f"## Summary of an earlier attempt\n{r.steps[0].summary_clean}\n\n## What" in second
+    second = tiny_tokenizer.decode(r.prompts[1][0], skip_special_tokens=False)
+    assert f"## Summary of an earlier attempt\n{r.summary_clean[0]}\n\n## What" in second
 
 
 @pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
@@ -120,7 +121,7 @@ def test_continuous_equals_lockstep_for_any_slot_count(model, tiny_tokenizer, sa
     base = runs[3, "continuous"][0]
     for (slots, scheduling), (rollouts, stats) in runs.items():
         for a, b in zip(rollouts, base):
-            assert a.steps == b.steps, (slots, scheduling)
+            assert a.record == b.record, (slots, scheduling)
     # Continuous batching keeps slots busier than lockstep on uneven phase lengths.
     assert runs[3, "continuous"][1].utilization > runs[3, "lockstep"][1].utilization
 
@@ -133,7 +134,7 @@ def test_reused_slot_never_sees_its_previous_occupant(model, tiny_tokenizer):
     together, _ = engine.run(params, jobs)  # one slot: each rollout reuses the last one's
     for job, shared in zip(jobs, together):
         alone, _ = engine.run(params, [job])
-        assert alone[0].steps == shared.steps
+        assert alone[0].record == shared.record
 
 
 def test_compiles_once_whatever_steps_problems_or_finish_order(model, tiny_tokenizer):
@@ -146,8 +147,9 @@ def test_compiles_once_whatever_steps_problems_or_finish_order(model, tiny_token
         three, _ = engine.run(params, _jobs(PROBLEMS[:2], steps=3))
         engine.run(params, _jobs(PROBLEMS[2:], steps=2, seed=7))  # other rows finish first
     assert first.count >= 1 and later.count == 0
-    assert [len(r.steps) for r in three] == [3, 3]
-    assert [r.steps[0] for r in one] == [r.steps[0] for r in three]  # T never matters
+    assert [r.steps_done for r in three] == [3, 3]
+    # T never matters
+    assert [r.record.step_json(0) for r in one] == [r.record.step_json(0) for r in three]
 
 
 def test_resume_from_finished_steps_equals_an_uninterrupted_run(model, tiny_tokenizer):
@@ -155,11 +157,11 @@ def test_resume_from_finished_steps_equals_an_uninterrupted_run(model, tiny_toke
     engine = RCEngine(config, tiny_tokenizer, SETTINGS, SAMPLED, slots=2,
                       stop_ids=_stops(tiny_tokenizer))
     full, _ = engine.run(params, _jobs(PROBLEMS[:3], steps=3))
-    jobs = [Job(j.problem, j.key, 3, done_steps=r.steps[:k])
+    jobs = [Job(j.problem, j.key, 3, done_steps=[r.record.step_json(t) for t in range(k)])
             for j, r, k in zip(_jobs(PROBLEMS[:3], steps=3), full, (1, 2, 3))]
     seen = []
     resumed, _ = engine.run(params, jobs, on_step=lambda i, t, rec: seen.append((i, t)))
-    assert [r.steps for r in resumed] == [r.steps for r in full]
+    assert [r.record for r in resumed] == [r.record for r in full]
     assert sorted(seen) == [(0, 1), (0, 2), (1, 2)]  # only the missing steps ran
 
 
@@ -180,21 +182,28 @@ def test_two_model_rc_with_its_own_tokenizer_and_sampling(model, tiny_tokenizer,
     for a, b in zip(got, ref):
         _same(a, b)
     prompts = PhasePrompts(tiny_tokenizer, "math", "math", False, summary_tokenizer=s_tok)
-    step = got[0].steps[0]
-    text = prompts.summary_text(PROBLEMS[0], "", step.reasoning_clean)
-    assert got[0].summary_prompt_ids[0] == s_tok.encode(text) != tiny_tokenizer.encode(text)
+    record = got[0].record
+    text = prompts.summary_text(PROBLEMS[0], "", record.reasoning_clean[0])
+    assert record.summary_prompts[0] == [s_tok.encode(text)]
+    assert s_tok.encode(text) != tiny_tokenizer.encode(text)
 
 
 def test_stores_are_raw_and_cleaned_texts_feed_the_next_prompt():
     r = Rollout("p", np.zeros(2, np.uint32), 2)
     r.finish_reasoning("<think>plan</think> so \\boxed{5} \n", 10, 7, "stop")
     r.finish_summary("<think>x</think> I found 5. ", 12, 6, "length")
-    step = r.steps[0]
-    assert step.reasoning_raw == "<think>plan</think> so \\boxed{5} \n"  # graded from this
-    assert (step.reasoning_clean, step.summary_clean) == ("plan", "I found 5.")
-    assert r.reasoning_text == [step.reasoning_raw] and r.summary_text == [step.summary_raw]
+    rec = r.record
+    assert rec.reasoning_text == ["<think>plan</think> so \\boxed{5} \n"]  # graded from this
+    assert (rec.reasoning_clean, rec.summary_clean) == (["plan"], ["I found 5."])
+    assert rec.summary_text == ["<think>x</think> I found 5. "]
+    assert (rec.prompt_tokens, rec.reasoning_tokens, rec.reasoning_finish) == ([10], [7], ["stop"])
+    assert (rec.summary_prompt_tokens, rec.summary_tokens, rec.summary_finish) == (
+        [12], [6], ["length"])
     assert r.summary == "I found 5." and r.conditioned
-    assert StepRecord.from_json(json.loads(json.dumps(step.to_json()))) == step
+    step = rec.step_json(0)
+    assert step["reasoning_raw"] == rec.reasoning_text[0]
+    assert step["summary_raw"] == rec.summary_text[0]
+    assert RolloutRecord.from_steps([json.loads(json.dumps(step))]) == rec
 
 
 def test_think_tags_follow_the_paper_rule():
@@ -236,7 +245,7 @@ def test_real_qwen3_tokenizer_engine_equals_reference(think):
     for a, b in zip(got, ref):
         _same(a, b)
     merged = tok.hf.convert_tokens_to_ids("?ĊĊ")  # '?\n\n' as one token
-    assert merged in got[0].reasoning_prompt_ids[0]
+    assert merged in got[0].record.prompts[0][0]
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +272,10 @@ def test_smollm2_greedy_rollouts_equal_between_engines(smollm2):
 
 
 def test_step_log_drops_a_torn_line_and_ignores_other_configs(tmp_path):
-    step = StepRecord("r", "s", "r", "s", 5, 3, "stop", 7, 2, "length")
+    rec = RolloutRecord()
+    rec.add_step("r", "r", (), 5, 3, "stop", summary="s", summary_clean="s",
+                 summary_prompt_tokens=7, summary_tokens=2, summary_finish="length")
+    step = rec.step_json(0)
     log = StepLog(tmp_path, "h1")
     log.append("p1", 0, 0, step)
     log.append("p1", 0, 1, step)
@@ -284,18 +296,6 @@ def test_step_log_drops_a_torn_line_and_ignores_other_configs(tmp_path):
 def test_text_post_processing(text, reasoning, summary):
     assert clean_reasoning(text) == reasoning
     assert clean_summary(text) == summary
-
-
-@pytest.mark.parametrize("text", ["  <think>plan</think> answer \\boxed{3} <|im_end|>",
-                                  "\n\nresult 12\n\n<|im_end|>", "x</think>y</think> z \n"])
-def test_token_post_processing_matches_text_rules(tiny_tokenizer, text):
-    tok = tiny_tokenizer
-    tables = token_tables(tok, 512)
-    ids = tok.encode(text)
-    for keep, rule in (("before_think_end", clean_reasoning), ("after_think_end", clean_summary)):
-        cleaned = tok.decode(clean_host(ids, tables, keep, tok.pad_id))
-        # Documented normalisation: whitespace inside a text token may survive the strip.
-        assert cleaned.strip() == rule(tok.decode(ids))
 
 
 def test_templates_reject_missing_and_unknown_placeholders(tmp_path):

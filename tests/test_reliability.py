@@ -194,14 +194,14 @@ def test_unreadable_record_is_graded_and_reported_and_the_rest_completes(tmp_pat
 
 
 def test_record_parsing_sanitizes_unencodable_text():
-    from rc_jax.eval.records import parse_rollout
+    from rc_jax.records import RolloutRecord
 
-    r = parse_rollout({"problem_id": "p", "label": "1", "reasoning_store": ["a\ud800b", "ok"]},
-                      "f: line 3", 0)
+    r = RolloutRecord.from_json(
+        {"problem_id": "p", "label": "1", "reasoning_store": ["a\ud800b", "ok"]}, "f: line 3", 0)
     assert r.unreadable.startswith("f: line 3: reasoning_store[0]")
-    assert r.reasoning == ("a\ufffdb", "ok")
-    assert parse_rollout({"problem_id": "p", "label": "1", "reasoning_store": ["x"]},
-                         "f", 0).unreadable is None
+    assert r.reasoning_text == ["a\ufffdb", "ok"]
+    assert RolloutRecord.from_json({"problem_id": "p", "label": "1", "reasoning_store": ["x"]},
+                                   "f", 0).unreadable is None
 
 
 def test_flag_error_message_cases(tmp_path):
@@ -271,7 +271,7 @@ def test_set_aside_previous_run(tmp_path):
 
 # ------------------------------------------------------------------ 6, 7
 def test_template_with_an_empty_placeholder_says_how_to_write_a_brace():
-    from rc_jax.rc.prompts import REASONING_FIELDS, Template
+    from rc_jax.prompts import REASONING_FIELDS, Template
 
     with pytest.raises(ValueError, match=r"\\boxed\{\{\}\}"):
         Template("{problem} {curr_summary} \\boxed{}", REASONING_FIELDS)

@@ -2,10 +2,11 @@
 
 Everything runs through the project's own pieces: `rc_jax.rc.engine.RCEngine` for RC,
 the method runners of `rc_jax.methods` (`autoregressive`: one long generation read at
-checkpoints; `delethink`: fixed-size chunks with a few tokens carried over), records in
-the format of `rc_jax.main.build_record` (imported from the CLI module: known debt, see
-issue #19), and `rc_jax.eval.report.evaluate_files` (with the exact-match
-`StringMatchGrader`) for the per-step accuracy and token metrics.
+checkpoints; `delethink`: fixed-size chunks with a few tokens carried over), fed by the
+CLI's batching loop (`rc_jax.batches.run_batches`), results lines written by
+`rc_jax.records.RolloutRecord.to_json` as the CLI writes them, and
+`rc_jax.eval.report.evaluate_files` (with the exact-match `StringMatchGrader`) for the
+per-step accuracy and token metrics.
 """
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from rc_jax.batches import run_batches
 from rc_jax.data import Problem
 from rc_jax.eval.grading import StringMatchGrader
-from rc_jax.eval.records import parse_rollout
 from rc_jax.eval.report import evaluate_files
-from rc_jax.main import build_record
 from rc_jax.methods import get_runner
-from rc_jax.rc.engine import Job, RCEngine, row_key
+from rc_jax.rc.engine import Job, RCEngine
+from rc_jax.records import RolloutRecord
+from rc_jax.sampling.keys import row_key
 
 
 def rc_records(engine: RCEngine, params: Any, problems: Sequence[Problem], *, num_samples: int,
@@ -37,7 +39,7 @@ def rc_records(engine: RCEngine, params: Any, problems: Sequence[Problem], *, nu
     walls: dict[int, float] = {}
     start = time.perf_counter()
     rollouts, _ = engine.run(params, jobs, on_done=lambda i, r, w: walls.__setitem__(i, w))
-    out = [build_record(p, j, r, method, walls[i], "")
+    out = [r.record.with_identity(p, j, method, walls[i], "").to_json()
            for i, ((p, j), r) in enumerate(zip(todo, rollouts))]
     log(f"  {method}: {len(out)} rollouts x {num_steps} steps in "
         f"{time.perf_counter() - start:.0f}s")
@@ -53,13 +55,9 @@ def method_records(name: str, ctx, problems: Sequence[Problem], *, num_samples: 
     todo = [(p, j) for p in problems for j in range(num_samples)]
     out = []
     start = time.perf_counter()
-    for i in range(0, len(todo), batch_size):
-        chunk = todo[i:i + batch_size]
-        keys = np.stack([row_key(seed, p.problem_id, j) for p, j in chunk])
-        t0 = time.perf_counter()
-        rollouts = runner([p.problem for p, _ in chunk], keys, ctx)
-        wall = time.perf_counter() - t0
-        out += [build_record(p, j, r, method, wall, "") for (p, j), r in zip(chunk, rollouts)]
+    for records in run_batches(lambda texts, keys: runner(texts, keys, ctx), todo, batch_size,
+                               seed, method):
+        out += [r.to_json() for r in records]
     log(f"  {method}: {len(out)} rollouts in {time.perf_counter() - start:.0f}s")
     return out
 
@@ -96,7 +94,7 @@ def graded_by_record(records: Sequence[dict]) -> dict[tuple[str, int], list[bool
     grader = StringMatchGrader()
     out = {}
     for i, r in enumerate(records):
-        texts = parse_rollout(r, f"record {i}", 0).answer_texts()
+        texts = RolloutRecord.from_json(r, f"record {i}").answer_texts()
         res = grader.grade_batch([(t, r["label"]) for t in texts])
         out[(str(r["problem_id"]), int(r["sample_id"]))] = [g.correct for g in res]
     return out

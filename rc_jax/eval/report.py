@@ -25,7 +25,9 @@ from typing import Any, Callable, Sequence
 
 from rc_jax.eval.grading import DEFAULT_TIMEOUT_S, Grader, GradeResult, MathVerifyGrader
 from rc_jax.eval.metrics import SampleOutcome, StepOutcome, compute_metrics, default_ks
-from rc_jax.eval.records import Rollout, load_rollouts
+from rc_jax.eval.records import load_rollouts
+from rc_jax.outputs import prepare_output_dir
+from rc_jax.records import RolloutRecord
 
 TokenCounter = Callable[[str], int]
 
@@ -72,12 +74,13 @@ def make_token_counter(tokenizer: Any) -> TokenCounter | None:
     raise TypeError(f"tokenizer must be a path, an object with encode(), or a callable; got {type(tokenizer)}")
 
 
-def _count_at(rollout: Rollout, kind: str, step: int) -> int | None:
-    counts = (rollout.token_counts or {}).get(kind)
+def _count_at(rollout: RolloutRecord, kind: str, step: int) -> int | None:
+    counts = rollout.token_counts.get(kind)
     return counts[step] if counts is not None and step < len(counts) else None
 
 
-def step_tokens(rollout: Rollout, step: int, counter: TokenCounter | None) -> tuple[int | None, int | None, int | None]:
+def step_tokens(rollout: RolloutRecord, step: int,
+                counter: TokenCounter | None) -> tuple[int | None, int | None, int | None]:
     """(prompt, reasoning, summary) tokens of one step; None where unknown.
 
     Recorded counts win; otherwise reasoning/summary text is re-tokenised with
@@ -88,20 +91,20 @@ def step_tokens(rollout: Rollout, step: int, counter: TokenCounter | None) -> tu
     prompt = _count_at(rollout, "prompt", step)
     reasoning = _count_at(rollout, "reasoning", step)
     if reasoning is None and counter is not None:
-        reasoning = counter(rollout.reasoning[step])
+        reasoning = counter(rollout.reasoning_text[step])
     summary = _count_at(rollout, "summary", step)
     if summary is None:
-        if step >= len(rollout.summaries):
+        if step >= len(rollout.summary_text):
             summary = 0
         elif counter is not None:
-            summary = counter(rollout.summaries[step])
+            summary = counter(rollout.summary_text[step])
     return prompt, reasoning, summary
 
 
 # -- inputs --------------------------------------------------------------------
 
 
-def _default_labels(paths: Sequence[str | Path], rollouts: Sequence[Sequence[Rollout]]) -> list[str]:
+def _default_labels(paths: Sequence[str | Path], rollouts: Sequence[Sequence[RolloutRecord]]) -> list[str]:
     """The file's single ``method`` if it has one, else the file stem; made unique."""
     labels = []
     for path, rs in zip(paths, rollouts):
@@ -119,7 +122,7 @@ def _default_labels(paths: Sequence[str | Path], rollouts: Sequence[Sequence[Rol
 
 
 def _grade_all(
-    rollouts: Sequence[Sequence[Rollout]], grader: Grader, progress: bool
+    rollouts: Sequence[Sequence[RolloutRecord]], grader: Grader, progress: bool
 ) -> list[list[list[GradeResult]]]:
     """Grades per input, rollout, step. One batch for all inputs: shared cache, full parallelism."""
     # Unreadable records (text that is not valid Unicode) are not sent to the grader:
@@ -145,7 +148,7 @@ def _grade_all(
 
 
 def _outcomes(
-    rollouts: Sequence[Rollout], grades: Sequence[Sequence[GradeResult]], counter: TokenCounter | None
+    rollouts: Sequence[RolloutRecord], grades: Sequence[Sequence[GradeResult]], counter: TokenCounter | None
 ) -> list[SampleOutcome]:
     samples = []
     for r, gs in zip(rollouts, grades):
@@ -176,7 +179,7 @@ def _token_notes(samples: Sequence[SampleOutcome], has_counter: bool) -> list[st
     return notes
 
 
-def _graded_rows(label: str, rollouts: Sequence[Rollout], grades) -> list[dict[str, Any]]:
+def _graded_rows(label: str, rollouts: Sequence[RolloutRecord], grades) -> list[dict[str, Any]]:
     rows = []
     for r, gs in zip(rollouts, grades):
         for t, g in enumerate(gs):
@@ -375,8 +378,6 @@ def evaluate_files(
     if labels is not None and len(labels) != len(paths):
         raise ValueError(f"got {len(labels)} labels for {len(paths)} files")
     if output_dir is not None:  # before grading: a bad output_dir fails at once
-        from rc_jax.outputs import prepare_output_dir
-
         prepare_output_dir(output_dir)
     rollouts = [load_rollouts(p) for p in paths]
     labels = list(labels) if labels is not None else _default_labels(paths, rollouts)

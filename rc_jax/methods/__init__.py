@@ -1,8 +1,8 @@
 """Baselines and test-time scaffolds the paper compares RC against.
 
-Every method is a `runner(problems, keys, ctx) -> list[MethodRollout]` (see
-`rc_jax.methods.base`) registered under its `method=` name with `@register(name)`.
-`rc_jax.main` looks runners up with `get_runner`; RC itself keeps its device engine.
+Every method is a `runner(problems, keys, ctx) -> list[RolloutRecord]` (see
+`rc_jax.methods.base`, `rc_jax.records`) registered under its `method=` name with
+`@register(name)`. `rc_jax.main` looks runners up with `get_runner`; RC itself keeps its device engine.
 
   autoregressive   one long generation, answers read at fixed token checkpoints
   self_refine      each step improves the previous attempt (no summary; one template)
@@ -57,10 +57,3 @@ def get_runner(name: str) -> Runner:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(METHOD_MODULES)}")
     return METHODS[name]
-
-
-def load_all() -> dict[str, Runner]:
-    """Imports every builtin method module; returns the registry."""
-    for name in METHOD_MODULES:
-        get_runner(name)
-    return METHODS

@@ -17,7 +17,10 @@ from typing import Sequence
 import numpy as np
 
 from rc_jax.methods import register
-from rc_jax.methods.base import MethodContext, MethodRollout, fold
+from rc_jax.methods.base import MethodContext
+from rc_jax.sampling.keys import fold
+from rc_jax.rc.text import clean_reasoning
+from rc_jax.records import RolloutRecord
 
 
 def checkpoints(max_tokens: int, checkpoint_tokens: int) -> list[int]:
@@ -28,7 +31,7 @@ def checkpoints(max_tokens: int, checkpoint_tokens: int) -> list[int]:
 
 @register("autoregressive")
 def run_autoregressive(problems: Sequence[str], keys: np.ndarray,
-                       ctx: MethodContext) -> list[MethodRollout]:
+                       ctx: MethodContext) -> list[RolloutRecord]:
     c = ctx.config.autoregressive
     marks = checkpoints(c.max_tokens, c.checkpoint_tokens)
     solve = ctx.solve_template()
@@ -36,7 +39,7 @@ def run_autoregressive(problems: Sequence[str], keys: np.ndarray,
     res = ctx.generate(prompts, c.max_tokens, fold(keys, 0))
     outs = []
     for prompt, tokens, finish in zip(prompts, res.tokens, res.finish_reasons):
-        r = MethodRollout()
+        r = RolloutRecord()
         done = 0
         for t, mark in enumerate(marks):
             if ctx.record_prompts:  # only the first step prefills a prompt
@@ -44,7 +47,7 @@ def run_autoregressive(problems: Sequence[str], keys: np.ndarray,
             end = min(mark, len(tokens))
             ended = finish == "stop" and len(tokens) <= mark
             raw = ctx.decode(tokens[:end])
-            r.add_step(raw, ctx.clean_reasoning(raw), tokens[done:end],
+            r.add_step(raw, clean_reasoning(raw), tokens[done:end],
                        len(prompt) if t == 0 else 0, end - done,
                        "stop" if ended else "length")
             done = end

@@ -1,11 +1,12 @@
-"""What every method shares: the run context, the rollout record, keys, prompts, cleaning.
+"""What every method shares: the run context, keys, prompts, cleaning.
 
-A method runner is `runner(problems, keys, ctx) -> list[MethodRollout]`: one rollout per
-problem string (a problem appears once per sample), `keys[i]` the row's PRNG key from
-`rc_jax.rc.engine.row_key`. Runners keep their host decisions (which candidates to show,
+A method runner is `runner(problems, keys, ctx) -> list[RolloutRecord]` (the one record
+type, `rc_jax.records`): one rollout per problem string (a problem appears once per
+sample), `keys[i]` the row's PRNG key from
+`rc_jax.sampling.keys.row_key`. Runners keep their host decisions (which candidates to show,
 where to cut a context) outside jit, but sample all rows of a step with **one** call of
 the jitted sampler (`MethodContext.generate`), each row with its own key derived from
-its row key by `fold`: results never depend on batching, padding or resume order.
+its row key by `rc_jax.sampling.keys.fold`: results never depend on batching, padding or resume order.
 
 Prompts are built as text, as the paper's code builds them: a filled template is
 chat-wrapped by the one rule of every phase, `Tokenizer.phase_prompt` (the template gets
@@ -23,93 +24,13 @@ import dataclasses
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rc_jax.models.config import ModelConfig
-from rc_jax.rc.prompts import Template, load_template
-from rc_jax.rc.text import clean_reasoning, clean_summary
+from rc_jax.prompts import Template, load_template
 from rc_jax.sampling.core import SamplingParams
 from rc_jax.sampling.generate import Buckets, GenerationResult, generate
 from rc_jax.tokenizer import Tokenizer
-from rc_jax.methods.prompts import load_method_template
-
-NO_SUMMARY = "none"  # summary finish reason of a step that ran no summarization phase
-
-
-@dataclasses.dataclass
-class MethodRollout:
-    """One (problem, sample) of any method, per step; `rc_jax.main.build_record` writes it.
-
-    Per step t: reasoning_text[t] is the step's raw decoded generation (special tokens
-    skipped, nothing cut at `</think>`, nothing stripped; -> `reasoning_store`), the text
-    the step's answer is graded from; reasoning_clean[t] the cleaned text a later prompt
-    sees (-> `reasoning_clean`); summary_text[t] / summary_clean[t] the same for the
-    summarization phase (-> `summarization_store` / `summary_clean`).
-    reasoning_tokens[t] / summary_tokens[t] are the tokens *generated* in step t (stop
-    tokens included), so their running sum is the compute spent; prompt_tokens[t] the
-    tokens prefilled for the step's generation(s). Steps without a summary phase have
-    summary texts "", 0 tokens and finish reason "none".
-
-    Not written to the record: reasoning_ids[t] (the ids generated in step t) and, when
-    the context asks for them, the prompt ids of every generation (prompts[t] lists the
-    step's prompts; one for single-chain methods, one per population member for
-    scaffolds). `method_fields` holds method-specific record fields; `extra` (what
-    `build_record` adds to the record, as for RC's rollouts) is the cleaned texts plus those.
-    """
-    reasoning_text: list[str] = dataclasses.field(default_factory=list)
-    reasoning_clean: list[str] = dataclasses.field(default_factory=list)
-    summary_text: list[str] = dataclasses.field(default_factory=list)
-    summary_clean: list[str] = dataclasses.field(default_factory=list)
-    prompt_tokens: list[int] = dataclasses.field(default_factory=list)
-    summary_prompt_tokens: list[int] = dataclasses.field(default_factory=list)
-    reasoning_tokens: list[int] = dataclasses.field(default_factory=list)
-    summary_tokens: list[int] = dataclasses.field(default_factory=list)
-    reasoning_finish: list[str] = dataclasses.field(default_factory=list)
-    summary_finish: list[str] = dataclasses.field(default_factory=list)
-    reasoning_ids: list[list[int]] = dataclasses.field(default_factory=list)
-    prompts: list[list[list[int]]] = dataclasses.field(default_factory=list)
-    summary_prompts: list[list[list[int]]] = dataclasses.field(default_factory=list)
-    method_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @property
-    def extra(self) -> dict[str, Any]:
-        """Record fields beside the authors' stores: the cleaned texts, method fields."""
-        return {"reasoning_clean": self.reasoning_clean, "summary_clean": self.summary_clean,
-                **self.method_fields}
-
-    def add_step(self, raw: str, clean: str, ids: Sequence[int], prompt_tokens: int,
-                 tokens: int, finish: str, *, summary: str = "", summary_clean: str = "",
-                 summary_prompt_tokens: int = 0, summary_tokens: int = 0,
-                 summary_finish: str = NO_SUMMARY) -> None:
-        self.reasoning_text.append(raw)
-        self.reasoning_clean.append(clean)
-        self.reasoning_ids.append(list(ids))
-        self.prompt_tokens.append(int(prompt_tokens))
-        self.reasoning_tokens.append(int(tokens))
-        self.reasoning_finish.append(finish)
-        self.summary_text.append(summary)
-        self.summary_clean.append(summary_clean)
-        self.summary_prompt_tokens.append(int(summary_prompt_tokens))
-        self.summary_tokens.append(int(summary_tokens))
-        self.summary_finish.append(summary_finish)
-
-
-@jax.jit
-def _fold(keys: jax.Array, data: jax.Array) -> jax.Array:
-    return jax.vmap(jax.random.fold_in)(keys, data)
-
-
-def fold(keys: np.ndarray, *tags: int | Sequence[int] | np.ndarray) -> np.ndarray:
-    """keys [R, 2] -> [R, 2]: each row's key with `tags` folded in, in order.
-
-    A tag is an int (same for every row) or one int per row (e.g. a member index).
-    """
-    out = jnp.asarray(np.asarray(keys, np.uint32))
-    for tag in tags:
-        data = np.broadcast_to(np.asarray(tag, np.uint32), (out.shape[0],))
-        out = _fold(out, jnp.asarray(data))
-    return np.asarray(out)
 
 
 def keep_last(ids: Sequence[int], max_tokens: int) -> list[int]:
@@ -172,7 +93,7 @@ class MethodContext:
 
     def solve_template(self) -> Template:
         """The first-attempt prompt of autoregressive and RSA (baselines.solve_template)."""
-        return load_method_template(self.config.baselines.solve_template, "solve")
+        return load_template(self.config.baselines.solve_template, "solve")
 
     def rc_summary_template(self) -> Template:
         """RC's summarization prompt (rc.summary_template), for scaffolds that summarize."""
@@ -213,11 +134,3 @@ class MethodContext:
     def decode(self, ids: Sequence[int]) -> str:
         """Raw text of generated ids: special tokens skipped, nothing else changed."""
         return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    @staticmethod
-    def clean_reasoning(raw: str) -> str:
-        return clean_reasoning(raw)
-
-    @staticmethod
-    def clean_summary(raw: str) -> str:
-        return clean_summary(raw)

@@ -40,8 +40,10 @@ from typing import Sequence
 import numpy as np
 
 from rc_jax.methods import register
-from rc_jax.methods.base import MethodContext, MethodRollout, fold
-from rc_jax.methods.prompts import load_method_template
+from rc_jax.methods.base import MethodContext
+from rc_jax.sampling.keys import fold
+from rc_jax.prompts import load_template
+from rc_jax.records import RolloutRecord
 
 MODES = ("paper", "on_stop")
 SEGMENT_JOIN = "\n\n"  # between the prompt, segments and cues of a paper-mode context
@@ -72,7 +74,7 @@ def forcing_stop_ids(ctx: MethodContext) -> tuple[int, ...]:
 
 @register("budget_forcing")
 def run_budget_forcing(problems: Sequence[str], keys: np.ndarray,
-                       ctx: MethodContext) -> list[MethodRollout]:
+                       ctx: MethodContext) -> list[RolloutRecord]:
     mode = ctx.config.budget_forcing.mode
     if mode == "paper":
         return _run_paper(problems, keys, ctx)
@@ -82,12 +84,12 @@ def run_budget_forcing(problems: Sequence[str], keys: np.ndarray,
 
 
 def _run_paper(problems: Sequence[str], keys: np.ndarray,
-               ctx: MethodContext) -> list[MethodRollout]:
+               ctx: MethodContext) -> list[RolloutRecord]:
     c = ctx.config.budget_forcing
-    template = load_method_template(c.template, "solve")
+    template = load_template(c.template, "solve")
     heads = [ctx.wrap(template.format(problem=p)) for p in ctx.check_problems(problems)]
     segments: list[list[str]] = [[] for _ in problems]
-    outs = [MethodRollout() for _ in problems]
+    outs = [RolloutRecord() for _ in problems]
     for step in range(c.num_forcings + 1):
         prompts = [ctx.tokenizer.encode(continuation_context(h, s, c.cue))
                    for h, s in zip(heads, segments)]
@@ -104,17 +106,17 @@ def _run_paper(problems: Sequence[str], keys: np.ndarray,
 
 
 def _run_on_stop(problems: Sequence[str], keys: np.ndarray,
-                 ctx: MethodContext) -> list[MethodRollout]:
+                 ctx: MethodContext) -> list[RolloutRecord]:
     c = ctx.config.budget_forcing
     steps = c.num_forcings + 1
     cue = ctx.tokenizer.encode(c.cue)
     forced, final = forcing_stop_ids(ctx), ctx.eos_ids
-    template = load_method_template(c.template, "solve")
+    template = load_template(c.template, "solve")
     prompts = [ctx.prompt(template.format(problem=p)) for p in ctx.check_problems(problems)]
     contexts = [list(p) for p in prompts]  # prompt + generated text + cues
     used = [0] * len(problems)
     live = [True] * len(problems)
-    outs = [MethodRollout(method_fields={"forcings": 0}) for _ in problems]
+    outs = [RolloutRecord(method_fields={"forcings": 0}) for _ in problems]
     keys = np.asarray(keys)
     for step in range(steps):
         rows = [i for i in range(len(problems)) if live[i]]

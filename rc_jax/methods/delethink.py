@@ -47,9 +47,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from rc_jax.methods import register
-from rc_jax.methods.base import MethodContext, MethodRollout, fold
-from rc_jax.methods.prompts import load_method_template
+from rc_jax.methods.base import MethodContext
+from rc_jax.sampling.keys import fold
+from rc_jax.prompts import load_template
 from rc_jax.rc.engine import Job, RCEngine, RCSettings, Shapes, _Host
+from rc_jax.records import RolloutRecord
 from rc_jax.sampling.generate import GenerationResult
 
 ANSWER_FROM_TRACE = "trace"  # record field `answer_from`: grade step k from chunks 0..k
@@ -138,12 +140,11 @@ def run_traces(heads: Sequence[Sequence[int]], keys: np.ndarray, generate: Gener
 
 
 def delethink_records(traces: Sequence[Trace], spec: Any, decode: Callable[[list[int]], str],
-                      record_prompts: bool = False) -> list[MethodRollout]:
+                      record_prompts: bool = False) -> list[RolloutRecord]:
     """The per-step records of finished traces (a step = a chunk; see the module doc)."""
     outs = []
     for t in traces:
-        r = MethodRollout(method_fields={"answer_from": ANSWER_FROM_TRACE,
-                                         "delethink_first": ""})
+        r = RolloutRecord(answer_from=ANSWER_FROM_TRACE, method_fields={"delethink_first": ""})
         for k in range(spec.max_chunks):
             if k >= len(t.chunks):  # the trace ended at an earlier chunk
                 r.add_step("", "", [], 0, 0, r.reasoning_finish[-1])
@@ -164,41 +165,33 @@ def delethink_records(traces: Sequence[Trace], spec: Any, decode: Callable[[list
 
 def delethink_heads(ctx: MethodContext, problems: Sequence[str]) -> list[list[int]]:
     """Each problem's head ids: the solve template, chat-wrapped, encoded whole."""
-    template = load_method_template(ctx.config.delethink.template, "solve")
+    template = load_template(ctx.config.delethink.template, "solve")
     return [ctx.prompt(template.format(problem=p)) for p in ctx.check_problems(problems)]
 
 
 @register("delethink")
 def run_delethink(problems: Sequence[str], keys: np.ndarray,
-                  ctx: MethodContext) -> list[MethodRollout]:
+                  ctx: MethodContext) -> list[RolloutRecord]:
     traces = run_traces(delethink_heads(ctx, problems), keys, ctx.generate, ctx.config.delethink)
     return delethink_records(traces, ctx.config.delethink, ctx.decode, ctx.record_prompts)
 
 
 # ---------------------------------------------------------------- on the RC engine
-@dataclasses.dataclass
-class ChunkRecord:
-    """One finished chunk, as the progress log keeps it: all a trace needs to continue
-    (its prompt is rebuilt from the head and the earlier chunks)."""
-    ids: list[int]
-    finish: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ids": list(self.ids), "finish": self.finish}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "ChunkRecord":
-        return cls([int(x) for x in d["ids"]], str(d["finish"]))
-
-
 class _DelethinkRollout:
-    """A Delethink trace in flight on the engine's host: one phase type (a chunk)."""
+    """A Delethink trace in flight on the engine's host: one phase type (a chunk). Its
+    record is `delethink_records([trace])`. A finished chunk goes to the progress log as
+    `{"ids", "finish"}` (`step_json`): all a trace needs to continue, since its prompt is
+    rebuilt from the head and the earlier chunks' ids."""
 
     def __init__(self, head: list[int], key: np.ndarray, spec: Any,
-                 done: Sequence[ChunkRecord] = ()):
+                 done: Sequence[dict[str, Any]] = ()):
         self.head, self.key, self.spec, self.trace = head, key, spec, Trace()
         for chunk in done:  # resumed from the progress log
-            self.add(chunk.ids, chunk.finish)
+            self.add([int(x) for x in chunk["ids"]], str(chunk["finish"]))
+
+    def step_json(self, k: int) -> dict[str, Any]:
+        """Chunk k as the progress log keeps it."""
+        return {"ids": list(self.trace.chunks[k]), "finish": self.trace.finish[k]}
 
     def add(self, ids: list[int], finish: str) -> None:
         t = self.trace
@@ -209,8 +202,8 @@ class _DelethinkRollout:
         t.logprobs.append(np.zeros((0,), np.float32))  # the engine keeps no log-probs
 
     @property
-    def steps(self) -> list[list[int]]:  # the engine names a rollout's progress `steps`
-        return self.trace.chunks
+    def steps_done(self) -> int:  # the engine's name for a rollout's progress
+        return len(self.trace.chunks)
 
     @property
     def done(self) -> bool:
@@ -237,7 +230,7 @@ class _DelethinkHost(_Host):
                       finish: str) -> None:
         r = self.rollouts[i]
         r.add(ids, finish)
-        self._step_done(i, len(r.trace.chunks) - 1, ChunkRecord(ids, finish))
+        self._step_done(i, r.steps_done - 1, r.step_json(r.steps_done - 1))
 
 
 class DelethinkEngine(RCEngine):
@@ -271,10 +264,11 @@ class DelethinkEngine(RCEngine):
                        self.refill_rows),)
 
     def traces(self, params: Any, problems: Sequence[str], keys: np.ndarray,
-               done: Sequence[Sequence[ChunkRecord]] = (), **kwargs) -> list[Trace]:
+               done: Sequence[Sequence[dict[str, Any]]] = (), **kwargs) -> list[Trace]:
         """Every problem's trace (in order), one engine run; done[i]: problem i's chunks
         already finished (resume). kwargs: `RCEngine.run`'s (on_step receives
-        `ChunkRecord`s, on_done the host's rollout, whose `.trace` is the trace)."""
+        `_DelethinkRollout.step_json` dicts, on_done the host's rollout, whose `.trace` is
+        the trace)."""
         done = list(done) or [()] * len(problems)
         jobs = [Job(p, k, self.spec.max_chunks, done_steps=list(d))
                 for p, k, d in zip(problems, np.asarray(keys), done)]

@@ -23,17 +23,20 @@ from typing import Sequence
 import numpy as np
 
 from rc_jax.methods import register
-from rc_jax.methods.base import MethodContext, MethodRollout, fold
-from rc_jax.methods.prompts import load_method_template
+from rc_jax.methods.base import MethodContext
+from rc_jax.sampling.keys import fold
+from rc_jax.prompts import load_template
+from rc_jax.rc.text import clean_reasoning
+from rc_jax.records import RolloutRecord
 
 
 def run_iterative(problems: Sequence[str], keys: np.ndarray, ctx: MethodContext, *,
-                  section: str, kind: str) -> list[MethodRollout]:
+                  section: str, kind: str) -> list[RolloutRecord]:
     """The shared loop; `section` names the config section, `kind` the prompt kind."""
     c = getattr(ctx.config, section)
-    template = load_method_template(c.template, kind)
+    template = load_template(c.template, kind)
     problems = ctx.check_problems(problems)
-    outs = [MethodRollout() for _ in problems]
+    outs = [RolloutRecord() for _ in problems]
     previous = [""] * len(problems)  # the empty attempt of step 0
     for step in range(ctx.config.rc.num_steps):
         prompts = [ctx.prompt(template.format(
@@ -42,7 +45,7 @@ def run_iterative(problems: Sequence[str], keys: np.ndarray, ctx: MethodContext,
                    for p, a in zip(problems, previous)]
         res = ctx.generate(prompts, ctx.config.rc.max_reasoning_tokens, fold(keys, 2 * step))
         raws = [ctx.decode(t) for t in res.tokens]
-        previous = [ctx.clean_reasoning(x) for x in raws]
+        previous = [clean_reasoning(x) for x in raws]
         for r, prompt, ids, raw, clean, finish in zip(outs, prompts, res.tokens, raws,
                                                       previous, res.finish_reasons):
             r.add_step(raw, clean, ids, len(prompt), len(ids), finish)
@@ -53,11 +56,11 @@ def run_iterative(problems: Sequence[str], keys: np.ndarray, ctx: MethodContext,
 
 @register("self_refine")
 def run_self_refine(problems: Sequence[str], keys: np.ndarray,
-                    ctx: MethodContext) -> list[MethodRollout]:
+                    ctx: MethodContext) -> list[RolloutRecord]:
     return run_iterative(problems, keys, ctx, section="self_refine", kind="refine")
 
 
 @register("self_verify")
 def run_self_verify(problems: Sequence[str], keys: np.ndarray,
-                    ctx: MethodContext) -> list[MethodRollout]:
+                    ctx: MethodContext) -> list[RolloutRecord]:
     return run_iterative(problems, keys, ctx, section="self_verify", kind="verify")

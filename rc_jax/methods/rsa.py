@@ -16,8 +16,9 @@ from typing import Sequence
 import numpy as np
 
 from rc_jax.methods import register
-from rc_jax.methods.base import MethodContext, MethodRollout
+from rc_jax.methods.base import MethodContext
 from rc_jax.methods.scaffold import Scaffold, candidates_field, run_scaffold
+from rc_jax.records import RolloutRecord
 
 
 class RSA(Scaffold):
@@ -42,5 +43,5 @@ class RSA(Scaffold):
 
 @register("rsa")
 def run_rsa(problems: Sequence[str], keys: np.ndarray,
-            ctx: MethodContext) -> list[MethodRollout]:
+            ctx: MethodContext) -> list[RolloutRecord]:
     return run_scaffold(RSA(ctx), problems, keys, ctx)

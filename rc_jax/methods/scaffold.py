@@ -38,8 +38,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rc_jax.methods.base import NO_SUMMARY, MethodContext, MethodRollout, fold
-from rc_jax.methods.prompts import format_candidates, load_method_template
+from rc_jax.methods.base import MethodContext
+from rc_jax.sampling.keys import fold
+from rc_jax.prompts import format_candidates, load_template
+from rc_jax.rc.text import clean_reasoning, clean_summary
+from rc_jax.records import NO_SUMMARY, RolloutRecord
 
 
 class Scaffold(abc.ABC):
@@ -74,17 +77,17 @@ def member_rng(key: np.ndarray, round_: int, member: int) -> np.random.Generator
 
 
 def run_scaffold(scaffold: Scaffold, problems: Sequence[str], keys: np.ndarray,
-                 ctx: MethodContext) -> list[MethodRollout]:
+                 ctx: MethodContext) -> list[RolloutRecord]:
     n, rows = scaffold.population, len(problems)
     cfg = ctx.config.rc
     first = ctx.solve_template()
-    later = load_method_template(scaffold.template, scaffold.kind)
+    later = load_template(scaffold.template, scaffold.kind)
     summary_template = ctx.rc_summary_template() if scaffold.use_summaries else None
     problems = ctx.check_problems(problems)
     keys = np.asarray(keys, np.uint32)
     row_of = np.repeat(np.arange(rows), n)         # flat index f = row * n + member
     member_of = np.tile(np.arange(n), rows)
-    outs = [MethodRollout(method_fields={f"{scaffold.name}_notes": []}) for _ in problems]
+    outs = [RolloutRecord(method_fields={f"{scaffold.name}_notes": []}) for _ in problems]
     if scaffold.store_population:
         for r in outs:
             r.method_fields["population_store"] = []
@@ -107,7 +110,7 @@ def run_scaffold(scaffold: Scaffold, problems: Sequence[str], keys: np.ndarray,
         member_keys = fold(keys[row_of], g, member_of)
         res = ctx.generate(prompts, cfg.max_reasoning_tokens, fold(member_keys, 0))
         raws = [ctx.decode(t) for t in res.tokens]
-        cands = [ctx.clean_reasoning(x) for x in raws]
+        cands = [clean_reasoning(x) for x in raws]
         s_raws, summaries = [""] * len(cands), [""] * len(cands)
         s_prompts: list[list[int]] = [[] for _ in cands]
         s_lengths, s_finish = [0] * len(cands), [NO_SUMMARY] * len(cands)
@@ -120,7 +123,7 @@ def run_scaffold(scaffold: Scaffold, problems: Sequence[str], keys: np.ndarray,
             s_res = ctx.generate(s_prompts, cfg.max_summary_tokens, fold(member_keys, 1),
                                  model="summarizer")
             s_raws = [ctx.decode(t) for t in s_res.tokens]
-            summaries = [ctx.clean_summary(x) for x in s_raws]
+            summaries = [clean_summary(x) for x in s_raws]
             s_lengths, s_finish = s_res.lengths, s_res.finish_reasons
         views = [ctx.truncate(v, scaffold.max_view_tokens)
                  for v in (summaries if summary_template is not None else cands)]

@@ -31,7 +31,6 @@ import collections
 import copy
 import dataclasses
 import functools
-import hashlib
 import itertools
 import threading
 import time
@@ -47,7 +46,8 @@ from rc_jax.models import qwen3
 from rc_jax.models.config import ModelConfig
 from rc_jax.parallel import (batch_axes, batch_shards, broadcast_from_main, put_global,
                              sharding_context)
-from rc_jax.rc.rollout import PHASES, REASON, SUMMARIZE, PhasePrompts, Rollout, StepRecord
+from rc_jax.rc.rollout import PHASES, REASON, SUMMARIZE, PhasePrompts, Rollout
+from rc_jax.records import RolloutRecord
 from rc_jax.sampling import core
 from rc_jax.sampling.core import SamplingParams
 from rc_jax.sampling.generate import Buckets, stop_array
@@ -84,13 +84,6 @@ class RCSettings:
             value = getattr(self, name)
             if int(value) != value or value <= 0:
                 raise ValueError(f"rc.{name} must be a positive integer, got {value!r}")
-
-
-def row_key(seed: int, problem_id: str, sample_id: int) -> np.ndarray:
-    """A PRNG key that depends only on (seed, problem, sample): never on batching."""
-    digest = int.from_bytes(hashlib.sha256(str(problem_id).encode()).digest()[:4], "little")
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), digest & 0x7FFFFFFF)
-    return np.asarray(jax.random.fold_in(key, sample_id))
 
 
 DEFAULT_PROMPT_MARGIN = 1 / 16
@@ -147,12 +140,15 @@ class RunStats:
 
 @dataclasses.dataclass
 class Job:
-    """One rollout to run: its problem, PRNG key, steps, and where it starts."""
+    """One rollout to run: its problem, PRNG key, steps, and where it starts.
+
+    done_steps: the steps already finished, as the progress log keeps them (RC:
+    `RolloutRecord.step_json`; another method's host: its own layout)."""
     problem: str
     key: np.ndarray
     num_steps: int
     initial_summary: str = ""
-    done_steps: Sequence[StepRecord] = ()
+    done_steps: Sequence[dict[str, Any]] = ()
 
 
 def _reply_shapes(shapes: Sequence[Shapes]) -> tuple[jax.ShapeDtypeStruct, ...]:
@@ -198,15 +194,15 @@ class _Host:
     # phase's request, and what a finished phase does.
     def _rollout(self, job: Job) -> Any:
         return Rollout(job.problem, np.asarray(job.key, np.uint32), job.num_steps,
-                       list(job.done_steps), job.initial_summary)
+                       RolloutRecord.from_steps(job.done_steps), job.initial_summary)
 
     def _request(self, i: int, phase: int) -> tuple[list[int], int, int]:
         """(prompt ids, budget, key fold-in index) of rollout i's next `phase`."""
         r = self.rollouts[i]
         ids = r.next_prompt(self.engine.prompts, phase)
         if self.record_prompts:
-            (r.reasoning_prompt_ids if phase == REASON else r.summary_prompt_ids).append(ids)
-        return ids, self.engine.budgets[phase], 2 * len(r.steps) + phase
+            (r.record.prompts if phase == REASON else r.record.summary_prompts).append([ids])
+        return ids, self.engine.budgets[phase], 2 * r.steps_done + phase
 
     # ---------------------------------------------------------------- callback
     def service(self, *arrays):
@@ -262,7 +258,7 @@ class _Host:
                 ids, limit, fold = self._request(i, phase)
                 if len(ids) > shape.prompt_width or len(ids) + limit > shape.cache_length:
                     raise ValueError(
-                        f"rollout {i} step {len(r.steps) + 1}: the {PHASES[phase]}"
+                        f"rollout {i} step {r.steps_done + 1}: the {PHASES[phase]}"
                         f" prompt has {len(ids)} tokens, more than the engine planned for "
                         f"({shape.prompt_width} prompt slots, {shape.cache_length} cache "
                         "slots): re-encoding the generated text grew it past the plan; raise "
@@ -288,14 +284,15 @@ class _Host:
             r.finish_reasoning(raw, prompt_len, len(ids), finish)
             self.queues[self.engine.pool_of[SUMMARIZE]].append((i, SUMMARIZE))
             return
-        step = r.finish_summary(raw, prompt_len, len(ids), finish)
-        self._step_done(i, len(r.steps) - 1, step)
+        r.finish_summary(raw, prompt_len, len(ids), finish)
+        self._step_done(i, r.steps_done - 1, r.record.step_json(r.steps_done - 1))
 
-    def _step_done(self, i: int, step_index: int, record: Any) -> None:
-        """Reports rollout i's finished step; then it is written or queued for its next."""
+    def _step_done(self, i: int, step_index: int, step: dict[str, Any]) -> None:
+        """Reports rollout i's finished step (`step`: its progress-log layout, see `Job`);
+        then the rollout is written or queued for its next step."""
         r = self.rollouts[i]
         if self.on_step is not None:
-            self.on_step(i, step_index, record)
+            self.on_step(i, step_index, step)
         if r.done:
             self.in_flight.discard(i)
             if self.on_done is not None:
@@ -519,30 +516,49 @@ class RCEngine:
     def _refill(self, params, pool_index: int, shape: Shapes, cache, logits, assign, prompts,
                 plen):
         """Prefills the assigned slots' prompts (left-aligned in `prompts` [B, P]) into
-        their cache rows, `refill_rows` slots per prefill call (or one, for stragglers)."""
+        their cache rows.
+
+        Rows on one device: `refill_rows` slots per prefill call (or one, for
+        stragglers), gathered to the front and written back in place. Rows sharded over
+        devices: one prefill over every slot, rows where they are, written by select
+        (`_write_rows`): a gather or slice at traced row indices of a sharded axis makes
+        GSPMD replicate the whole KV cache, and the gathered rows' prefill, on every
+        device (Qwen3-4B, 16 rows, H_R 4k on a v5e-16: 17.3 GiB per chip instead of 11.7
+        with the select alone, see docs/scaling.md), while a batch-sharded prefill keeps
+        each device on its own rows: a refill costs one local row's prefill per device.
+        """
         pool, pad = self.pools[pool_index], self.pad_ids[pool_index]
         width, r, c = shape.prompt_width, shape.refill_rows, shape.cache_length
 
-
-        def rows(r, carry):
-            pending, cache, logits = carry
-            idx = jnp.argsort(~pending, stable=True)[:r]  # pending slots first
-            sel = pending[idx]
-            lens = jnp.where(sel, plen[idx], 1)
+        def prefill(rows_prompts, lens):
+            """[R, P] prompts of lengths lens -> last logits [R, V], k/v [L, R, C, K, D]
+            with slot s of row holding prompt token s, and the rows' valid slots [R, C]."""
             # Right-align for the left-padded prefill: token j of row sits at j + (P - len).
             shift = width - lens
             src = jnp.arange(width)[None, :] - shift[:, None]
-            tokens = jnp.where(src >= 0, jnp.take_along_axis(prompts[idx], jnp.maximum(src, 0),
+            tokens = jnp.where(src >= 0, jnp.take_along_axis(rows_prompts, jnp.maximum(src, 0),
                                                              axis=1), pad)
-            mask = src >= 0
-            last, sub = core.prefill(params, pool.config, tokens, mask, width,
+            last, sub = core.prefill(params, pool.config, tokens, src >= 0, width,
                                      chunk=min(width, REFILL_CHUNK))
             sub = qwen3.stack_cache(sub)
             # Back to slot = position: slot s of row holds prompt token s.
             gather = jnp.minimum(jnp.arange(c)[None, :] + shift[:, None], width - 1)  # [R, C]
             k = jnp.take_along_axis(sub.k, gather[None, :, :, None, None], axis=2)
             v = jnp.take_along_axis(sub.v, gather[None, :, :, None, None], axis=2)
-            valid = jnp.arange(c)[None, :] < lens[:, None]
+            return last, k, v, jnp.arange(c)[None, :] < lens[:, None]
+
+        if batch_shards(self.mesh, self.data_axes) > 1:
+            lens = jnp.where(assign, plen, 1)
+            last, k, v, valid = prefill(prompts, lens)
+            cache = _write_rows(cache, None, assign, k, v, valid, lens)
+            return cache, jnp.where(assign[:, None], last, logits)
+
+        def rows(r, carry):
+            pending, cache, logits = carry
+            idx = jnp.argsort(~pending, stable=True)[:r]  # pending slots first
+            sel = pending[idx]
+            lens = jnp.where(sel, plen[idx], 1)
+            last, k, v, valid = prefill(prompts[idx], lens)
             cache = _write_rows(cache, idx, sel, k, v, valid, lens)
             logits = logits.at[idx].set(jnp.where(sel[:, None], last, logits[idx]))
             pending = pending.at[idx].set(False)
@@ -590,15 +606,17 @@ class RCEngine:
                 np.bool_(self.scheduling == "lockstep"))
 
     def run(self, params: Any, jobs: Sequence[Job], *, summarizer_params: Any = None,
-            on_step: Callable[[int, int, StepRecord], None] | None = None,
+            on_step: Callable[[int, int, dict[str, Any]], None] | None = None,
             on_done: Callable[[int, Rollout, float], None] | None = None,
             record_prompts: bool = False) -> tuple[list[Rollout], RunStats]:
         """Runs every job to its `num_steps`; returns the rollouts (in job order) and the
         run's scheduling figures.
 
-        on_step(job index, step index, record): called when a step finishes (the CLI
-          appends it durably to its progress log).
-        on_done(job index, rollout, wall seconds): called when a rollout finishes.
+        on_step(job index, step index, step): called when a step finishes, with the step
+          as the progress log keeps it (`RolloutRecord.step_json`; the CLI appends it
+          durably to its log).
+        on_done(job index, rollout, wall seconds): called when a rollout finishes; its
+          `record` is the `RolloutRecord`.
         Jobs with `done_steps` continue from there (resume); the result equals an
         uninterrupted run's.
         """
@@ -665,14 +683,18 @@ def _interruptible(fn: Callable[[], Any], host: _Host) -> Any:
     return result["value"]
 
 
-def _write_rows(cache: qwen3.KVCache, idx: jax.Array, sel: jax.Array, k: jax.Array,
+def _write_rows(cache: qwen3.KVCache, idx: jax.Array | None, sel: jax.Array, k: jax.Array,
                 v: jax.Array, valid: jax.Array, lens: jax.Array) -> qwen3.KVCache:
     """Writes R rows (k, v: [L, R, C, K, D] stacked layout) into cache rows `idx` where
     `sel`; the cache may be stacked or in the per-layer decode form.
 
-    One `dynamic_update_slice` per (row, layer): XLA updates the loop-carried cache in
-    place, where a gather/scatter over the row axis would copy the whole cache.
+    `idx` given: one `dynamic_update_slice` per (row, layer): XLA updates the
+    loop-carried cache in place, where a gather/scatter over the row axis would copy the
+    whole cache. `idx` None: R is every row (k, v in the cache's row order), written by
+    an elementwise select, which keeps each device on its own rows of a sharded cache.
     """
+    if idx is None:
+        return _select_rows(cache, sel, k, v, valid, lens)
     index = cache.index.at[idx].set(jnp.where(sel, lens, cache.index[idx]))
     new_valid = cache.valid.at[idx].set(jnp.where(sel[:, None], valid, cache.valid[idx]))
     unstacked = qwen3.cache_is_unstacked(cache)
@@ -698,4 +720,24 @@ def _write_rows(cache: qwen3.KVCache, idx: jax.Array, sel: jax.Array, k: jax.Arr
                     full, jnp.where(keep_old, old, new.astype(full.dtype)), start)
     if unstacked:
         ks, vs = tuple(ks), tuple(vs)
+    return cache.replace(k=ks, v=vs, valid=new_valid, index=index)
+
+
+def _select_rows(cache: qwen3.KVCache, sel: jax.Array, k: jax.Array, v: jax.Array,
+                 valid: jax.Array, lens: jax.Array) -> qwen3.KVCache:
+    """Every row of k, v [L, B, C, K, D] replaces its cache row where sel [B] (see
+    `_write_rows`)."""
+    index = jnp.where(sel, lens, cache.index)
+    new_valid = jnp.where(sel[:, None], valid, cache.valid)
+    if not qwen3.cache_is_unstacked(cache):  # [L, B, C, K, D]
+        hit = sel[None, :, None, None, None]
+        return cache.replace(k=jnp.where(hit, k.astype(cache.k.dtype), cache.k),
+                             v=jnp.where(hit, v.astype(cache.v.dtype), cache.v),
+                             valid=new_valid, index=index)
+    b, c, kv, d = k.shape[1:]
+    hit = jnp.repeat(sel, kv)[:, None, None]
+    ks = tuple(jnp.where(hit, k[layer].transpose(0, 2, 3, 1).reshape(b * kv, d, c).astype(full.dtype),
+                         full) for layer, full in enumerate(cache.k))   # keys [B*K, D, C]
+    vs = tuple(jnp.where(hit, v[layer].transpose(0, 2, 1, 3).reshape(b * kv, c, d).astype(full.dtype),
+                         full) for layer, full in enumerate(cache.v))   # values [B*K, C, D]
     return cache.replace(k=ks, v=vs, valid=new_valid, index=index)

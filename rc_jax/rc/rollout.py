@@ -1,4 +1,4 @@
-"""One RC rollout on the host: its exact prompts, its per-step records, its state.
+"""One RC rollout on the host: its exact prompts, its record (`RolloutRecord`), its state.
 
 RC's semantics live here, as plain Python over strings, so the device engine, the
 reference loop and RL share one definition (docs/design.md, "RC, exactly"):
@@ -18,38 +18,22 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from rc_jax.rc.prompts import Template, load_template, reasoning_text, summary_text
+from rc_jax.prompts import Template, fill_reasoning, load_template, summary_text
 from rc_jax.rc.text import clean_reasoning, clean_summary
+from rc_jax.records import RolloutRecord
 from rc_jax.tokenizer import Tokenizer
 
 REASON, SUMMARIZE = 0, 1
 PHASES = ("reasoning", "summary")
 
 
-@dataclasses.dataclass
-class StepRecord:
-    """One finished RC step: both phases' raw outputs, cleaned texts and token counts."""
-    reasoning_raw: str
-    summary_raw: str
-    reasoning_clean: str
-    summary_clean: str
-    prompt_tokens: int           # reasoning prompt length
-    reasoning_tokens: int        # generated, stop token included
-    reasoning_finish: str        # 'stop' | 'length'
-    summary_prompt_tokens: int
-    summary_tokens: int
-    summary_finish: str
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "StepRecord":
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
-
-
 class PhasePrompts:
-    """Builds RC's two prompts as text and as ids, for one tokenizer per phase."""
+    """Builds RC's two prompts as text and as ids, for one tokenizer per phase: the one
+    place where a phase's template is filled, chat-wrapped and encoded.
+
+    `reasoning_template` may also be a summary-free template (`{previous_attempt}` in
+    place of `{curr_summary}`: RL's summary-free chains); the context fills that field.
+    """
 
     def __init__(self, tokenizer: Tokenizer, reasoning_template: str | Template,
                  summary_template: str | Template, use_think_tags: bool,
@@ -64,7 +48,7 @@ class PhasePrompts:
     def reasoning_text(self, problem: str, summary: str, conditioned: bool) -> str:
         """conditioned: the step continues from a summary (any step after the first, or a
         seeded first step): with think tags on, the prompt opens `<think>` itself."""
-        text = reasoning_text(self.reasoning_template, problem, summary)
+        text = fill_reasoning(self.reasoning_template, problem, summary)
         return self.tokenizer.phase_prompt(text, use_think_tags=self.use_think_tags,
                                            open_think=conditioned)
 
@@ -81,69 +65,39 @@ class PhasePrompts:
 
 @dataclasses.dataclass
 class Rollout:
-    """One RC rollout (one problem, one sample): steps done so far and what comes next.
+    """One RC rollout (one problem, one sample) in flight: its record so far and the phase
+    in progress.
 
-    `steps` holds finished steps (possibly restored from a progress log); the rollout is
-    complete when `len(steps) == num_steps`. `initial_summary` seeds the first step (RL's
-    replay buffer); "" is RC's default start.
+    `record` holds the finished steps (possibly restored from a progress log with
+    `RolloutRecord.from_steps`) and, when asked for, every prompt's ids (`prompts[t]` /
+    `summary_prompts[t]`: `[ids]`); the rollout is complete when it has `num_steps` steps.
+    `initial_summary` seeds the first step (RL's replay buffer); "" is RC's default start.
     """
     problem: str
     key: Any                     # [2] uint32 PRNG key of this (problem, sample)
     num_steps: int
-    steps: list[StepRecord] = dataclasses.field(default_factory=list)
+    record: RolloutRecord = dataclasses.field(default_factory=RolloutRecord)
     initial_summary: str = ""
     # The phase in flight (host bookkeeping while the device generates it).
     pending_reasoning: tuple[str, str, int, int, str] | None = None
-    reasoning_prompt_ids: list[list[int]] = dataclasses.field(default_factory=list)
-    summary_prompt_ids: list[list[int]] = dataclasses.field(default_factory=list)
 
     # ---- state
     @property
+    def steps_done(self) -> int:
+        return self.record.num_steps
+
+    @property
     def done(self) -> bool:
-        return len(self.steps) >= self.num_steps
+        return self.steps_done >= self.num_steps
 
     @property
     def summary(self) -> str:
         """The summary the next step starts from (cleaned)."""
-        return self.steps[-1].summary_clean if self.steps else self.initial_summary
+        return self.record.summary_clean[-1] if self.steps_done else self.initial_summary
 
     @property
     def conditioned(self) -> bool:
-        return bool(self.steps) or bool(self.initial_summary)
-
-    # ---- views in the results-record layout
-    @property
-    def reasoning_text(self) -> list[str]:
-        """Raw reasoning per step (the authors' `reasoning_store`)."""
-        return [s.reasoning_raw for s in self.steps]
-
-    @property
-    def summary_text(self) -> list[str]:
-        """Raw summarizer output per step (the authors' `summarization_store`)."""
-        return [s.summary_raw for s in self.steps]
-
-    @property
-    def reasoning_clean(self) -> list[str]:
-        return [s.reasoning_clean for s in self.steps]
-
-    @property
-    def summary_clean(self) -> list[str]:
-        return [s.summary_clean for s in self.steps]
-
-    def _column(self, name: str) -> list:
-        return [getattr(s, name) for s in self.steps]
-
-    prompt_tokens = property(lambda self: self._column("prompt_tokens"))
-    reasoning_tokens = property(lambda self: self._column("reasoning_tokens"))
-    reasoning_finish = property(lambda self: self._column("reasoning_finish"))
-    summary_prompt_tokens = property(lambda self: self._column("summary_prompt_tokens"))
-    summary_tokens = property(lambda self: self._column("summary_tokens"))
-    summary_finish = property(lambda self: self._column("summary_finish"))
-
-    @property
-    def extra(self) -> dict[str, Any]:
-        """Fields added to the results record beside the authors' stores."""
-        return {"reasoning_clean": self.reasoning_clean, "summary_clean": self.summary_clean}
+        return bool(self.steps_done) or bool(self.initial_summary)
 
     # ---- transitions (driven by the engine or the reference loop)
     def next_prompt(self, prompts: PhasePrompts, phase: int) -> list[int]:
@@ -159,12 +113,12 @@ class Rollout:
         self.pending_reasoning = (raw, clean_reasoning(raw), prompt_tokens, generated, finish)
 
     def finish_summary(self, raw: str, prompt_tokens: int, generated: int, finish: str
-                       ) -> StepRecord:
+                       ) -> None:
+        """Ends the step: both phases go to the record (generated ids are not kept)."""
         if self.pending_reasoning is None:
             raise RuntimeError("summary finished before its reasoning phase")
         r_raw, r_clean, r_prompt, r_gen, r_finish = self.pending_reasoning
-        step = StepRecord(r_raw, raw, r_clean, clean_summary(raw), r_prompt, r_gen, r_finish,
-                          prompt_tokens, generated, finish)
-        self.steps.append(step)
+        self.record.add_step(r_raw, r_clean, (), r_prompt, r_gen, r_finish, summary=raw,
+                             summary_clean=clean_summary(raw), summary_prompt_tokens=prompt_tokens,
+                             summary_tokens=generated, summary_finish=finish)
         self.pending_reasoning = None
-        return step

@@ -35,91 +35,37 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from rc_jax.eval.grading import MathVerifyGrader, StringMatchGrader
 from rc_jax.methods.delethink import Trace, run_traces
 from rc_jax.parallel.mesh import IdentityKey
-from rc_jax.methods.prompts import load_method_template
 from rc_jax.rc.engine import Job, RCEngine, RCSettings
-from rc_jax.rc.prompts import Template
+from rc_jax.prompts import Template, load_template
 from rc_jax.rc.rollout import PhasePrompts
 from rc_jax.rc.text import clean_reasoning, clean_summary
 from rc_jax.sampling.core import SamplingParams
 from rc_jax.sampling.generate import Buckets, GenerationResult, generate
+from rc_jax.sampling.keys import fold
 
 REASONING, SUMMARY = "reasoning", "summary"
 
 # ---------------------------------------------------------------- summary-free prompts
-# rc_jax's own wording. `{previous_attempt}` is empty for the from-scratch prompt, as in
-# the authors' summary-free code (which uses one template for every step).
-SELF_REFINE = """\
-You are solving a math problem. You may also see your own previous attempt at it.
-
-## Problem
-{problem}
-
-## Previous attempt
-{previous_attempt}
-
-## What to do
-If there is no previous attempt above, solve the problem from the beginning. If there \
-is one, improve it: find and fix its mistakes, fill its gaps, take a better approach if \
-it got stuck, or finish it if it stopped early. Think step by step and give your final \
-answer in \\boxed{{}}.
-"""
-
-SELF_VERIFY = """\
-You are solving a math problem. You may also see a proposed solution to it.
-
-## Problem
-{problem}
-
-## Proposed solution
-{previous_attempt}
-
-## What to do
-If there is no proposed solution above, solve the problem from the beginning. If there \
-is one, verify it step by step: redo each calculation and check that every claim \
-follows. Correct whatever is wrong and complete whatever is missing. Think step by step \
-and give your final answer in \\boxed{{}}.
-"""
-_SUMMARY_FREE = {"self_refine": SELF_REFINE, "self_verify": SELF_VERIFY}
-# The authors' files name the placeholder {curr_reasoning_trace}; both are accepted.
-_PREVIOUS_FIELDS = ("previous_attempt", "curr_reasoning_trace")
+# The self-refine / self-verify wording of the evaluation baselines (`rc_jax.prompts`,
+# kinds `refine` / `verify`, builtin `math`): one wording per method. `{previous_attempt}`
+# is empty for the from-scratch prompt, as in the authors' summary-free code (which uses
+# one template for every step); their files' `{curr_reasoning_trace}` is accepted too.
+SUMMARY_FREE_KINDS = {"self_refine": "refine", "self_verify": "verify"}
 
 
-def summary_free_template(spec: str) -> tuple[Template, str]:
-    """(template, name of its previous-attempt field) for a builtin name or a file."""
-    if spec in _SUMMARY_FREE:
-        return Template(_SUMMARY_FREE[spec], ("problem", "previous_attempt"),
-                        f"<builtin {spec}>"), "previous_attempt"
-    path = Path(spec)
-    if not path.is_file():
-        raise ValueError(f"summary-free template {spec!r} is neither a builtin "
-                         f"({', '.join(_SUMMARY_FREE)}) nor an existing file")
-    text = path.read_text(encoding="utf-8")
-    field = next((f for f in _PREVIOUS_FIELDS if "{" + f + "}" in text), _PREVIOUS_FIELDS[0])
-    return Template(text, ("problem", field), str(path)), field
-
-
-# ---------------------------------------------------------------- keys
-
-
-def derive_keys(seed: int, labels: Sequence[str], samples: int = 1) -> np.ndarray:
-    """[len(labels) * samples, 2] uint32 PRNG keys; row (i, j) depends only on
-    (seed, labels[i], j), so a row's randomness never depends on its batch."""
-    digests = np.array([int.from_bytes(hashlib.sha256(l.encode()).digest()[:4], "little")
-                        & 0x7FFFFFFF for l in labels], np.uint32)
-    base = jax.random.PRNGKey(seed)
-    keys = jax.vmap(lambda d: jax.vmap(lambda j: jax.random.fold_in(
-        jax.random.fold_in(base, d), j))(jnp.arange(samples)))(jnp.asarray(digests))
-    return np.asarray(keys, np.uint32).reshape(len(labels) * samples, 2)
+def summary_free_template(spec: str) -> Template:
+    """The summary-free reasoning template: `self_refine`, `self_verify` or a file."""
+    if spec in SUMMARY_FREE_KINDS:
+        return load_template("math", SUMMARY_FREE_KINDS[spec])
+    return load_template(spec, "refine")
 
 
 # ---------------------------------------------------------------- data records
@@ -285,19 +231,18 @@ class RCTRollout:
         # Every prompt is built as text and encoded whole (docs/design.md, "Prompts"):
         # the engine's own prompt builder, so chains and training prompts agree.
         self.prompts: PhasePrompts = self.engine.prompts
-        self.context_field = "curr_summary"
-        self.free_template: Template | None = None
+        # Summary-free chains: the same prompt builder with the refine/verify template as
+        # the reasoning phase's (its context is the previous attempt).
+        self.reasoning_prompts = self.prompts
         if summary_free:
-            self.free_template, self.context_field = summary_free_template(
-                summary_free_template_spec)
+            self.reasoning_prompts = PhasePrompts(
+                self.prompts.tokenizer, summary_free_template(summary_free_template_spec),
+                self.prompts.summary_template, self.prompts.use_think_tags,
+                self.prompts.summary_tokenizer)
 
     def reasoning_prompt(self, problem: str, context: str, conditioned: bool) -> list[int]:
         """Exact ids of a reasoning prompt from (problem, summary or previous attempt)."""
-        if self.free_template is None:
-            return self.prompts.reasoning_ids(problem, context, conditioned)
-        text = self.free_template.format(**{"problem": problem, self.context_field: context})
-        return self.tokenizer.encode(self.tokenizer.phase_prompt(
-            text, use_think_tags=self.settings.use_think_tags, open_think=conditioned))
+        return self.reasoning_prompts.reasoning_ids(problem, context, conditioned)
 
     def set_params(self, params: Any) -> None:
         self.params = params
@@ -347,20 +292,20 @@ class RCTRollout:
         encode = self.tokenizer.encode
         for chain, out in zip(chains, outs):
             # Cleaned texts (what the next prompt sees) and their ids for the snapshot plans.
-            chain.reasoning_text, chain.summary_text = out.reasoning_clean, out.summary_clean
-            chain.reasoning_ids = [encode(t) for t in out.reasoning_clean]
-            chain.summary_ids = [encode(t) for t in out.summary_clean]
+            rec = out.record
+            chain.reasoning_text, chain.summary_text = rec.reasoning_clean, rec.summary_clean
+            chain.reasoning_ids = [encode(t) for t in rec.reasoning_clean]
+            chain.summary_ids = [encode(t) for t in rec.summary_clean]
         return list(chains)
 
     def _run_summary_free(self, problems, chains, keys, num_steps):
         tok = self.tokenizer
         previous = [tok.decode(c.seed_ids) if c.seed_ids else "" for c in chains]
-        fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
         for t in range(num_steps):
             prompts = [self.reasoning_prompt(problems[c.problem_index], a, t > 0 or bool(a))
                        for c, a in zip(chains, previous)]
             res = self.generate(prompts, self.settings.max_reasoning_tokens,
-                                np.asarray(fold(jnp.asarray(keys), 2 * t), np.uint32))
+                                fold(keys, 2 * t))  # the RC engine's reasoning phase key
             previous = [clean_reasoning(tok.decode(x)) for x in res.tokens]
             for chain, text in zip(chains, previous):
                 chain.reasoning_text.append(text)
@@ -397,7 +342,7 @@ class RCTRollout:
     def delethink_head(self, problem: str, template_spec: str) -> list[int]:
         """Chunk 0's prompt: the solve template, chat-wrapped and encoded whole (as
         `MethodContext.prompt` builds it for evaluation)."""
-        text = load_method_template(template_spec, "solve").format(problem=problem)
+        text = load_template(template_spec, "solve").format(problem=problem)
         return self.tokenizer.encode(self.tokenizer.phase_prompt(
             text, use_think_tags=self.settings.use_think_tags))
 
@@ -457,7 +402,6 @@ def score(items: Sequence[tuple[str, str]], reward_fn: RewardFn) -> np.ndarray:
 def make_reward_fn(name: str, timeout_s: float) -> RewardFn:
     """Reward functions by name: 'math' (math-verify grader pool, the default) or
     'string_match' (normalised string equality of the last box; no subprocesses)."""
-    from rc_jax.eval.grading import MathVerifyGrader, StringMatchGrader
     if name == "math":
         grader = MathVerifyGrader(timeout_s=timeout_s)
     elif name == "string_match":
