@@ -16,9 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import traceback
 from pathlib import Path
 
 import ml_collections
+
+# The config module stays free of JAX (experiment files import it; the CLI validates a
+# config before anything heavy loads): modules that import JAX are imported where used.
+from rc_jax.data.problems import _split_source
+from rc_jax.eval.grading import GRADING_MODES
+from rc_jax.prompts import load_template
 
 METHODS = ("rc", "autoregressive", "self_refine", "self_verify", "budget_forcing", "rsa",
            "delethink")
@@ -41,6 +49,8 @@ _NON_SEMANTIC_TRAIN = _NON_SEMANTIC_SHARED + (
 # default, so those runs still resume.
 _ADDED_LATER_TRAIN = {"rl.kl_coef_summary": -1.0, "rl.microbatch_agg_shards": 0,
                       "model.attention": "auto", "rl.rollout": "rc"}
+# Shared fields added later (both kinds of run): left out of the hash at their default.
+_ADDED_LATER_SHARED = {"model.quantization": "none"}
 
 # Config sections that only some methods read. A run's resume hash leaves out the sections
 # its method does not read, so adding or changing another method's knobs never makes
@@ -87,6 +97,8 @@ def _shared_fields(c: ml_collections.ConfigDict) -> None:
     c.model.path = ""                 # HF-format directory, or builtin:<name>
     c.model.dtype = "float32"         # activations / matmuls
     c.model.attention = "auto"        # auto|dense|blockwise|cudnn|pallas (rc_jax.models.attention)
+    c.model.quantization = "none"     # none | int8: weight-only int8 projections, quantized at
+    #                                   load from the float checkpoint (rc_jax.models.quant)
     c.model.max_cache_length = 1 << 17
 
     c.tokenizer = ml_collections.ConfigDict()
@@ -249,9 +261,16 @@ def _validate_shared(c: ml_collections.ConfigDict) -> None:
         _fail("tokenizer.path", f"directory {c.tokenizer.path!r} does not exist")
     if c.model.dtype not in DTYPES:
         _fail("model.dtype", f"must be one of {DTYPES}, got {c.model.dtype!r}")
-    from rc_jax.models.config import ATTENTION_IMPLS
+    from rc_jax.models.config import ATTENTION_IMPLS  # why: imports JAX (seconds)
     if c.model.attention not in ATTENTION_IMPLS:
         _fail("model.attention", f"must be one of {ATTENTION_IMPLS}, got {c.model.attention!r}")
+    from rc_jax.models.config import QUANTIZATIONS
+    if c.model.quantization not in QUANTIZATIONS:
+        _fail("model.quantization", f"must be one of {QUANTIZATIONS}, got "
+              f"{c.model.quantization!r}")
+    if c.method == TRAIN and c.model.quantization != "none":
+        _fail("model.quantization", f"{c.model.quantization!r} is for inference only: training "
+              "updates float weights (use 'none')")
     if not c.data.source:
         _fail("data.source", "required (a JSON/JSONL file, hf:<id>, tfds:<name>, a dataset "
               "directory or builtin:demo)")
@@ -270,7 +289,6 @@ def _validate_shared(c: ml_collections.ConfigDict) -> None:
         _positive(c, f"rc.{name}")
     for name in ("reasoning_template", "summary_template"):
         kind = "reasoning" if name.startswith("reasoning") else "summary"
-        from rc_jax.rc.prompts import load_template
         try:
             load_template(getattr(c.rc, name), kind)
         except (ValueError, FileNotFoundError) as e:
@@ -280,7 +298,7 @@ def _validate_shared(c: ml_collections.ConfigDict) -> None:
     if not c.grading_timeout > 0:
         _fail("grading_timeout", f"must be > 0, got {c.grading_timeout}")
     if c.mesh:
-        from rc_jax.parallel.mesh import parse_mesh_shape
+        from rc_jax.parallel.mesh import parse_mesh_shape  # why: imports JAX (seconds)
         try:
             parse_mesh_shape(c.mesh)
         except ValueError as e:
@@ -290,9 +308,8 @@ def _validate_shared(c: ml_collections.ConfigDict) -> None:
 
 def _validate_delethink(c: ml_collections.ConfigDict) -> None:
     """The `delethink` section (method delethink; training with rl.rollout = delethink)."""
-    from rc_jax.methods.prompts import load_method_template
     try:
-        load_method_template(c.delethink.template, "solve")
+        load_template(c.delethink.template, "solve")
     except (ValueError, FileNotFoundError) as e:
         _fail("delethink.template", str(e))
     _positive(c, "delethink.chunk_tokens")
@@ -309,7 +326,6 @@ def _validate_evaluation(c: ml_collections.ConfigDict) -> None:
     """What evaluation methods add (see `_evaluation_fields`)."""
     if c.summarizer.model.path and not Path(c.summarizer.model.path).is_dir():
         _fail("summarizer.model.path", f"directory {c.summarizer.model.path!r} does not exist")
-    from rc_jax.eval.grading import GRADING_MODES
     if c.grading.mode not in GRADING_MODES:
         _fail("grading.mode", f"must be one of {GRADING_MODES}, got {c.grading.mode!r}")
     if c.rc.engine not in ENGINES:
@@ -338,12 +354,11 @@ def _positive(c: ml_collections.ConfigDict, field: str, minimum: int = 1) -> Non
 
 def _validate_methods(c: ml_collections.ConfigDict) -> None:
     """The baseline / scaffold sections (every section is checked, whatever the method)."""
-    from rc_jax.methods.prompts import load_method_template
 
     def template(field: str, kind: str) -> None:
         section, name = field.split(".")
         try:
-            load_method_template(getattr(getattr(c, section), name), kind)
+            load_template(getattr(getattr(c, section), name), kind)
         except (ValueError, FileNotFoundError) as e:
             _fail(field, str(e))
 
@@ -404,7 +419,6 @@ def data_split(c: ml_collections.ConfigDict) -> str:
         return c.data.split
     source = c.data.source
     if source.startswith(("hf:", "tfds:")):
-        from rc_jax.data.problems import _split_source
         if _split_source(source.split(":", 1)[1])[1]:
             return ""
     return "train"
@@ -428,6 +442,10 @@ def semantic_dict(c: ml_collections.ConfigDict) -> dict:
         used = set(METHOD_SECTIONS.get(c.method, ()))
         for section in {s for ss in METHOD_SECTIONS.values() for s in ss} - used:
             d.pop(section, None)
+    for dotted, default in _ADDED_LATER_SHARED.items():
+        section, name = dotted.split(".")
+        if d.get(section, {}).get(name, default) == default:
+            d.get(section, {}).pop(name, None)
     for dotted in non_semantic:
         parts = dotted.split(".")
         node = d
@@ -451,7 +469,6 @@ def flag_error_message(error: BaseException, argv: list[str]) -> str | None:
     `--config.a.b=value`: a config file that does not exist or fails to load, and an
     override naming a field the schema does not have (with ml_collections' suggestion).
     """
-    import traceback
     inner = error.args[0] if error.args else ""
     while isinstance(inner, BaseException):  # AttributeError(KeyError(message))
         inner = inner.args[0] if inner.args else ""
@@ -470,7 +487,6 @@ def flag_error_message(error: BaseException, argv: list[str]) -> str | None:
             field = flag[len("--config."):]
             suggestion = ""
             if hint:
-                import re
                 m = re.match(r'Did you mean "([^"]+)"', hint)
                 if m:
                     parts = field.split(".")
@@ -499,7 +515,6 @@ def flag_error_message(error: BaseException, argv: list[str]) -> str | None:
                       if Path(f.filename).resolve() == path.resolve()]
             line = f" line {frames[-1].lineno}" if frames else ""
         detail = cause.msg if isinstance(cause, SyntaxError) else str(cause)
-        import re
         unknown = re.search(r'Key "([^"]+)" does not exist', detail)
         if unknown:  # ml_collections' locked-config message: keep the name and suggestion
             guess = re.search(r'Did you mean "([^"]+)"', detail)

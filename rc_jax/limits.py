@@ -22,7 +22,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Sequence
 
-from rc_jax.rc.prompts import Template, load_template
+from rc_jax.config import METHOD_SECTIONS
+from rc_jax.models import ModelConfig
+from rc_jax.prompts import CANDIDATE_SEPARATOR, Template, candidate_header, load_template
+from rc_jax.tokenizer import load_tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +53,6 @@ def phase_method(c) -> str:
 
 def method_phases(c, tokenizer) -> list[Phase]:
     """The phases of `c.method` with their bounds (see the module docstring)."""
-    from rc_jax.methods.prompts import CANDIDATE_SEPARATOR, candidate_header, load_method_template
     rc = c.rc
     h_r, h_s, steps = rc.max_reasoning_tokens, rc.max_summary_tokens, rc.num_steps
     method = phase_method(c)
@@ -66,22 +68,21 @@ def method_phases(c, tokenizer) -> list[Phase]:
     if method == "delethink":  # (training configs have no `baselines` section)
         d = c.delethink
         if d.max_chunks <= 1:
-            return [Phase("chunk", load_method_template(d.template, "solve"), "reasoning", {},
+            return [Phase("chunk", load_template(d.template, "solve"), "reasoning", {},
                           d.chunk_tokens)]
         # The longest prompt: the wrapped problem + the first m0 ids of chunk 0 (at most
         # its C tokens) + the last m ids of the previous chunk; then C - m new tokens.
-        return [Phase("later chunk", load_method_template(d.template, "solve"), "reasoning",
+        return [Phase("later chunk", load_template(d.template, "solve"), "reasoning",
                       {"first tokens kept": min(d.keep_first, d.chunk_tokens),
                        "last tokens kept": d.keep_last},
                       d.chunk_tokens - d.keep_last)]
-    from rc_jax.config import METHOD_SECTIONS
-    solve = load_method_template(c.baselines.solve_template, "solve")
+    solve = load_template(c.baselines.solve_template, "solve")
     if method == "autoregressive":
         return [Phase("generation", solve, "reasoning", {}, c.autoregressive.max_tokens)]
     if method == "budget_forcing":
         bf = c.budget_forcing
         spec = getattr(bf, "template", "") or c.baselines.solve_template
-        template = load_method_template(spec, "solve")
+        template = load_template(spec, "solve")
         cue = len(tokenizer.encode(bf.cue))
         if getattr(bf, "mode", "on_stop") == "paper" and bf.num_forcings:
             # The last continuation holds every earlier segment, each followed by the cue.
@@ -99,7 +100,7 @@ def method_phases(c, tokenizer) -> list[Phase]:
         section = getattr(c, method)
         kind = "refine" if method == "self_refine" else "verify"
         attempt = min(section.max_context_tokens or h_r, h_r) if steps > 1 else 0
-        phases.append(Phase(f"{kind} step", load_method_template(section.template, kind),
+        phases.append(Phase(f"{kind} step", load_template(section.template, kind),
                             "reasoning", {"previous_attempt": attempt}, h_r))
         return phases
     if method == "rsa":
@@ -110,7 +111,7 @@ def method_phases(c, tokenizer) -> list[Phase]:
                 view = min(view, r.max_candidate_tokens)
             headers = sum(len(tokenizer.encode(candidate_header(j + 1))) for j in range(r.k))
             seps = (r.k - 1) * len(tokenizer.encode(CANDIDATE_SEPARATOR))
-            phases.append(Phase("aggregation", load_method_template(r.template, "aggregate"),
+            phases.append(Phase("aggregation", load_template(r.template, "aggregate"),
                                 "reasoning", {"candidates": r.k * view}, h_r,
                                 extra=headers + seps))
             if r.use_summaries:
@@ -179,14 +180,12 @@ def _budget_fields(method: str) -> str:
 
 def check_run_fits(c, tokenizer, problems: Sequence, model_dir) -> None:
     """`check_context` for a run: reads the models' config.json files (no params)."""
-    from rc_jax.models import ModelConfig
     context = ModelConfig.from_pretrained(str(model_dir)).max_position_embeddings
     s_context = s_tokenizer = None
     if _summarizer_path(c):
         s_context = ModelConfig.from_pretrained(c.summarizer.model.path).max_position_embeddings
         s_tok_path = getattr(getattr(c.summarizer, "tokenizer", None), "path", "")
         try:  # the summarizer's own tokenizer where it has one
-            from rc_jax.tokenizer import load_tokenizer
             s_tokenizer = load_tokenizer(s_tok_path or c.summarizer.model.path)
         except (OSError, ValueError):
             if s_tok_path:

@@ -2,7 +2,7 @@
 
 rc_jax uses Hugging Face `transformers` tokenizers loaded from a *local* directory (the
 checkpoint directory of a Qwen3 model, or the tiny test tokenizer from
-`rc_jax.testing.tiny_tokenizer`). Nothing here touches the network or the hub.
+`rc_jax.tools.tiny_tokenizer`). Nothing here touches the network or the hub.
 
 Public surface:
 

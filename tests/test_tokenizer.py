@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rc_jax.testing.tiny_tokenizer import (
+from rc_jax.tools.tiny_tokenizer import (
     CHAT_TEMPLATE,
     MIN_VOCAB_SIZE,
     SPECIAL_TOKENS,

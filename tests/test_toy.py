@@ -88,8 +88,8 @@ def test_tokenizer_round_trip_and_compactness(toy_tokenizer):
 def test_sft_prompts_are_the_engine_prompts(toy_tokenizer):
     """SFT examples use the token plans the RC engine assembles on device, and they equal
     the chat template applied to the filled text template."""
-    from rc_jax.rc.prompts import load_template
-    from rc_jax.rc.tokens import make_plan
+    from rc_jax.prompts import load_template
+    from experiments.toy.plans import make_plan
     tok = toy_tokenizer
     rt = load_template(str(pipeline.REASONING_TEMPLATE), "reasoning")
     st = load_template(str(pipeline.SUMMARY_TEMPLATE), "summary")
@@ -150,7 +150,7 @@ def test_delethink_row_runs_with_the_toy_budgets(toy_tokenizer):
     from rc_jax.methods.base import MethodContext
     from rc_jax.methods.delethink import chunk_prompt
     from rc_jax.models import init_params
-    from rc_jax.rc.engine import row_key
+    from rc_jax.sampling.keys import row_key
     from rc_jax.sampling import Buckets, SamplingParams
 
     s = pipeline.SMOKE

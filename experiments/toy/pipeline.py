@@ -21,14 +21,14 @@ import jax
 import numpy as np
 
 from experiments.toy import evaluate, report, rl, sft, task
+from experiments.toy.plans import make_plan
 from experiments.toy.tokenizer import build_toy_tokenizer
 from rc_jax.config import default_config
 from rc_jax.data import Problem
 from rc_jax.methods.base import MethodContext
 from rc_jax.models import load_hf_checkpoint, save_hf_checkpoint
 from rc_jax.rc.engine import RCEngine, RCSettings
-from rc_jax.rc.prompts import load_template
-from rc_jax.rc.tokens import make_plan
+from rc_jax.prompts import load_template
 from rc_jax.sampling import Buckets, SamplingParams
 from rc_jax.tokenizer import load_tokenizer
 

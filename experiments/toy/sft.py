@@ -27,8 +27,8 @@ import numpy as np
 import optax
 
 from rc_jax.models import ModelConfig, forward, init_params
-from rc_jax.rc.tokens import PromptPlan
 from experiments.toy import task
+from experiments.toy.plans import PromptPlan
 
 
 def toy_model_config(vocab_size: int, *, hidden: int = 128, layers: int = 4,

@@ -46,7 +46,6 @@ class ModelConfig:
     dtype: str = "float32"        # activations and matmuls
     param_dtype: str = "float32"  # stored parameters
     remat_policy: str = "none"    # one of REMAT_POLICIES; 'full' for training long sequences
-    scan_layers: bool = True
     attention: str = "auto"       # one of ATTENTION_IMPLS (rc_jax.models.attention)
 
     def __post_init__(self):

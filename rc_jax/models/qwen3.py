@@ -371,20 +371,18 @@ class Decoder(nn.Module):
 
         if self.packed:
             x, (cache_k, cache_v) = PackedLayers(cfg, name="layers")(x, (cache_k, cache_v), ctx)
-        elif cfg.scan_layers:
+        else:  # params are stacked along the layer axis: scan one layer over it
             layer_cls = DecoderLayer
             if cfg.remat_policy != "none":
+                # prevent_cse=False: nn.scan already keeps XLA from merging across layers.
                 layer_cls = nn.remat(DecoderLayer, policy=_REMAT[cfg.remat_policy],
-                                     prevent_cse=not cfg.scan_layers)
+                                     prevent_cse=False)
             stack = nn.scan(layer_cls, variable_axes={"params": 0},
                             split_rngs={"params": True}, in_axes=(0, nn.broadcast),
                             length=cfg.num_layers,
                             metadata_params={nn.PARTITION_NAME: "layers"})
             x, (cache_k, cache_v) = stack(cfg, cached=self.cached, name="layers")(
                 x, (cache_k, cache_v), ctx)
-        else:
-            raise NotImplementedError("scan_layers=False is not implemented; params are "
-                                      "always stacked along the layer axis")
 
         if last_only:
             x = x[:, -1:]

@@ -28,7 +28,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from rc_jax.models import param_shapes
 from rc_jax.models.config import ModelConfig
+from rc_jax.parallel import put_global
+from rc_jax.parallel.context import sharding_context
 from rc_jax.parallel.mesh import IdentityKey
 from rc_jax.rl import losses
 from rc_jax.rl.logprobs import token_logprobs
@@ -94,10 +97,6 @@ def sharding_scope(mesh: Mesh | None):
     """The model's logical activation constraints take effect inside this scope (see
     `rc_jax.parallel.sharding_context`); a no-op without a mesh."""
     if mesh is None:
-        return contextlib.nullcontext()
-    try:
-        from rc_jax.parallel import sharding_context
-    except ImportError:  # older rc_jax.parallel: jit shardings alone still place data
         return contextlib.nullcontext()
     return sharding_context(mesh)
 
@@ -289,7 +288,6 @@ class TrainPrograms:
         mesh every process passes the same arrays and places its own rows)."""
         if self.mesh is None:
             return jax.device_put(micro, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-        from rc_jax.parallel import put_global
         return put_global(micro, {k: self.rows for k in micro})
 
 
@@ -298,7 +296,6 @@ def _zeros_f32(params):
 
 
 def _abstract_params(config: ModelConfig):
-    from rc_jax.models import param_shapes
     return param_shapes(config)
 
 

@@ -22,17 +22,28 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from rc_jax.config import config_hash, data_split, validate
+from rc_jax.data import DataError, demo_problems_path, load_problems
 from rc_jax.limits import check_context, check_run_fits
-from rc_jax.parallel import to_host
+from rc_jax.models import ModelConfig, load_hf_checkpoint, save_hf_checkpoint
+from rc_jax.outputs import prepare_output_dir, set_aside_previous_run
+from rc_jax.parallel import broadcast_from_main, make_mesh, param_shardings, to_host
+from rc_jax.rc.engine import RCSettings
+from rc_jax.rl.data import ProblemStream
+from rc_jax.rl.metrics import MetricsLogger
 from rc_jax.rl import losses
 from rc_jax.rl.batch import Sample, pack_rows, plan_micro_batches, split_minibatches
 from rc_jax.rl.replay import SummaryReplayBuffer
 from rc_jax.rl.rollout import (REASONING, SUMMARY, Chain, Group, RCTRollout, RewardFn,
                                TraceGroup, build_groups, check_groups, delethink_metrics,
-                               derive_keys, make_reward_fn, score)
+                               make_reward_fn, score)
 from rc_jax.rl.step import LossSettings, OptimizerSettings, train_programs
+from rc_jax.sampling import Buckets, SamplingParams
+from rc_jax.sampling.keys import row_keys
+from rc_jax.tokenizer import load_tokenizer
+from rc_jax.tools.builtin_models import resolve_model_path
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -60,7 +71,6 @@ def optimizer_settings(c: ml_collections.ConfigDict) -> OptimizerSettings:
 
 def load_training_problems(c: ml_collections.ConfigDict) -> list:
     """The training set; a missing/ill-named field fails here, before any model loads."""
-    from rc_jax.data import DataError, demo_problems_path, load_problems
     d = c.data
     source = str(demo_problems_path()) if d.source == "builtin:demo" else d.source
     try:
@@ -99,7 +109,6 @@ class Trainer:
         self.c = config
         self.hash = config_hash(config)
         problems = load_training_problems(config)
-        from rc_jax.rl.data import ProblemStream
         self.stream = ProblemStream(problems, config.rl.batch_size, seed=config.data.seed,
                                     shuffle=config.data.shuffle)
         r = config.rl
@@ -119,8 +128,6 @@ class Trainer:
         self.opt_state = self.programs.init_opt_state(self.params)
         self.reward_fn = reward_fn or make_reward_fn(r.reward, config.grading_timeout)
         self._owns_grader = reward_fn is None
-        from rc_jax.rc.engine import RCSettings
-        from rc_jax.sampling import Buckets, SamplingParams
         self.settings = RCSettings(
             num_steps=config.rc.num_steps, max_reasoning_tokens=config.rc.max_reasoning_tokens,
             max_summary_tokens=config.rc.max_summary_tokens,
@@ -144,14 +151,13 @@ class Trainer:
                 self.buffer.load(r.replay_initial_path)
         self.step = 0
         self.output_dir = Path(config.output_dir)
-        from rc_jax.rl.checkpoint import TrainCheckpointer
+        from rc_jax.rl.checkpoint import TrainCheckpointer  # why: orbax takes ~3 s to import
         self.checkpointer = TrainCheckpointer(
             config.checkpoint.directory or self.output_dir / "checkpoints",
             save_every=config.checkpoint.save_every, keep=config.checkpoint.keep)
         latest = self.checkpointer.latest_step()
         if config.checkpoint.resume and latest is not None:
             self.restore(latest)
-        from rc_jax.rl.metrics import MetricsLogger
         self.logger = MetricsLogger(self.output_dir, total_steps=self.total_steps,
                                     start_step=self.step, tensorboard=config.tensorboard,
                                     progress=config.progress, enabled=_is_main())
@@ -163,14 +169,11 @@ class Trainer:
             return mesh
         if not self.c.mesh and jax.device_count() == 1:
             return None
-        from rc_jax.parallel import make_mesh
         return make_mesh(self.c.mesh or None)
 
     def _load_tokenizer(self, tokenizer, model):
-        from rc_jax.tools.builtin_models import resolve_model_path
         model_dir = None if model is not None else resolve_model_path(self.c.model.path)
         if tokenizer is None:
-            from rc_jax.tokenizer import load_tokenizer
             path = self.c.tokenizer.path or model_dir
             if path is None:
                 raise ValueError("config.tokenizer.path: required when the model is passed in")
@@ -183,7 +186,6 @@ class Trainer:
                 "attention": m.get("attention", "auto")}
 
     def _load_model(self, model):
-        from rc_jax.models import ModelConfig, load_hf_checkpoint
         if model is not None:
             cfg, params = model
             cfg = cfg.replace(**self._overrides())
@@ -204,7 +206,6 @@ class Trainer:
         if not loss_settings(self.c).uses_kl:
             return None
         if self.c.rl.reference_path:
-            from rc_jax.models import load_hf_checkpoint
             overrides = dict(self._overrides(), param_dtype=self.c.model.dtype)
             _, ref = load_hf_checkpoint(self.c.rl.reference_path, shardings=self.shardings,
                                         **overrides)
@@ -258,7 +259,7 @@ class Trainer:
 
         # A. online chains
         chains = self._make_chains(problems, rng, step)
-        keys = derive_keys(c.sampling.seed, [
+        keys = row_keys(c.sampling.seed, [
             f"{step}/{problems[ch.problem_index].problem_id}/chain{ch.chain_index}"
             for ch in chains])
         self.rollout.run_chains([p.problem for p in problems], chains, keys, c.rc.num_steps)
@@ -276,7 +277,7 @@ class Trainer:
                               texts, num_steps=c.rc.num_steps,
                               omit_initial=r.omit_initial_snapshot, summary_free=r.summary_free,
                               labels=labels)
-        group_keys = derive_keys(c.sampling.seed, [self._group_label(step, problems, chains, g)
+        group_keys = row_keys(c.sampling.seed, [self._group_label(step, problems, chains, g)
                                                    for g in groups], r.group_size)
         self.rollout.sample_groups(groups, r.group_size, c.rc.max_reasoning_tokens, group_keys)
         check_groups(groups, r.group_size)
@@ -302,7 +303,7 @@ class Trainer:
         current weights, each graded on its whole text (chunks joined)."""
         c, r = self.c, self.c.rl
         t = time.perf_counter()
-        keys = derive_keys(c.sampling.seed, [f"{step}/{p.problem_id}/delethink"
+        keys = row_keys(c.sampling.seed, [f"{step}/{p.problem_id}/delethink"
                                              for p in problems], r.group_size)
         groups = self.rollout.delethink_groups([p.problem for p in problems],
                                                [p.answer for p in problems], keys,
@@ -338,7 +339,7 @@ class Trainer:
             c.rc.num_steps, [p.answer for p in problems])
         self.rollout.sample_groups(
             sgroups, r.summary_group_size, c.rc.max_summary_tokens,
-            derive_keys(c.sampling.seed, [self._group_label(step, problems, chains, g)
+            row_keys(c.sampling.seed, [self._group_label(step, problems, chains, g)
                                           for g in sgroups], r.summary_group_size))
         check_groups(sgroups, r.summary_group_size)
         prompts, golds, labels = [], [], []
@@ -350,7 +351,7 @@ class Trainer:
                 labels.append(f"{self._group_label(step, problems, chains, g)}/cont{j}")
         m = r.summary_reward_samples
         tokens = self.rollout.generate_chunked(prompts, c.rc.max_reasoning_tokens,
-                                               derive_keys(c.sampling.seed, labels, m), m)
+                                               row_keys(c.sampling.seed, labels, m), m)
         t = time.perf_counter()
         texts = [self.tokenizer.decode(x, skip_special_tokens=True) for x in tokens]
         grades = score([(text, golds[i // m]) for i, text in enumerate(texts)],
@@ -469,7 +470,6 @@ class Trainer:
 
     def export(self, path: str | Path) -> Path:
         """The current policy as an HF safetensors directory (+ tokenizer files)."""
-        from rc_jax.models import save_hf_checkpoint
         dtype = self.c.model.dtype
         params = to_host(self.params)  # every process takes part in the gather
         if not _is_main():
@@ -523,7 +523,6 @@ def seed_chains(problems, buffer: SummaryReplayBuffer | None, rng: np.random.Gen
 
 
 def _param_shardings(config, mesh):
-    from rc_jax.parallel import param_shardings
     return param_shardings(config, mesh)
 
 
@@ -636,8 +635,6 @@ def _start_over_or_resume(config: ml_collections.ConfigDict) -> None:
     """Before anything is read or written: with checkpoint.resume=False, a previous run in
     output_dir (metrics, checkpoints, exports) is moved aside whole, never truncated or
     mixed with the new one (rc_jax.outputs.set_aside_previous_run)."""
-    from rc_jax.outputs import prepare_output_dir, set_aside_previous_run
-    from rc_jax.parallel.distributed import broadcast_from_main
     if _is_main():
         if not config.checkpoint.resume:
             inputs = {"model.path": config.model.path, "tokenizer.path": config.tokenizer.path,
@@ -655,7 +652,6 @@ def _start_over_or_resume(config: ml_collections.ConfigDict) -> None:
 
 def run_training(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Entry point for `rc_jax.main` (method 'train'): validate, train, export."""
-    from absl import logging
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
     trainer = Trainer(config)
     d = config.delethink

@@ -11,6 +11,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jax
+import numpy as np
+
+from rc_jax.models import ModelConfig, param_shapes, save_hf_checkpoint
+from rc_jax.tools.cache import cache_root, fresh_tmp_dir, is_complete, publish_dir
+from rc_jax.tools.prepare_demo_model import ensure_demo_model
+from rc_jax.tools.tiny_tokenizer import build_tiny_tokenizer
+
 BUILTIN = ("smollm2", "tiny-random")
 
 
@@ -20,7 +28,6 @@ def resolve_model_path(path: str, cache_dir: str | os.PathLike | None = None) ->
         return Path(path)
     name = path[len("builtin:"):]
     if name == "smollm2":
-        from rc_jax.tools.prepare_demo_model import ensure_demo_model
         return ensure_demo_model(cache_dir)
     if name == "tiny-random":
         return ensure_tiny_random_model(cache_dir)
@@ -30,13 +37,6 @@ def resolve_model_path(path: str, cache_dir: str | os.PathLike | None = None) ->
 
 def ensure_tiny_random_model(cache_dir: str | os.PathLike | None = None) -> Path:
     """A tiny random Qwen3 + tiny tokenizer in `<cache>/tiny-random-qwen3` (built once)."""
-    import jax
-    import numpy as np
-
-    from rc_jax.models import ModelConfig, param_shapes, save_hf_checkpoint
-    from rc_jax.testing.tiny_tokenizer import build_tiny_tokenizer
-    from rc_jax.tools.cache import cache_root, fresh_tmp_dir, is_complete, publish_dir
-
     final = cache_root(cache_dir) / "tiny-random-qwen3"
     marker = {"kind": "tiny-random-qwen3", "version": 1}
     if is_complete(final, marker):

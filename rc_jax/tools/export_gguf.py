@@ -31,9 +31,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
 
+from rc_jax.models import load_hf_checkpoint
+from rc_jax.models.checkpoint import hf_state_dict
 from rc_jax.models.config import ModelConfig
+from rc_jax.models.gguf import _field_value, _open_reader
 
 __all__ = ["GGUFExportError", "export_gguf", "gguf_layout", "permute_rope_rows", "write_gguf"]
 
@@ -150,10 +154,6 @@ def write_gguf(out: str | os.PathLike, config: ModelConfig, params: Any,
     Raises:
       GGUFExportError: not a plain Llama model, or a tokenizer GGUF cannot describe.
     """
-    import gguf
-
-    from rc_jax.models.checkpoint import hf_state_dict
-
     _check_config(config)
     tok = _read_tokenizer(Path(tokenizer_dir), config.vocab_size, pre)
     out = Path(out)
@@ -220,8 +220,6 @@ def write_gguf(out: str | os.PathLike, config: ModelConfig, params: Any,
 def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, *,
                 pre: str | None = None, name: str | None = None) -> Path:
     """HF-format Llama directory (config.json + safetensors + tokenizer) -> float32 GGUF."""
-    from rc_jax.models import load_hf_checkpoint
-
     config, params = load_hf_checkpoint(model_dir, dtype="float32")
     return write_gguf(out, config, params, model_dir, pre=pre, name=name or Path(model_dir).name)
 
@@ -232,8 +230,6 @@ def gguf_layout(path: str | os.PathLike) -> dict[str, Any]:
     Long arrays (vocabulary, merges) are summarized as ``"<array of N>"``; shapes are in
     GGUF order (fastest dimension first). Used to check a written file against a reference.
     """
-    from rc_jax.models.gguf import _field_value, _open_reader
-
     reader = _open_reader(Path(path))
     meta: dict[str, Any] = {}
     for key, field in reader.fields.items():

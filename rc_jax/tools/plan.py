@@ -27,12 +27,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import os
 import re
 import sys
+import traceback
 from typing import Any, Sequence
+
+from rc_jax.tools.cache import cache_root
+
+# why jax, and every rc_jax module that imports it, is imported inside the functions
+# below: `main` sets XLA_FLAGS / JAX_PLATFORMS (fake CPU devices, or compile-only for a
+# TPU target) from the command line, and those must be set before jax starts.
 
 GIB = 1 << 30
 
@@ -139,10 +147,12 @@ def _target_devices(target: str, count: int | None):
 
 
 # ------------------------------------------------------------------------------ model
-def model_config(model: str, dtype: str = "bfloat16", remat_policy: str = "none"):
+def model_config(model: str, dtype: str = "bfloat16", remat_policy: str = "none",
+                 quantization: str = "none"):
     """A preset name, an HF checkpoint directory or builtin:<name> -> ModelConfig."""
     from rc_jax.models.config import ModelConfig
-    kw = dict(dtype=dtype, param_dtype=dtype, remat_policy=remat_policy)
+    kw = dict(dtype=dtype, param_dtype=dtype, remat_policy=remat_policy,
+              quantization=quantization)
     if model.lower() in PRESETS:
         return ModelConfig.from_hf_dict(PRESETS[model.lower()], source=model, **kw)
     if model.startswith("builtin:"):
@@ -161,7 +171,6 @@ def _default_tokenizer_dir() -> str:
     """The cached real Qwen3 tokenizer if present (prompt widths match Qwen3), else the
     tiny project tokenizer (template lengths differ by a few hundred tokens; the
     power-of-two prompt buckets usually absorb that)."""
-    from rc_jax.tools.cache import cache_root
     qwen3 = cache_root(None) / "qwen3-tokenizer"
     if (qwen3 / "tokenizer.json").exists():
         return str(qwen3)
@@ -293,21 +302,27 @@ def plan(program: str, model: str, mesh: str, batch: int, *, target: str = "cpu"
          max_summary_tokens: int = 2048, prompt_tokens: int = 2048,
          new_tokens: int = 16384, num_samples: int = 1, seq_len: int = 18432,
          remat_policy: str = "full", tokenizer: str | None = None,
-         max_cache_length: int = 1 << 20) -> Plan:
+         max_cache_length: int = 1 << 20, quantization: str = "none") -> Plan:
     """Per-device memory of `program` ('rc', 'sampler' or 'train') for `batch` rows.
 
     rc: `problem_tokens` per problem, budgets H_R / H_S; sampler: `prompt_tokens` +
     `new_tokens`, `num_samples` per prompt (batch = prompts); train: one micro-batch of
     `batch` sequences of `seq_len` tokens (accumulate) and the AdamW update.
+    quantization="int8": weight-only int8 projections (1 byte per weight + a float32 scale
+    per output channel; embeddings and norms in `dtype`), rc and sampler only.
     """
     if program not in PROGRAMS:
         raise ValueError(f"program must be one of {PROGRAMS}, got {program!r}")
+    if quantization != "none" and program == "train":
+        raise ValueError(f"--quantization={quantization} is for inference (rc, sampler); "
+                         "training updates float weights")
     from rc_jax.parallel import make_mesh, param_shardings
     from rc_jax.sampling import Buckets, SamplingParams
 
     count = None if tpu_topology(target) else mesh_device_count(mesh)
     the_mesh = make_mesh(mesh, devices=_target_devices(target, count))
-    config = model_config(model, dtype, remat_policy if program == "train" else "none")
+    config = model_config(model, dtype, remat_policy if program == "train" else "none",
+                          quantization)
     shardings = param_shardings(config, the_mesh)
     params = _abstract_params(config, shardings)
     buckets = Buckets(max_cache_length=max_cache_length)
@@ -381,7 +396,11 @@ def plan(program: str, model: str, mesh: str, batch: int, *, target: str = "cpu"
         notes.append("XLA:CPU upcasts bfloat16 to float32: compiled temporaries overstate "
                      "a TPU/GPU's; use --target=<tpu slice> for TPU numbers")
     hbm = hbm_gib if hbm_gib is not None else default_hbm_gib(target)
-    return Plan(program=program, model=model, num_params=config.num_params, dtype=dtype,
+    if quantization != "none":
+        notes.append(f"{quantization} weights: projections 1 byte/param + float32 scales per "
+                     f"output channel; embeddings and norms {dtype}")
+    label = dtype if quantization == "none" else f"{dtype}+{quantization}"
+    return Plan(program=program, model=model, num_params=config.num_params, dtype=label,
                 mesh=dict(the_mesh.shape), target=target, batch=batch_rows, shapes=shapes,
                 analytic=analytic, compiled=compiled,
                 hbm_bytes=None if hbm is None else int(hbm * GIB), notes=notes)
@@ -393,10 +412,7 @@ def _train_plan(config, mesh, shardings, params, batch, seq_len, compile):
     import jax.numpy as jnp
 
     from rc_jax.parallel import batch_axes, batch_shards
-    try:
-        from rc_jax.rl.step import MICRO_FIELDS, LossSettings, OptimizerSettings, train_programs
-    except ImportError as e:
-        raise RuntimeError(f"--program=train needs rc_jax.rl.step ({e})") from None
+    from rc_jax.rl.step import MICRO_FIELDS, LossSettings, OptimizerSettings, train_programs
     rows = -(-batch // batch_shards(mesh)) * batch_shards(mesh)
     progs = train_programs(config, LossSettings(), OptimizerSettings(), mesh, shardings,
                            batch_axes(mesh) or ("data",))
@@ -508,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--program", default="rc", choices=PROGRAMS)
     p.add_argument("--batch", type=_ints, help="rows (comma list to plan several)")
     p.add_argument("--dtype", default=None, choices=("bfloat16", "float32"))
+    p.add_argument("--quantization", default=None, choices=("none", "int8"),
+                   help="int8: weight-only int8 projections (model.quantization)")
     p.add_argument("--problem_tokens", type=_count, default=512)
     p.add_argument("--max_reasoning_tokens", type=_count, default=None)
     p.add_argument("--max_summary_tokens", type=_count, default=None)
@@ -524,8 +542,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _from_config(path: str) -> dict[str, Any]:
-    import importlib.util
-    import traceback
     if not os.path.isfile(path):
         where = "" if os.path.isabs(path) else f" (relative to {os.getcwd()})"
         raise ValueError(f"--config: file {path!r} not found{where}")
@@ -548,7 +564,8 @@ def _from_config(path: str) -> dict[str, Any]:
     out = dict(model=c.model.path, dtype=c.model.dtype, batch=[batch] if batch else None,
                mesh=c.mesh, max_reasoning_tokens=c.rc.max_reasoning_tokens,
                max_summary_tokens=c.rc.max_summary_tokens,
-               tokenizer=c.tokenizer.path if "tokenizer" in c else "")
+               tokenizer=c.tokenizer.path if "tokenizer" in c else "",
+               quantization=c.model.get("quantization", "none"))
     return {k: v for k, v in out.items() if v}
 
 
@@ -572,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for name in ("model", "mesh", "batch", "dtype", "max_reasoning_tokens",
-                 "max_summary_tokens"):
+                 "max_summary_tokens", "quantization"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     settings.setdefault("dtype", "bfloat16")
@@ -612,7 +629,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       max_summary_tokens=settings["max_summary_tokens"],
                       prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                       num_samples=args.num_samples, seq_len=args.seq_len,
-                      remat_policy=args.remat, tokenizer=settings.get("tokenizer"))
+                      remat_policy=args.remat, tokenizer=settings.get("tokenizer"),
+                      quantization=settings.get("quantization", "none"))
             print(format_plan(pl), flush=True)
             plans.append(pl)
         if args.json:

