@@ -22,6 +22,8 @@ import numpy as np
 
 from rc_jax.models import qwen3
 from rc_jax.models.config import ModelConfig
+from rc_jax.models.quant import (QuantizedWeight, contracted_axes, dequantize_weight,
+                                 quantize_weight)
 from rc_jax.models.safetensors_io import open_checkpoint_files, save_file
 
 Transform = Callable[[np.ndarray], np.ndarray]
@@ -150,7 +152,9 @@ def load_hf_checkpoint(path: str | Path, dtype: str | None = None, shardings: An
         default (float32).
       shardings: optional pytree of `jax.sharding.Sharding` matching the params; each
         device then reads only its slice of each tensor.
-      **config_overrides: extra `ModelConfig` fields (e.g. remat_policy='full').
+      **config_overrides: extra `ModelConfig` fields (e.g. remat_policy='full';
+        quantization='int8' quantizes each projection as it is placed, from the float
+        tensors of any checkpoint: rc_jax.models.quant).
 
     Returns:
       (config, params) with per-layer tensors stacked on a leading [L] axis.
@@ -173,8 +177,22 @@ def load_hf_checkpoint(path: str | Path, dtype: str | None = None, shardings: An
                  else [m.hf_name])
         arrays = [source.read(n, hf_shape) for n in names]  # memory maps: nothing read yet
         sharding = None if shardings is None else _get_path(shardings, m.path)
-        _set_path(params, m.path, _place(arrays, m, full_shape, target, sharding))
+        if isinstance(_get_path(shapes, m.path), QuantizedWeight):
+            value = _place_quantized(arrays, m, full_shape, target, sharding)
+        else:
+            value = _place(arrays, m, full_shape, target, sharding)
+        _set_path(params, m.path, value)
     return config, params
+
+
+def _place_quantized(arrays: list[np.ndarray], m: TensorMapping, full_shape: tuple[int, ...],
+                     dtype: Any, sharding: Any) -> QuantizedWeight:
+    """One parameter placed in float (sharded like its values), then quantized on device;
+    the float copy is dropped as soon as the int8 one exists."""
+    axes = contracted_axes(m.path[-1], len(full_shape), m.per_layer)
+    w = _place(arrays, m, full_shape, dtype, None if sharding is None else sharding.values)
+    quantize = jax.jit(lambda x: quantize_weight(x, axes), out_shardings=sharding)
+    return quantize(w)
 
 
 def _place(arrays: list[np.ndarray], m: TensorMapping, full_shape: tuple[int, ...],
@@ -196,7 +214,11 @@ def _place(arrays: list[np.ndarray], m: TensorMapping, full_shape: tuple[int, ..
 def hf_state_dict(config: ModelConfig, params: Any) -> Iterator[tuple[str, np.ndarray]]:
     """Yields (HF name, numpy tensor) pairs, one per HF tensor, lazily."""
     for m in tensor_mappings(config):
-        value = np.asarray(jax.device_get(_get_path(params, m.path)))
+        value = _get_path(params, m.path)
+        if isinstance(value, QuantizedWeight):  # exported dequantized (values * scale)
+            value = dequantize_weight(value, contracted_axes(m.path[-1], value.values.ndim,
+                                                             m.per_layer))
+        value = np.asarray(jax.device_get(value))
         if m.per_layer:
             for i in range(config.num_layers):
                 yield m.hf_name.format(i=i), np.ascontiguousarray(m.to_hf(value[i]))

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2", "llama")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_IMPLS = ("auto", "dense", "blockwise", "cudnn", "pallas")  # see models.attention
+QUANTIZATIONS = ("none", "int8")  # weight-only int8: rc_jax.models.quant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,7 @@ class ModelConfig:
     param_dtype: str = "float32"  # stored parameters
     remat_policy: str = "none"    # one of REMAT_POLICIES; 'full' for training long sequences
     attention: str = "auto"       # one of ATTENTION_IMPLS (rc_jax.models.attention)
+    quantization: str = "none"    # none | int8: weight-only int8 matmuls (rc_jax.models.quant)
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -61,6 +63,9 @@ class ModelConfig:
             raise ValueError(f"remat_policy {self.remat_policy!r} unknown; choose from {REMAT_POLICIES}")
         if self.attention not in ATTENTION_IMPLS:
             raise ValueError(f"attention {self.attention!r} unknown; choose from {ATTENTION_IMPLS}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization {self.quantization!r} unknown; choose from "
+                             f"{QUANTIZATIONS}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"{name} must be float32, bfloat16 or float16, got {getattr(self, name)!r}")

@@ -28,6 +28,8 @@ import jax.numpy as jnp
 
 from rc_jax.models.attention import attend, cached_attention
 from rc_jax.models.config import ModelConfig
+from rc_jax.models.quant import (concat_out, operand, quantize_params, quantized_logical_axes,
+                                 scale_output, to_out_in)
 
 Params = Any  # nested dict of arrays
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully-masked rows stay NaN-free
@@ -196,7 +198,7 @@ class Attention(nn.Module):
         if self.packed:
             wqkv = _param(self, "qkv_t", ((h + 2 * k) * d, e), ("qkv", "embed"), _dense_init())
             wo = _param(self, "o_t", (e, h * d), ("embed", "qkv"), _dense_init())
-            qkv = dense_t(x, wqkv.astype(dt))
+            qkv = scale_output(dense_t(x, operand(wqkv, dt)), wqkv)
             if cfg.qkv_bias:
                 qkv += _param(self, "qkv_bias", ((h + 2 * k) * d,), ("qkv",), zeros).astype(dt)
             q = qkv[..., :h * d].reshape(b, s, h, d)
@@ -211,9 +213,9 @@ class Attention(nn.Module):
                         _dense_init())
             wo = _param(self, "o_proj", (h, d, e), ("q_heads", "head_dim", "embed"),
                         _dense_init(2))
-            q = jnp.einsum("bse,ehd->bshd", x, wq.astype(dt))
-            kk = jnp.einsum("bse,ekd->bskd", x, wk.astype(dt))
-            vv = jnp.einsum("bse,ekd->bskd", x, wv.astype(dt))
+            q = scale_output(jnp.einsum("bse,ehd->bshd", x, operand(wq, dt)), wq)
+            kk = scale_output(jnp.einsum("bse,ekd->bskd", x, operand(wk, dt)), wk)
+            vv = scale_output(jnp.einsum("bse,ekd->bskd", x, operand(wv, dt)), wv)
             if cfg.qkv_bias:
                 q += _param(self, "q_bias", (h, d), ("q_heads", "head_dim"), zeros).astype(dt)
                 kk += _param(self, "k_bias", (k, d), ("kv_heads", "head_dim"), zeros).astype(dt)
@@ -269,10 +271,11 @@ class Attention(nn.Module):
             # (docs/design.md, "Attention").
             out = _dense_decode_layout(q, layer_k, layer_v, ctx["mask"], k)
         if self.packed:
-            y = dense_t(out, wo.astype(dt))
+            y = scale_output(dense_t(out, operand(wo, dt)), wo)
         else:
             # One contracting dim: with (h, d) XLA:CPU may relayout the weight per call.
-            y = jnp.einsum("bsf,fe->bse", out, wo.astype(dt).reshape(h * d, e))
+            y = scale_output(jnp.einsum("bsf,fe->bse", out, operand(wo, dt).reshape(h * d, e)),
+                             wo)
         if cfg.o_bias:
             y += _param(self, "o_bias", (e,), ("embed",), nn.initializers.zeros).astype(dt)
         return y, layer_k, layer_v
@@ -293,15 +296,17 @@ class MLP(nn.Module):
         if self.packed:
             gate_up = _param(self, "gate_up_t", (2 * i, e), ("mlp", "embed"), _dense_init())
             down = _param(self, "down_t", (e, i), ("embed", "mlp"), _dense_init())
-            gu = dense_t(x, gate_up.astype(dt))
-            return dense_t(nn.silu(gu[..., :i]) * gu[..., i:], down.astype(dt))
+            gu = scale_output(dense_t(x, operand(gate_up, dt)), gate_up)
+            return scale_output(dense_t(nn.silu(gu[..., :i]) * gu[..., i:], operand(down, dt)),
+                                down)
         gate = _param(self, "gate_proj", (e, i), ("embed", "mlp"), _dense_init())
         up = _param(self, "up_proj", (e, i), ("embed", "mlp"), _dense_init())
         down = _param(self, "down_proj", (i, e), ("mlp", "embed"), _dense_init())
-        hidden = nn.silu(x @ gate.astype(dt)) * (x @ up.astype(dt))
+        hidden = (nn.silu(scale_output(x @ operand(gate, dt), gate))
+                  * scale_output(x @ operand(up, dt), up))
         hidden = nn.with_logical_constraint(
             hidden, ("activation_batch", "activation_length", "activation_mlp"))
-        return hidden @ down.astype(dt)
+        return scale_output(hidden @ operand(down, dt), down)
 
 
 class DecoderLayer(nn.Module):
@@ -396,12 +401,13 @@ class Decoder(nn.Module):
         elif self.packed:
             head = _param(self, "lm_head_t", (cfg.vocab_size, cfg.hidden_size),
                           ("vocab", "embed"), _dense_init())
-            logits = dense_t(x, head.astype(dt), preferred_element_type=jnp.float32)
+            logits = scale_output(dense_t(x, operand(head, dt), preferred_element_type=jnp.float32),
+                                  head)
         else:
             head = _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size),
                           ("embed", "vocab"), _dense_init())
-            logits = jnp.einsum("bse,ev->bsv", x, head.astype(dt),
-                                preferred_element_type=jnp.float32)
+            logits = scale_output(jnp.einsum("bse,ev->bsv", x, operand(head, dt),
+                                             preferred_element_type=jnp.float32), head)
         logits = nn.with_logical_constraint(
             logits, ("activation_batch", "activation_length", "activation_vocab"))
         return logits, cache_k, cache_v
@@ -424,15 +430,13 @@ def pack_for_decode(params: Params, config: ModelConfig) -> Params:
     """
     if is_packed(params):
         return params
-    e, h, k, d = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+    e, h, d = config.hidden_size, config.num_heads, config.head_dim
 
     def layer(i: int) -> dict:
         p = jax.tree.map(lambda a: a[i], params["layers"])
         a, m = p["attn"], p["mlp"]
-        attn = {"qkv_t": jnp.concatenate([a["q_proj"].reshape(e, h * d),
-                                          a["k_proj"].reshape(e, k * d),
-                                          a["v_proj"].reshape(e, k * d)], axis=1).T,
-                "o_t": a["o_proj"].reshape(h * d, e).T}
+        attn = {"qkv_t": concat_out([to_out_in(a[n], e) for n in ("q_proj", "k_proj", "v_proj")]),
+                "o_t": to_out_in(a["o_proj"], h * d)}
         if config.qkv_bias:
             attn["qkv_bias"] = jnp.concatenate([a["q_bias"].reshape(-1),
                                                 a["k_bias"].reshape(-1),
@@ -440,8 +444,8 @@ def pack_for_decode(params: Params, config: ModelConfig) -> Params:
         for name in ("q_norm", "k_norm", "o_bias"):
             if name in a:
                 attn[name] = a[name]
-        mlp = {"gate_up_t": jnp.concatenate([m["gate_proj"], m["up_proj"]], axis=1).T,
-               "down_t": m["down_proj"].T}
+        mlp = {"gate_up_t": concat_out([to_out_in(m["gate_proj"], e), to_out_in(m["up_proj"], e)]),
+               "down_t": to_out_in(m["down_proj"], config.intermediate_size)}
         return {"attn": attn, "mlp": mlp, "attn_norm": p["attn_norm"],
                 "mlp_norm": p["mlp_norm"]}
 
@@ -449,7 +453,7 @@ def pack_for_decode(params: Params, config: ModelConfig) -> Params:
               if name not in ("layers", "lm_head")}
     packed["layers"] = {str(i): layer(i) for i in range(config.num_layers)}
     if "lm_head" in params:
-        packed["lm_head_t"] = params["lm_head"].T
+        packed["lm_head_t"] = to_out_in(params["lm_head"], e)
     return packed
 
 
@@ -528,26 +532,34 @@ def _abstract_boxed_params(config: ModelConfig):
     return Decoder(config), args
 
 
+def _quantized(config: ModelConfig, params: Params) -> Params:
+    """`params` as `config.quantization` stores them (rc_jax.models.quant)."""
+    return quantize_params(params) if config.quantization == "int8" else params
+
+
 def init_params(config: ModelConfig, rng: jax.Array) -> Params:
-    """Random parameters (plain arrays) for `config`. Shapes: see `param_shapes`."""
+    """Random parameters (plain arrays) for `config`. Shapes: see `param_shapes`.
+    With `config.quantization="int8"`, the random float weights quantized."""
     model, args = _abstract_boxed_params(config)
     shaped = [jnp.zeros(a.shape, a.dtype) if hasattr(a, "shape") else a for a in args]
-    boxed = jax.jit(lambda r: model.init(r, *shaped))(rng)
-    return nn.meta.unbox(boxed)["params"]
+    return jax.jit(lambda r: _quantized(
+        config, nn.meta.unbox(model.init(r, *shaped))["params"]))(rng)
 
 
 def param_shapes(config: ModelConfig) -> Params:
-    """Abstract parameter pytree (`jax.ShapeDtypeStruct` leaves), no memory used."""
+    """Abstract parameter pytree (`jax.ShapeDtypeStruct` leaves), no memory used
+    (`QuantizedWeight`s of int8 values and float32 scales with `quantization="int8"`)."""
     model, args = _abstract_boxed_params(config)
-    boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), *args)
-    return nn.meta.unbox(boxed)["params"]
+    return jax.eval_shape(lambda r, *a: _quantized(
+        config, nn.meta.unbox(model.init(r, *a))["params"]), jax.random.PRNGKey(0), *args)
 
 
 def param_logical_axes(config: ModelConfig) -> Params:
     """Pytree of `PartitionSpec`s of *logical* axis names, one per parameter."""
     model, args = _abstract_boxed_params(config)
     boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), *args)
-    return nn.get_partition_spec(boxed)["params"]
+    axes = nn.get_partition_spec(boxed)["params"]
+    return quantized_logical_axes(axes) if config.quantization == "int8" else axes
 
 
 def positions_from_mask(token_mask: jax.Array) -> jax.Array:
