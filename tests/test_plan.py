@@ -52,8 +52,14 @@ def test_numbers_grow_with_batch_and_context(tiny_tokenizer_dir):
     assert all(v > 0 for v in base.analytic.values())
     assert wide.analytic["params"] == base.analytic["params"] == deep.analytic["params"]
     assert wide.analytic["kv_cache"] == 2 * base.analytic["kv_cache"]
-    # Refills prefill refill_rows (4) prompts at a time, however many slots there are.
-    assert wide.analytic["prefill_scores"] == base.analytic["prefill_scores"]
+    # On a batch-sharded mesh a refill prefills every slot where it lives (RCEngine._refill):
+    # its scores and caches grow with the slots per device.
+    assert wide.analytic["prefill_scores"] == 2 * base.analytic["prefill_scores"]
+    assert wide.analytic["refill_kv"] == 2 * base.analytic["refill_kv"]
+    # On one device: refill_rows (4) prompts at a time, however many slots there are.
+    one = [plan("rc", "qwen3-4b", "fsdp:1", n, max_reasoning_tokens=4096, **kw) for n in (16, 32)]
+    assert one[0].analytic["prefill_scores"] == one[1].analytic["prefill_scores"]
+    assert one[0].analytic["refill_kv"] == one[1].analytic["refill_kv"]
     assert deep.analytic["kv_cache"] > base.analytic["kv_cache"]
     assert deep.shapes["cache"] > base.shapes["cache"]
     # KV cache by hand: 2 (k, v) x L x rows/device x K x D x slots x 2 bytes (+ mask).

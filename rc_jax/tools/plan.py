@@ -365,11 +365,17 @@ def plan(program: str, model: str, mesh: str, batch: int, *, target: str = "cpu"
             shapes.update(problem=width, prompt_width=shape.prompt_width,
                           cache=shape.cache_length, refill_rows=shape.refill_rows, rows=rows,
                           tokenizer=os.path.basename(tok_dir.rstrip("/")))
-            # One cache for every slot (a slot holds either phase); the refill prefills
-            # refill_rows prompts of the widest bucket at a time.
+            # One cache for every slot (a slot holds either phase). A refill prefills
+            # refill_rows prompts of the widest bucket at a time on one device, every slot
+            # (rows where they live) on a batch-sharded mesh; its prefill cache and that
+            # cache moved to slot = position order are live together (RCEngine._refill).
+            from rc_jax.parallel import batch_shards
+            refill = rows if batch_shards(the_mesh) > 1 else shape.refill_rows
             analytic["kv_cache"] = _kv_bytes(config, the_mesh, rows, shape.cache_length)
+            analytic["refill_kv"] = (_kv_bytes(config, the_mesh, refill, shape.prompt_width)
+                                     + _kv_bytes(config, the_mesh, refill, shape.cache_length))
             analytic["prefill_scores"] = _prefill_scores_bytes(
-                config, the_mesh, shape.refill_rows, shape.prompt_width, shape.prompt_width)
+                config, the_mesh, refill, shape.prompt_width, shape.prompt_width)
             analytic["logits"] = _logits_bytes(config, the_mesh, rows)
             if compile:
                 lowered.append(engine.lower(params, batch, problem_tokens))
