@@ -312,7 +312,7 @@ def test_budget_forcing_paper_segments_budgets_and_stores(tiny_tokenizer):
     assert [p[0] for p in r.prompts] == [tok.encode(c) for c in contexts]
     assert r.prompt_tokens == [len(tok.encode(c)) for c in contexts]
     assert r.summary_text == r.summary_clean == [""] * 3 and r.method_fields == {}
-    # What build_record adds beside the stores (as for RC's rollouts): the cleaned texts.
+    # What the results line adds beside the stores (as for RC's rollouts): the cleaned texts.
     assert r.extra == {"reasoning_clean": r.reasoning_clean, "summary_clean": [""] * 3}
 
 
@@ -489,13 +489,14 @@ def test_rc_with_a_different_summarizer_model(model, tiny_tokenizer):
                        H_R, tok.eos_ids, pad_id=tok.pad_id, buckets=BUCKETS)
         return [tok.decode(t) for t in res.tokens]
 
+    recs = [r.record for r in outs]
     for step in range(2):
-        prompts = [r.summary_prompt_ids[step] for r in outs]
-        assert [r.summary_text[step] for r in outs] == greedy(s_params, s_config, prompts)
-        assert [r.summary_text[step] for r in outs] != greedy(params, config, prompts)
+        prompts = [r.summary_prompts[step][0] for r in recs]
+        assert [r.summary_text[step] for r in recs] == greedy(s_params, s_config, prompts)
+        assert [r.summary_text[step] for r in recs] != greedy(params, config, prompts)
     # The second reasoning step sees the second model's (cleaned) summary.
-    for r in outs:
-        assert r.summary_clean[0] in tok.decode(r.reasoning_prompt_ids[1])
+    for r in recs:
+        assert r.summary_clean[0] in tok.decode(r.prompts[1][0])
 
 
 # ---------------------------------------------------------------- entry point: resume
