@@ -111,3 +111,16 @@ def test_train_step_plan(tiny_model_dir):
     params = p.analytic["params"]
     assert p.analytic["grads_f32"] >= params and p.analytic["optimizer_state"] >= params
     assert p.compiled["peak"] >= params + p.analytic["grads_f32"]
+
+
+def test_train_plan_param_dtype_and_logprob_chunk():
+    """float32 stored weights (RL's model.param_dtype) double the params term; a chunked
+    LM head (rl.logprob_chunk) holds chunk positions of logits instead of the sequence."""
+    kw = dict(compile=False, seq_len=4096)
+    bf16 = plan("train", "qwen3-0.6b", "fsdp:4", 4, **kw)
+    f32 = plan("train", "qwen3-0.6b", "fsdp:4", 4, param_dtype="float32", **kw)
+    chunked = plan("train", "qwen3-0.6b", "fsdp:4", 4, param_dtype="float32",
+                   logprob_chunk=1024, **kw)
+    assert f32.analytic["params"] == 2 * bf16.analytic["params"]
+    assert chunked.analytic["logits"] * 4 == f32.analytic["logits"]
+    assert "logprob_chunk 1024" in " ".join(chunked.notes)

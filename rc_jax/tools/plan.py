@@ -148,10 +148,13 @@ def _target_devices(target: str, count: int | None):
 
 # ------------------------------------------------------------------------------ model
 def model_config(model: str, dtype: str = "bfloat16", remat_policy: str = "none",
-                 quantization: str = "none"):
-    """A preset name, an HF checkpoint directory or builtin:<name> -> ModelConfig."""
+                 quantization: str = "none", param_dtype: str | None = None):
+    """A preset name, an HF checkpoint directory or builtin:<name> -> ModelConfig.
+
+    dtype: compute dtype; param_dtype: stored weights (None: dtype; training keeps
+    float32 weights and optimizer state with bfloat16 compute, `model.param_dtype`)."""
     from rc_jax.models.config import ModelConfig
-    kw = dict(dtype=dtype, param_dtype=dtype, remat_policy=remat_policy,
+    kw = dict(dtype=dtype, param_dtype=param_dtype or dtype, remat_policy=remat_policy,
               quantization=quantization)
     if model.lower() in PRESETS:
         return ModelConfig.from_hf_dict(PRESETS[model.lower()], source=model, **kw)
@@ -302,7 +305,8 @@ def plan(program: str, model: str, mesh: str, batch: int, *, target: str = "cpu"
          max_summary_tokens: int = 2048, prompt_tokens: int = 2048,
          new_tokens: int = 16384, num_samples: int = 1, seq_len: int = 18432,
          remat_policy: str = "full", tokenizer: str | None = None,
-         max_cache_length: int = 1 << 20, quantization: str = "none") -> Plan:
+         max_cache_length: int = 1 << 20, quantization: str = "none",
+         param_dtype: str | None = None, logprob_chunk: int = 0) -> Plan:
     """Per-device memory of `program` ('rc', 'sampler' or 'train') for `batch` rows.
 
     rc: `problem_tokens` per problem, budgets H_R / H_S; sampler: `prompt_tokens` +
@@ -322,7 +326,7 @@ def plan(program: str, model: str, mesh: str, batch: int, *, target: str = "cpu"
     count = None if tpu_topology(target) else mesh_device_count(mesh)
     the_mesh = make_mesh(mesh, devices=_target_devices(target, count))
     config = model_config(model, dtype, remat_policy if program == "train" else "none",
-                          quantization)
+                          quantization, param_dtype=param_dtype)
     shardings = param_shardings(config, the_mesh)
     params = _abstract_params(config, shardings)
     buckets = Buckets(max_cache_length=max_cache_length)
@@ -382,7 +386,7 @@ def plan(program: str, model: str, mesh: str, batch: int, *, target: str = "cpu"
             batch_rows = rows
         else:
             lowered_train, extra = _train_plan(config, the_mesh, shardings, params, batch,
-                                               seq_len, compile)
+                                               logprob_chunk, seq_len, compile)
             analytic.update(extra["analytic"])
             shapes.update(extra["shapes"])
             notes += extra["notes"]
@@ -412,7 +416,7 @@ def plan(program: str, model: str, mesh: str, batch: int, *, target: str = "cpu"
                 hbm_bytes=None if hbm is None else int(hbm * GIB), notes=notes)
 
 
-def _train_plan(config, mesh, shardings, params, batch, seq_len, compile):
+def _train_plan(config, mesh, shardings, params, batch, logprob_chunk, seq_len, compile):
     """The RL train step (`rc_jax.rl.step`): accumulate one micro-batch, then AdamW."""
     import jax
     import jax.numpy as jnp
@@ -420,7 +424,8 @@ def _train_plan(config, mesh, shardings, params, batch, seq_len, compile):
     from rc_jax.parallel import batch_axes, batch_shards
     from rc_jax.rl.step import MICRO_FIELDS, LossSettings, OptimizerSettings, train_programs
     rows = -(-batch // batch_shards(mesh)) * batch_shards(mesh)
-    progs = train_programs(config, LossSettings(), OptimizerSettings(), mesh, shardings,
+    progs = train_programs(config, LossSettings(logprob_chunk=logprob_chunk),
+                           OptimizerSettings(), mesh, shardings,
                            batch_axes(mesh) or ("data",))
     grads = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.float32,
                                                         sharding=p.sharding), params)
@@ -444,7 +449,8 @@ def _train_plan(config, mesh, shardings, params, batch, seq_len, compile):
         * config.jnp_dtype.itemsize * config.num_layers,
         # ... and one layer's attention scores are live at a time (model.attention).
         "attention_scores": _prefill_scores_bytes(config, mesh, rows, seq_len, seq_len),
-        "logits": _logits_bytes(config, mesh, rows, seq_len),
+        # float32 logits of the positions projected at once (rl.logprob_chunk).
+        "logits": _logits_bytes(config, mesh, rows, min(seq_len, logprob_chunk or seq_len)),
     }
     lowered = []
     if compile:
@@ -453,7 +459,8 @@ def _train_plan(config, mesh, shardings, params, batch, seq_len, compile):
             lowered.append(progs._accumulate.lower(params, grads, micro))
             lowered.append(progs._update.lower(params, opt_state, grads))
     notes = [f"train: one micro-batch of {rows} x {seq_len} tokens, remat "
-             f"{config.remat_policy!r}, AdamW (rc_jax.rl.step)"]
+             f"{config.remat_policy!r}, params {config.param_dtype}, logprob_chunk "
+             f"{logprob_chunk}, AdamW (rc_jax.rl.step)"]
     return lowered, {"analytic": analytic, "notes": notes,
                      "shapes": {"rows": rows, "seq_len": seq_len}}
 
@@ -530,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--program", default="rc", choices=PROGRAMS)
     p.add_argument("--batch", type=_ints, help="rows (comma list to plan several)")
     p.add_argument("--dtype", default=None, choices=("bfloat16", "float32"))
+    p.add_argument("--param_dtype", default=None, choices=("bfloat16", "float32"),
+                   help="stored weights (default: --dtype; RL training keeps float32)")
+    p.add_argument("--logprob_chunk", type=_count, default=None,
+                   help="train: positions per LM-head chunk (rl.logprob_chunk; default: all)")
     p.add_argument("--quantization", default=None, choices=("none", "int8"),
                    help="int8: weight-only int8 projections (model.quantization)")
     p.add_argument("--problem_tokens", type=_count, default=512)
@@ -571,7 +582,9 @@ def _from_config(path: str) -> dict[str, Any]:
                mesh=c.mesh, max_reasoning_tokens=c.rc.max_reasoning_tokens,
                max_summary_tokens=c.rc.max_summary_tokens,
                tokenizer=c.tokenizer.path if "tokenizer" in c else "",
-               quantization=c.model.get("quantization", "none"))
+               quantization=c.model.get("quantization", "none"),
+               param_dtype=c.model.get("param_dtype", None),
+               logprob_chunk=c.rl.get("logprob_chunk", None) if "rl" in c else None)
     return {k: v for k, v in out.items() if v}
 
 
@@ -595,7 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for name in ("model", "mesh", "batch", "dtype", "max_reasoning_tokens",
-                 "max_summary_tokens", "quantization"):
+                 "max_summary_tokens", "quantization", "param_dtype", "logprob_chunk"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     settings.setdefault("dtype", "bfloat16")
@@ -636,7 +649,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                       num_samples=args.num_samples, seq_len=args.seq_len,
                       remat_policy=args.remat, tokenizer=settings.get("tokenizer"),
-                      quantization=settings.get("quantization", "none"))
+                      quantization=settings.get("quantization", "none"),
+                      param_dtype=settings.get("param_dtype"),
+                      logprob_chunk=settings.get("logprob_chunk", 0))
             print(format_plan(pl), flush=True)
             plans.append(pl)
         if args.json:
