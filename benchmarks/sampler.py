@@ -276,7 +276,17 @@ def main() -> None:
                     help="steady-state repeats per batch, comma-separated (default 3,2,1)")
     ap.add_argument("--skip-hf", action="store_true", help="rc_jax only")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sampler.json"))
-    args = ap.parse_args()
+    ap.add_argument("--int8", action="store_true",
+                    help="int8 weight-only vs fp32 decode instead (benchmarks/int8_decode.py; "
+                         "other arguments go to it)")
+    args, rest = ap.parse_known_args()
+    if args.int8:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from int8_decode import run as run_int8
+        run_int8(rest + (["--quick"] if args.quick else []))
+        return
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
 
     import torch
     torch.set_num_threads(2)

@@ -161,3 +161,20 @@ def contracted_axes(name: str, ndim: int, stacked: bool) -> tuple[int, ...]:
     """The contracted axes of the weight called `name` (a `CONTRACTED_AXES` key) with
     `ndim` dims, `stacked` when it has a leading layers axis."""
     return _axes(ndim, CONTRACTED_AXES[name], 1 if stacked else 0)
+
+
+def tie(x: jax.Array, *ws: Any) -> tuple[Any, ...]:
+    """(x, *ws) with the int8 values of the quantized weights tied to the activations x by
+    an optimization barrier, so that XLA cannot hoist their int8 -> float conversion out
+    of a loop (the scanned layers, a decode or RC while loop). Hoisted, it makes a float
+    copy of every weight before the loop and keeps it for the loop's lifetime: the memory
+    int8 saves is spent again (TPU AOT plan, Qwen3-4B RC on a v5e-4: +1.5 GiB of
+    temporaries). The scanned layout (accelerators) ties; the CPU decode layout does not:
+    there XLA:CPU cannot fuse the conversion into its dot, and a conversion per step costs
+    more than the float copy (benchmarks/int8_decode.py). Float weights pass unchanged."""
+    if not any(is_quantized(w) for w in ws):
+        return (x, *ws)
+    values = [w.values if is_quantized(w) else None for w in ws]
+    x, tied = jax.lax.optimization_barrier((x, [v for v in values if v is not None]))
+    it = iter(tied)
+    return (x, *(w.replace(values=next(it)) if is_quantized(w) else w for w in ws))

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from rc_jax.models.attention import attend, cached_attention
 from rc_jax.models.config import ModelConfig
 from rc_jax.models.quant import (concat_out, operand, quantize_params, quantized_logical_axes,
-                                 scale_output, to_out_in)
+                                 scale_output, tie, to_out_in)
 
 Params = Any  # nested dict of arrays
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully-masked rows stay NaN-free
@@ -213,6 +213,7 @@ class Attention(nn.Module):
                         _dense_init())
             wo = _param(self, "o_proj", (h, d, e), ("q_heads", "head_dim", "embed"),
                         _dense_init(2))
+            x, wq, wk, wv, wo = tie(x, wq, wk, wv, wo)  # int8: convert inside the loops
             q = scale_output(jnp.einsum("bse,ehd->bshd", x, operand(wq, dt)), wq)
             kk = scale_output(jnp.einsum("bse,ekd->bskd", x, operand(wk, dt)), wk)
             vv = scale_output(jnp.einsum("bse,ekd->bskd", x, operand(wv, dt)), wv)
@@ -302,6 +303,7 @@ class MLP(nn.Module):
         gate = _param(self, "gate_proj", (e, i), ("embed", "mlp"), _dense_init())
         up = _param(self, "up_proj", (e, i), ("embed", "mlp"), _dense_init())
         down = _param(self, "down_proj", (i, e), ("mlp", "embed"), _dense_init())
+        x, gate, up, down = tie(x, gate, up, down)  # int8: convert inside the loops
         hidden = (nn.silu(scale_output(x @ operand(gate, dt), gate))
                   * scale_output(x @ operand(up, dt), up))
         hidden = nn.with_logical_constraint(
@@ -406,6 +408,7 @@ class Decoder(nn.Module):
         else:
             head = _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size),
                           ("embed", "vocab"), _dense_init())
+            x, head = tie(x, head)
             logits = scale_output(jnp.einsum("bse,ev->bsv", x, operand(head, dt),
                                              preferred_element_type=jnp.float32), head)
         logits = nn.with_logical_constraint(
