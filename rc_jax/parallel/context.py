@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 from jax.sharding import Mesh
 
+from rc_jax.parallel.mesh import KV_CACHE_LOGICAL_AXES
 from rc_jax.parallel.rules import LOGICAL_AXIS_RULES, check_rules
 
 
@@ -40,7 +41,6 @@ def sharding_context(mesh: Mesh | None, rules=LOGICAL_AXIS_RULES) -> Iterator[No
 def constrain_kv_cache(cache):
     """`with_logical_constraint` on every field of a (stacked) `KVCache`; a no-op outside
     `sharding_context`. Meant for code that builds a cache inside a jitted program."""
-    from rc_jax.parallel.mesh import KV_CACHE_LOGICAL_AXES
     if isinstance(cache.k, (tuple, list)):  # unstacked: per-layer arrays, no layer axis
         k_axes, v_axes = (KV_CACHE_LOGICAL_AXES[n][1:] for n in ("k", "v"))
         return cache.replace(

@@ -23,6 +23,7 @@ from typing import Any, Sequence, TypeVar
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 T = TypeVar("T")
 
@@ -135,7 +136,6 @@ def to_host(tree: Any) -> Any:
     """numpy copies of (possibly multi-process) global arrays, complete on every process."""
     def one(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            from jax.experimental import multihost_utils
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         return np.asarray(jax.device_get(x))
     return jax.tree.map(one, tree)
@@ -148,7 +148,6 @@ def broadcast_from_main(obj: T, is_source: bool | None = None) -> T:
     """
     if jax.process_count() == 1:
         return obj
-    from jax.experimental import multihost_utils
     source = is_main_process() if is_source is None else bool(is_source)
     blob = np.frombuffer(pickle.dumps(obj), np.uint8) if source else None
     size = int(multihost_utils.broadcast_one_to_all(

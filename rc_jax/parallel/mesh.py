@@ -5,8 +5,10 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rc_jax.models import qwen3
 from rc_jax.parallel.rules import LOGICAL_AXIS_RULES, MESH_AXES, check_rules
 
 
@@ -58,7 +60,6 @@ def make_mesh(shape: str | Mapping[str, int] | None = None,
                                              else 0 for d in devices}) == 1:
         # Within one TPU slice, order devices along the physical torus so that each mesh
         # axis maps to ICI links (what jax.make_mesh does); fall back to plain order.
-        from jax.experimental import mesh_utils
         try:
             grid = mesh_utils.create_device_mesh(dims, devices,
                                                  allow_split_physical_axes=True)
@@ -100,7 +101,6 @@ def tree_shardings(logical_tree: Any, shapes_tree: Any, mesh: Mesh,
 
 def param_shardings(config, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> Any:
     """NamedShardings for the model's params pytree on `mesh`."""
-    from rc_jax.models import qwen3
     return tree_shardings(qwen3.param_logical_axes(config), qwen3.param_shapes(config), mesh,
                           rules)
 
@@ -144,7 +144,6 @@ KV_CACHE_LOGICAL_AXES = {
 def kv_cache_shardings(config, mesh: Mesh, batch: int, length: int,
                        rules=LOGICAL_AXIS_RULES) -> dict[str, NamedSharding]:
     """NamedShardings of a stacked KV cache of `batch` rows x `length` slots, by field."""
-    from rc_jax.models import qwen3
     shapes = jax.eval_shape(lambda: qwen3.init_cache(config, batch, length))
     return {name: NamedSharding(mesh, logical_to_spec(axes, getattr(shapes, name).shape,
                                                       mesh, rules))

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from rc_jax.models import qwen3
 from rc_jax.models.config import ModelConfig
+from rc_jax.parallel.context import constrain_kv_cache
 
 _NEG_INF = -jnp.inf
 
@@ -135,7 +136,6 @@ def prefill(params: Any, config: ModelConfig, tokens: jax.Array, mask: jax.Array
 
     Returns the logits of each row's last prompt token [B, V] and the cache (index P).
     """
-    from rc_jax.parallel.context import constrain_kv_cache
     b, p = tokens.shape
     # Pin the cache layout (rows on the batch axes, KV heads on `tensor`) instead of
     # leaving it to sharding propagation; a no-op outside `sharding_context`.
