@@ -19,5 +19,8 @@ setup(
     python_requires=">=3.10",
     install_requires=_requirements("requirements.txt"),
     extras_require={"test": _requirements("requirements-test.txt"),
-                    "tfds": ["tensorflow-datasets", "tensorflow"]},
+                    "tfds": ["tensorflow-datasets", "tensorflow"],
+                    # benchmarks/peers.py; llama-cpp-python compiles llama.cpp (portable
+                    # build flags: benchmarks/README.md)
+                    "peers": ["llama-cpp-python>=0.3", "gguf>=0.10", "torch==2.13.0"]},
 )

@@ -48,6 +48,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or via runpy
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# PyTorch's OpenMP threads spin-wait between ops by default; on a machine shared with
+# other jobs that collapses transformers' decode (SmolLM2, batch 1, load 13 on 2 cores:
+# 2.2-3.5 tok/s spinning vs 9.9-10.6 passive, the same as 1 thread). Set before torch
+# loads libgomp; OMP_WAIT_POLICY=ACTIVE in the environment restores the default.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import jax  # noqa: E402
 
@@ -268,12 +273,38 @@ def main() -> None:
                                      n_batch=512, n_threads=args.threads,
                                      n_threads_batch=args.threads, seed=0, verbose=False)
         peers[name].update(version=llama_cpp.__version__, model_path=str(path),
+                           system_info=llama_cpp.llama_print_system_info().decode(errors="replace"),
                            weight_bytes=gguf_weight_bytes(path), batches=[1],
                            kv_cache_dtype="f16 (llama.cpp default)")
     peers["rc_jax"]["batches"] = batches
     for name, info in peers.items():
         print(f"peer {name:15s}: " + (f"skipped: {info['skipped']}" if "skipped" in info
                                       else "runs"), flush=True)
+
+    def report() -> dict:
+        return {
+            "benchmark": "peers",
+            "command": "python benchmarks/peers.py" + (" --quick" if args.quick else ""),
+            "machine": {**facts, "loadavg_end": _loadavg()},
+            "bandwidth": bw,
+            "model": {"dir": str(model_dir), "quick": args.quick, "num_params": config.num_params,
+                      "num_layers": config.num_layers, "hidden_size": config.hidden_size,
+                      "num_heads": config.num_heads, "num_kv_heads": config.num_kv_heads,
+                      "head_dim": config.head_dim, "intermediate_size": config.intermediate_size,
+                      "vocab_size": config.vocab_size, "dtype": "float32"},
+            "prompt_tokens": prompt_len, "new_tokens": new, "repeats": repeats,
+            "threads": args.threads,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "decoding": "greedy, no stop tokens, the same random ordinary-token prompt ids per row",
+            "peers": peers,
+            "results": results,
+            "total_wall_s": time.perf_counter() - wall0,
+        }
+    out = Path(args.out)
+
+    def write(rep: dict) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rep, indent=2))
 
     all_prompts = prompt_ids(model_dir, config.vocab_size, max(batches), prompt_len)
     weights_fp32 = config.num_params * 4
@@ -332,30 +363,13 @@ def main() -> None:
             print(f"[b={batch}] {name:15s} not run: {reason}", flush=True)
         row["loadavg_after"] = _loadavg()
         results.append(row)
+        write(report())  # after every batch, so a long run that is cut short keeps its rows
 
-    report = {
-        "benchmark": "peers",
-        "command": "python benchmarks/peers.py" + (" --quick" if args.quick else ""),
-        "machine": {**facts, "loadavg_end": _loadavg()},
-        "bandwidth": bw,
-        "model": {"dir": str(model_dir), "quick": args.quick, "num_params": config.num_params,
-                  "num_layers": config.num_layers, "hidden_size": config.hidden_size,
-                  "num_heads": config.num_heads, "num_kv_heads": config.num_kv_heads,
-                  "head_dim": config.head_dim, "intermediate_size": config.intermediate_size,
-                  "vocab_size": config.vocab_size, "dtype": "float32"},
-        "prompt_tokens": prompt_len, "new_tokens": new, "repeats": repeats,
-        "threads": args.threads,
-        "decoding": "greedy, no stop tokens, the same random ordinary-token prompt ids per row",
-        "peers": peers,
-        "results": results,
-        "total_wall_s": time.perf_counter() - wall0,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out} (total {report['total_wall_s']:.0f}s)")
+    final = report()
+    write(final)
+    print(f"wrote {out} (total {final['total_wall_s']:.0f}s)")
     try:
-        plot(report, out.with_suffix(".png"))
+        plot(final, out.with_suffix(".png"))
         print(f"wrote {out.with_suffix('.png')}")
     except Exception as e:  # matplotlib is optional
         print(f"no plot: {e}")

@@ -191,7 +191,8 @@ def write_gguf(out: str | os.PathLike, config: ModelConfig, params: Any,
             if value is not None:
                 add(int(value))
         writer.add_add_bos_token(tok["add_bos"])
-        writer.add_add_eos_token(tok["add_eos"])
+        if tok["add_eos"]:  # default False in llama.cpp; the shipped SmolLM2 file omits it
+            writer.add_add_eos_token(True)
         writer.add_add_space_prefix(False)
         if tok["chat_template"] is not None:
             writer.add_chat_template(tok["chat_template"])
