@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 import ml_collections
 
 from rc_jax import config as run_config
+from rc_jax.models.config import REMAT_POLICIES
 from rc_jax.parallel.mesh import batch_shards_of
 from rc_jax.rl import losses
 
@@ -144,7 +146,6 @@ def validate_training(c: ml_collections.ConfigDict, *, device_count: int | None 
     if c.model.param_dtype not in run_config.DTYPES:
         _fail("model.param_dtype", f"must be one of {run_config.DTYPES}, got "
               f"{c.model.param_dtype!r}")
-    from rc_jax.models.config import REMAT_POLICIES
     if c.model.remat_policy not in REMAT_POLICIES:
         _fail("model.remat_policy", f"must be one of {REMAT_POLICIES}, got "
               f"{c.model.remat_policy!r}")
@@ -280,7 +281,7 @@ def _validate_rl(c: ml_collections.ConfigDict) -> None:
         if not Path(r.summary_free_template).is_file():
             _fail("rl.summary_free_template", f"{r.summary_free_template!r} is neither one of "
                   f"{SUMMARY_FREE_TEMPLATES} nor an existing file")
-        from rc_jax.rl.rollout import summary_free_template
+        from rc_jax.rl.rollout import summary_free_template  # why: the engine, seconds to import
         try:
             summary_free_template(r.summary_free_template)
         except ValueError as e:
@@ -299,7 +300,6 @@ def _validate_batch_layout(c: ml_collections.ConfigDict, device_count: int | Non
                   f"(one per problem) do not split into {r.num_minibatches} mini-batches")
         if shards is None:
             if device_count is None:
-                import jax
                 device_count = jax.device_count()
             try:
                 batch_shards_of(c.mesh, device_count)
@@ -318,7 +318,6 @@ def _validate_batch_layout(c: ml_collections.ConfigDict, device_count: int | Non
               f"({n // r.group_size})")
     if shards is None:
         if device_count is None:
-            import jax
             device_count = jax.device_count()
         try:
             shards = batch_shards_of(c.mesh, device_count)

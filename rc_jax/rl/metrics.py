@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 # The metrics the progress bar shows, with short names.
 _CONSOLE = (("reward", "reward_mean"), ("kl", "kl"), ("gnorm", "grad_norm"),
             ("zero_adv", "zero_adv_frac"), ("gen_s", "time_generation_s"),
@@ -52,7 +54,6 @@ class MetricsLogger:
         if tensorboard:
             self._tb, self._tb_method = _tensorboard_writer(Path(output_dir) / "tensorboard")
         if progress:
-            from tqdm import tqdm
             self._bar = tqdm(total=total_steps, initial=start_step, desc="rct", unit="step")
 
     @property
