@@ -195,7 +195,7 @@ class RolloutRecord:
                               "sample_id", bad)
         counts = _token_counts(record.get("token_counts"), where)
         return cls(
-            problem=str(record.get("problem", "")), label=label, problem_id=problem_id,
+            problem=str(record.get("problem") or ""), label=label, problem_id=problem_id,
             sample_id=sample_id, method=str(method) if method is not None else None,
             answer_from=answer_from, reasoning_text=reasoning, summary_text=summaries,
             reasoning_clean=_list(record.get("reasoning_clean")),
