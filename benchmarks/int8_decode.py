@@ -155,13 +155,36 @@ def demo_agreement(model_dir: Path, config, params, new: int) -> dict:
                                   config.replace(quantization="int8"))}.items():
         out[side] = generate(p, c, prompts, greedy, jax.random.PRNGKey(0), new, stops).tokens
     res = compare(out["fp32"], out["int8"])
+    res["teacher_forced"] = teacher_forced(config, params, prompts, out["fp32"])
     res["problems"] = len(problems)
     res["new_tokens"] = new
     res["texts"] = {s: [tok.decode(t)[:200] for t in toks] for s, toks in out.items()}
     print(f"  [demo] greedy tokens equal by position {100 * res['position_agreement']:.1f}%, "
           f"before the first mismatch {100 * res['prefix_agreement']:.1f}%, rows identical "
-          f"{res['rows_identical']}/{res['rows']}", flush=True)
+          f"{res['rows_identical']}/{res['rows']}; teacher-forced on fp32's tokens: int8 "
+          f"picks the same token at {100 * res['teacher_forced']['int8']:.1f}% of positions "
+          f"(fp32 itself {100 * res['teacher_forced']['fp32']:.1f}%)", flush=True)
     return res
+
+
+def teacher_forced(config, params, prompts, continuations) -> dict:
+    """Fraction of fp32's greedy tokens that each model's argmax reproduces when both read
+    fp32's own text (prompt + its continuation): agreement token by token, without the
+    divergence that one flipped token causes in free-running decoding."""
+    from rc_jax.models import forward
+    from rc_jax.models.quant import quantize_params
+    q8, cq = quantize_params(params), config.replace(quantization="int8")
+    out = {}
+    for side, (p, c) in {"fp32": (params, config), "int8": (q8, cq)}.items():
+        same = total = 0
+        for prompt, cont in zip(prompts, continuations):
+            seq = jnp.asarray([prompt + cont])
+            logits, _ = forward(p, c, seq, jnp.arange(seq.shape[1])[None])
+            pred = np.asarray(jnp.argmax(logits[0, len(prompt) - 1:-1], axis=-1))
+            same += int(np.sum(pred == np.asarray(cont)))
+            total += len(cont)
+        out[side] = same / max(total, 1)
+    return out
 
 
 # ------------------------------------------------------------------------ layouts part
@@ -312,6 +335,8 @@ def run(argv: list[str] | None = None) -> dict:
     ap.add_argument("--layout-rounds", type=int, default=1, help="interleaved layout passes")
     ap.add_argument("--skip-decode", action="store_true")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--keep-layouts", action="store_true",
+                    help="with --skip-layouts: keep the layouts part of the existing --out file")
     args = ap.parse_args(argv)
     from sampler import FULL, QUICK, copy_bandwidth, machine_facts
 
@@ -351,6 +376,8 @@ def run(argv: list[str] | None = None) -> dict:
         print(f"layouts: {dims}, batch 1, 16 steps per call", flush=True)
         runs = layouts(dims, reps=3, rounds=1 if args.quick else args.layout_rounds)
         report["layouts"] = {"dims": dims, "runs": runs, "summary": summarize_layouts(runs)}
+    elif args.keep_layouts and Path(args.out).exists():
+        report["layouts"] = json.loads(Path(args.out).read_text()).get("layouts")
     report["machine"]["loadavg_end"] = _loadavg()
     report["total_wall_s"] = time.perf_counter() - wall
     out = Path(args.out)
