@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from rc_jax.data.jsonio import DataError, read_json_records
+from rc_jax.eval.extract import extract_boxed
 
 # Candidate field names in priority order. `solution` is last for answers because
 # it usually holds a whole worked solution (its last \boxed{} is then the answer).
@@ -143,8 +144,6 @@ def _problem_text(value: Any, where: str, field: str) -> str:
 
 
 def _answer_text(value: Any, where: str, field: str) -> str:
-    from rc_jax.eval.extract import extract_boxed  # pure string scanner, no heavy imports
-
     value = _as_text(value)
     if isinstance(value, list):
         if len(value) != 1:
@@ -272,7 +271,7 @@ def _select_hf_split(obj: Any, split: str | None, source: str) -> Any:
 
 
 def _load_hf_local(path: Path, split: str | None, source: str) -> Any:
-    import datasets
+    import datasets  # why: ~1.5 s to import; only hf: sources need it
 
     if path.is_dir() and any((path / marker).exists() for marker in _HF_DISK_MARKERS):
         try:
@@ -299,7 +298,7 @@ def _load_hf(spec: str, split: str | None) -> Iterator[tuple[str, dict[str, Any]
     if path.exists():
         dataset = _load_hf_local(path, split, source)
     else:
-        import datasets
+        import datasets  # why: ~1.5 s to import; only hf: sources need it
 
         try:
             obj = datasets.load_dataset(name, split=split) if split else datasets.load_dataset(name)
@@ -315,7 +314,7 @@ def _load_tfds(spec: str, split: str | None) -> Iterator[tuple[str, dict[str, An
     split = split or spec_split or "test"
     source = f"tfds:{name}:{split}"
     try:
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds  # why: optional dependency (the tfds extra)
     except ImportError:
         raise DataError(f"{source}: tensorflow_datasets is not installed. {TFDS_INSTALL_HINT}") from None
     try:
