@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rc_jax.data.jsonio import DataError
-from rc_jax.eval.grading import DEFAULT_TIMEOUT_S, GRADING_MODES
+from rc_jax.eval.grading import DEFAULT_TIMEOUT_S, GRADING_MODES, MathVerifyGrader
 
 
 def _ks(text: str) -> list[int]:
@@ -140,9 +140,8 @@ def format_comparison(cmp: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from rc_jax.eval.report import evaluate_files, format_report  # after parsing: --help stays fast
-
-    from rc_jax.eval.grading import MathVerifyGrader
+    # why: the report pulls in matplotlib; after parsing, --help stays fast
+    from rc_jax.eval.report import evaluate_files, format_report
 
     labels = [l.strip() for l in args.labels.split(",")] if args.labels else None
     several = len(args.grading) > 1
