@@ -354,6 +354,7 @@ def pallas_attention(q, k, v, mask, *, interpret: bool = False):
         raise ValueError(f"model.attention='pallas' runs the Pallas TPU kernel and needs a "
                          f"TPU; the JAX backend is {jax.default_backend()!r} (use 'auto', "
                          "'blockwise' or 'dense')")
+    # why: the Pallas TPU kernels are optional (a TPU jaxlib); other attentions never load them
     from jax.experimental.pallas.ops.tpu.flash_attention import flash_attention
     b, s, kh, g, d = q.shape
     c = k.shape[1]
@@ -366,7 +367,7 @@ def pallas_attention(q, k, v, mask, *, interpret: bool = False):
     bias = jnp.broadcast_to(jnp.where(mask, 0.0, _MASK_VALUE)[:, None].astype(jnp.float32),
                             (b, kh * g, s + ps, c + pc))
     if interpret:
-        from jax.experimental.pallas import tpu as pltpu
+        from jax.experimental.pallas import tpu as pltpu  # why: as above
         with pltpu.force_tpu_interpret_mode():
             out = flash_attention(qh, kv[0], kv[1], ab=bias, sm_scale=d ** -0.5)
     else:

@@ -23,7 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import gguf
 import numpy as np
+from gguf.quants import dequantize
+from safetensors.numpy import save_file
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
 __all__ = ["GGUFConversionError", "convert_gguf_to_hf", "unpermute_rope_rows"]
 
@@ -87,8 +91,6 @@ class _TokenizerMeta:
 
 def _open_reader(path: Path) -> Any:
     """Opens a GGUF file, turning every parse failure into an error naming the file."""
-    import gguf  # local import: the rest of rc_jax does not need the gguf package
-
     if not path.is_file():
         raise GGUFConversionError(f"GGUF file not found: {path}")
     try:
@@ -105,8 +107,6 @@ def _field_value(field: Any) -> Any:
 
     Done by hand (rather than ``ReaderField.contents``) so older gguf versions work.
     """
-    import gguf
-
     vtype = field.types[0]
     if vtype == gguf.GGUFValueType.ARRAY:
         sub = field.types[-1]
@@ -251,8 +251,6 @@ def _expected_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 
 def _dequantize(tensor: Any, path: Path) -> np.ndarray:
     """One GGUF tensor -> float32 array in numpy (row-major, HF ``(out, in)``) order."""
-    from gguf.quants import dequantize
-
     try:
         arr = dequantize(tensor.data, tensor.tensor_type)
     except Exception as exc:  # unsupported quant type, short data, ...
@@ -328,8 +326,6 @@ def _read_tokenizer_meta(reader: Any, path: Path) -> _TokenizerMeta:
 
 def _pre_tokenizer(pre: str, path: Path) -> Any:
     """llama.cpp pre-tokenizer name -> equivalent ``tokenizers`` pre-tokenizer."""
-    from tokenizers import pre_tokenizers
-
     # HF ByteLevel(use_regex=True) splits with the GPT-2 regex, as llama.cpp does.
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
     if pre in _PRE_DIGITS_GPT2:
@@ -343,8 +339,6 @@ def _pre_tokenizer(pre: str, path: Path) -> Any:
 
 def _build_tokenizer(tok: _TokenizerMeta, path: Path) -> Any:
     """GGUF BPE vocabulary -> ``tokenizers.Tokenizer`` (byte-level BPE)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models
-
     vocab = {t: i for i, t in enumerate(tok.tokens)}
     if len(vocab) != len(tok.tokens):
         raise GGUFConversionError(f"{path}: tokenizer vocabulary has duplicate tokens")
@@ -364,8 +358,6 @@ def _build_tokenizer(tok: _TokenizerMeta, path: Path) -> Any:
 
 def _post_processor(tok: _TokenizerMeta) -> Any:
     """BOS/EOS insertion exactly as the GGUF's add_bos/add_eos flags say."""
-    from tokenizers import processors
-
     if not (tok.add_bos and tok.bos_id is not None) and not (tok.add_eos and tok.eos_id is not None):
         return processors.ByteLevel(trim_offsets=False)
     pre = [tok.tokens[tok.bos_id]] if tok.add_bos and tok.bos_id is not None else []
@@ -438,8 +430,6 @@ def convert_gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike)
     Returns:
       ``out_dir`` as a ``Path``.
     """
-    from safetensors.numpy import save_file
-
     path = Path(gguf_path)
     out = Path(out_dir)
     reader = _open_reader(path)
