@@ -37,7 +37,7 @@ def _lock_dir(directory: Path):
     """An exclusive lock on `directory/.lock` (released by `ResultsFile.close` or when the
     process ends, even by kill -9), so two runs never append to one results file.
     Best effort: where the file system has no locks, no lock."""
-    import fcntl
+    import fcntl  # why: POSIX only; elsewhere the module still imports
     key = str(directory.resolve())
     held = _HELD_LOCKS.get(key)
     if held is not None and not held.closed:  # this process already holds it
