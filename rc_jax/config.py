@@ -261,10 +261,9 @@ def _validate_shared(c: ml_collections.ConfigDict) -> None:
         _fail("tokenizer.path", f"directory {c.tokenizer.path!r} does not exist")
     if c.model.dtype not in DTYPES:
         _fail("model.dtype", f"must be one of {DTYPES}, got {c.model.dtype!r}")
-    from rc_jax.models.config import ATTENTION_IMPLS  # why: imports JAX (seconds)
+    from rc_jax.models.config import ATTENTION_IMPLS, QUANTIZATIONS  # why: imports JAX (seconds)
     if c.model.attention not in ATTENTION_IMPLS:
         _fail("model.attention", f"must be one of {ATTENTION_IMPLS}, got {c.model.attention!r}")
-    from rc_jax.models.config import QUANTIZATIONS
     if c.model.quantization not in QUANTIZATIONS:
         _fail("model.quantization", f"must be one of {QUANTIZATIONS}, got "
               f"{c.model.quantization!r}")
