@@ -221,7 +221,7 @@ def write_gguf(out: str | os.PathLike, config: ModelConfig, params: Any,
 def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, *,
                 pre: str | None = None, name: str | None = None) -> Path:
     """HF-format Llama directory (config.json + safetensors + tokenizer) -> float32 GGUF."""
-    config, params = load_hf_checkpoint(model_dir, dtype="float32")
+    config, params = load_hf_checkpoint(Path(model_dir), dtype="float32")
     return write_gguf(out, config, params, model_dir, pre=pre, name=name or Path(model_dir).name)
 
 
