@@ -14,14 +14,28 @@ import os
 if __name__ == "__main__":
     os.environ.setdefault("USE_TORCH", "0")
 
+import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
-from rc_jax.config import config_hash, steps_per_record, validate  # noqa: E402
+from rc_jax.config import config_hash, flag_error_message, steps_per_record, validate  # noqa: E402
+from rc_jax.data import demo_problems_path, load_problems  # noqa: E402
+from rc_jax.eval import extract_boxed  # noqa: E402
+from rc_jax.eval.grading import MathVerifyGrader  # noqa: E402
+from rc_jax.methods import get_runner  # noqa: E402
+from rc_jax.outputs import ResultsFile  # noqa: E402
+from rc_jax.progress import StepLog  # noqa: E402
+from rc_jax.records import RolloutRecord  # noqa: E402
+from rc_jax.tokenizer import load_tokenizer  # noqa: E402
+
+# Why JAX, and every rc_jax module that imports it, is imported inside the functions
+# below: `_quiet_logs` sets TF_CPP_MIN_LOG_LEVEL after flag parsing, which only takes
+# effect before JAX's first import; and `--help` or a bad config fails at once.
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -47,7 +61,6 @@ app.call_after_init(_quiet_logs)
 
 
 def load_problem_set(config) -> list:
-    from rc_jax.data import demo_problems_path, load_problems
     d = config.data
     source = str(demo_problems_path()) if d.source == "builtin:demo" else d.source
     return load_problems(source, problem_field=d.problem_field or None,
@@ -87,13 +100,10 @@ def run(config) -> dict[str, Any] | None:
         return run_training(config)
     validate(config)
     import jax
-    from tqdm import tqdm
 
     from rc_jax.batches import run_batches
-    from rc_jax.outputs import ResultsFile
     from rc_jax.rc.engine import RCSettings
     from rc_jax.sampling import Buckets, SamplingParams
-    from rc_jax.tokenizer import load_tokenizer
     from rc_jax.tools.builtin_models import resolve_model_path
 
     problems = load_problem_set(config)
@@ -170,7 +180,6 @@ def run(config) -> dict[str, Any] | None:
         jax.effects_barrier()
     if not config.evaluate or results is None:  # workers: results is None
         return None
-    from rc_jax.eval.grading import MathVerifyGrader
     from rc_jax.eval.report import evaluate_files
     with MathVerifyGrader(timeout_s=config.grading_timeout, mode=config.grading.mode) as grader:
         metrics = evaluate_files([results.path], config.output_dir, grader=grader,
@@ -184,10 +193,6 @@ def run(config) -> dict[str, Any] | None:
 
 def show_rollouts(path, limit: int) -> None:
     """Prints the first `limit` rollouts: per step the boxed answer and the summary."""
-    import json
-
-    from rc_jax.eval import extract_boxed
-    from rc_jax.records import RolloutRecord
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(list(f)[:limit], 1):
             r = RolloutRecord.from_json(json.loads(line), f"{path}: line {n}")
@@ -218,7 +223,6 @@ def _summarizer_options(config, sampling) -> dict[str, Any]:
     directory) and sampling (summarizer.sampling.*, negative fields: the reasoner's value),
     for the device engine and the reference loop alike."""
     from rc_jax.sampling import SamplingParams
-    from rc_jax.tokenizer import load_tokenizer
     s = config.summarizer.sampling
     pick = lambda own, base: base if own < 0 else own  # noqa: E731
     return dict(
@@ -235,7 +239,6 @@ def _run_rc_engine(config, todo, params, model_config, tokenizer, settings, samp
     each finished step goes durably to progress.jsonl, each finished rollout to
     results.jsonl."""
     from rc_jax.parallel.distributed import is_main_process
-    from rc_jax.progress import StepLog
     from rc_jax.rc.engine import Job, RCEngine
     from rc_jax.sampling.keys import row_key
 
@@ -255,7 +258,6 @@ def _run_rc_engine(config, todo, params, model_config, tokenizer, settings, samp
     resumed = sum(len(j.done_steps) for j in jobs)
     if resumed:
         logging.info("resuming %d finished steps from %s", resumed, log.path)
-    from tqdm import tqdm
     bar = tqdm(total=len(jobs) * settings.num_steps, initial=resumed, desc="RC steps",
                unit="step", disable=not main_process)
     tokens = [0]
@@ -301,12 +303,9 @@ def _run_delethink_engine(config, todo, params, model_config, tokenizer, samplin
     finished chunk goes durably to progress.jsonl (a re-run continues every trace from its
     last finished chunk), each finished rollout to results.jsonl (its records equal the
     batched runner's)."""
-    from tqdm import tqdm
-
     from rc_jax.methods.base import MethodContext
     from rc_jax.methods.delethink import DelethinkEngine, delethink_heads, delethink_records
     from rc_jax.parallel.distributed import is_main_process
-    from rc_jax.progress import StepLog
     from rc_jax.rc.engine import Job
     from rc_jax.sampling.keys import row_key
 
@@ -357,7 +356,6 @@ def _batch_runner(config, params, model_config, tokenizer, settings, sampling, b
                   shardings, summarizer, summarizer_shardings=None):
     """A function problems, keys -> rollouts for the configured method / engine."""
     if config.method != "rc":  # baselines and scaffolds (rc_jax.methods)
-        from rc_jax.methods import get_runner
         from rc_jax.methods.base import MethodContext
         runner = get_runner(config.method)
         ctx = MethodContext(config, params, model_config, tokenizer, sampling, buckets=buckets,
@@ -383,7 +381,6 @@ def main(argv: Sequence[str]) -> None:
         if config is not None:
             config.method  # noqa: B018  (a file that failed to load raises on first use)
     except Exception as e:  # noqa: BLE001
-        from rc_jax.config import flag_error_message
         message = flag_error_message(e, list(sys.argv))
         if message is None:
             raise
@@ -415,7 +412,6 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as e:
         sys.exit(f"rc_jax: error: {e} (--helpshort lists the flags)")
     except Exception as e:  # noqa: BLE001  (config_flags raises KeyError, OSError, ...)
-        from rc_jax.config import flag_error_message
         message = flag_error_message(e, list(argv))
         if message is None:
             raise
