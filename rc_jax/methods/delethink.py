@@ -42,7 +42,7 @@ engine's continuous-batching loop with a host half whose rollouts have one phase
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 
@@ -215,6 +215,7 @@ class _DelethinkHost(_Host):
     """The engine's host half for Delethink: a slot whose chunk ended gets the trace's
     next chunk prompt (head + first m0 ids of chunk 0 + last m ids of that chunk, as ids),
     budget C - m and key fold-in index = chunk index, exactly as `run_traces` samples."""
+    engine: DelethinkEngine
 
     def _rollout(self, job: Job) -> _DelethinkRollout:
         return _DelethinkRollout(self.engine.heads[job.problem], np.asarray(job.key, np.uint32),
@@ -273,4 +274,4 @@ class DelethinkEngine(RCEngine):
         jobs = [Job(p, k, self.spec.max_chunks, done_steps=list(d))
                 for p, k, d in zip(problems, np.asarray(keys), done)]
         rollouts, _ = self.run(params, jobs, **kwargs)
-        return [r.trace for r in rollouts]
+        return [cast(_DelethinkRollout, r).trace for r in rollouts]

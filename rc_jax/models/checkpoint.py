@@ -177,6 +177,7 @@ def load_hf_checkpoint(path: str | Path, dtype: str | None = None, shardings: An
                  else [m.hf_name])
         arrays = [source.read(n, hf_shape) for n in names]  # memory maps: nothing read yet
         sharding = None if shardings is None else _get_path(shardings, m.path)
+        value: Any  # jax.Array, or QuantizedWeight for int8 weights
         if isinstance(_get_path(shapes, m.path), QuantizedWeight):
             value = _place_quantized(arrays, m, full_shape, target, sharding)
         else:
@@ -198,8 +199,8 @@ def _place_quantized(arrays: list[np.ndarray], m: TensorMapping, full_shape: tup
 def _place(arrays: list[np.ndarray], m: TensorMapping, full_shape: tuple[int, ...],
            dtype: Any, sharding: Any) -> jax.Array:
     """Builds one stacked parameter from memory-mapped HF tensors and puts it on device."""
-    def read(index: tuple[slice, ...] = ()) -> np.ndarray:
-        index = index + (slice(None),) * (len(full_shape) - len(index))
+    def read(index: tuple[slice, ...] | None = ()) -> np.ndarray:
+        index = tuple(index or ()) + (slice(None),) * (len(full_shape) - len(index or ()))
         if not m.per_layer:
             return np.asarray(m.to_ours(arrays[0])[index], dtype=dtype)
         layers = range(*index[0].indices(full_shape[0]))

@@ -19,7 +19,7 @@ softmax and logits are computed in float32 whatever the activation dtype.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import flax.linen as nn
 import flax.struct
@@ -54,6 +54,9 @@ class KVCache:
     v: Any
     valid: jax.Array
     index: jax.Array
+
+    if TYPE_CHECKING:  # added by flax.struct.dataclass at runtime
+        def replace(self, **updates: Any) -> "KVCache": ...
 
     @property
     def length(self) -> int:
@@ -101,8 +104,9 @@ def stack_cache(cache: KVCache) -> KVCache:
 def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str, ...],
            init: Any) -> jax.Array:
     cfg: ModelConfig = module.config
-    return module.param(name, nn.with_logical_partitioning(init, axes), shape,
-                        cfg.jnp_param_dtype)
+    # flax hands back the unboxed array; its annotation names the boxed initializer output.
+    return cast(jax.Array, module.param(name, nn.with_logical_partitioning(init, axes), shape,
+                                        cfg.jnp_param_dtype))
 
 
 def _dense_init(fan_in_axes: int = 1):
@@ -517,9 +521,10 @@ def forward(params: Params, config: ModelConfig, tokens: jax.Array, positions: j
                                              (0, cache.index))
     mask = attention_mask(valid, cache.index, s)
     cos, sin = rope_tables(positions, config.head_dim, config.rope_theta)
-    logits, k, v = Decoder(config, packed=packed, cached=given_cache).apply(
+    logits, k, v = cast(tuple[jax.Array, Any, Any], Decoder(
+        config, packed=packed, cached=given_cache).apply(
         {"params": params}, tokens, cos, sin, mask, cache.index, work.k, work.v,
-        last_only=last_only)
+        last_only=last_only))
     if not given_cache:
         return logits, None
     out = KVCache(k=k, v=v, valid=valid, index=cache.index + s)

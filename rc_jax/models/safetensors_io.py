@@ -53,7 +53,7 @@ class SafetensorsFile:
             if end - begin != expected or self._data_start + end > size:
                 raise ValueError(f"corrupted safetensors file {self.path}: tensor {name!r} "
                                  f"data is truncated or inconsistent with shape {entry['shape']}")
-        self._mmap = None
+        self._mmap: np.memmap | None = None
 
     def keys(self) -> list[str]:
         return list(self._entries)

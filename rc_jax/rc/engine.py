@@ -180,10 +180,11 @@ class _Host:
         self.rollouts = [self._rollout(j) for j in jobs]
         self.todo = collections.deque(i for i, r in enumerate(self.rollouts) if not r.done)
         self.in_flight: set[int] = set()
-        self.queues = [collections.deque() for _ in shapes]  # (rollout, phase) per pool
+        self.queues: list[collections.deque[tuple[int, int]]] = [
+            collections.deque() for _ in shapes]  # (rollout, phase) per pool
         self.slot = [[None] * s.slots for s in shapes]  # (rollout, phase, prompt len)
         self.on_step, self.on_done = on_step, on_done
-        self.started = {}
+        self.started: dict[int, float] = {}  # rollout -> time its first phase was queued
         self.error: BaseException | None = None
         self.services = 0
         self.cancelled = False
@@ -354,9 +355,10 @@ class RCEngine:
                         SUMMARIZE: settings.max_summary_tokens}
         stops = lambda tok: tuple(tok.eos_ids if stop_ids is None else stop_ids)  # noqa: E731
         if summarizer_config is None:
-            self.pools = (Pool(config, tokenizer, sampling, stops(tokenizer), (REASON, SUMMARIZE)),)
+            self.pools: tuple[Pool, ...] = (
+                Pool(config, tokenizer, sampling, stops(tokenizer), (REASON, SUMMARIZE)),)
             self.pool_of = {REASON: 0, SUMMARIZE: 0}
-            self.shardings = (param_shardings,)
+            self.shardings: tuple[Any, ...] = (param_shardings,)
         else:
             self.pools = (Pool(config, tokenizer, sampling, stops(tokenizer), (REASON,)),
                           Pool(summarizer_config, s_tok, summarizer_sampling or sampling,
@@ -415,6 +417,7 @@ class RCEngine:
         return _PROGRAMS[key][0]
 
     def _input_shardings(self) -> tuple:
+        assert self.mesh is not None  # only compiled with shardings on a mesh
         repl = NamedSharding(self.mesh, P())
         params = tuple(s if s is not None else repl for s in self.shardings)
         return (params, tuple(repl for _ in self.pools), tuple(repl for _ in self.pools),

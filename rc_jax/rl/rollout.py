@@ -164,7 +164,7 @@ def build_groups(chains: Sequence[Chain], k: int, rng: np.random.Generator,
 
     prompt(problem, context, conditioned): the exact reasoning prompt ids (see
     `RCTRollout.reasoning_prompt`); snapshot i > 0 continues from a context."""
-    groups = []
+    groups: list[Group] = []
     for c_index, chain in enumerate(chains):
         for i in select_snapshots(num_steps, k, rng, omit_initial):
             ctx = chain.context(i, summary_free)
@@ -205,13 +205,14 @@ RewardFn = Callable[[Sequence[tuple[str, str]]], Sequence[float]]
 
 
 class RCTRollout:
-    """Generates one step's chains and groups with the current weights.
+    """Generates one step's chains and groups with the weights each call is given.
 
     Holds one `RCEngine` (its program compiles once) and reuses the sampler's cached
-    programs; `set_params` swaps in new weights without recompiling.
+    programs; weights are an argument of every generating call, so the trainer passes its
+    new params without mutating anything here (same shapes: nothing recompiles).
     """
 
-    def __init__(self, params: Any, config, tokenizer, settings: RCSettings,
+    def __init__(self, config, tokenizer, settings: RCSettings,
                  sampling: SamplingParams, *, buckets: Buckets = Buckets(), mesh=None,
                  data_axes: tuple[str, ...] | None = None, param_shardings: Any = None,
                  seed: int = 0, summary_free: bool = False,
@@ -224,7 +225,6 @@ class RCTRollout:
         self.sampling, self.buckets, self.mesh = sampling, buckets, mesh
         self.data_axes, self.param_shardings, self.seed = data_axes, param_shardings, seed
         self.summary_free = summary_free
-        self.params = params
         self.engine = shared_engine(config, tokenizer, settings, sampling, buckets, mesh,
                                     data_axes, IdentityKey(param_shardings), max_rows or 8)
         self.stop_ids = tuple(tokenizer.eos_ids)
@@ -244,21 +244,18 @@ class RCTRollout:
         """Exact ids of a reasoning prompt from (problem, summary or previous attempt)."""
         return self.reasoning_prompts.reasoning_ids(problem, context, conditioned)
 
-    def set_params(self, params: Any) -> None:
-        self.params = params
-
     # ------------------------------------------------------------ sampling helper
-    def generate(self, prompts: Sequence[Sequence[int]], budget: int, keys: np.ndarray,
-                 num_samples: int = 1) -> GenerationResult:
+    def generate(self, params: Any, prompts: Sequence[Sequence[int]], budget: int,
+                 keys: np.ndarray, num_samples: int = 1) -> GenerationResult:
         """One batched sampler call; keys: [len(prompts) * num_samples, 2]."""
         kwargs = {} if self.data_axes is None else {"data_axes": self.data_axes}
-        return generate(self.params, self.config, prompts, self.sampling,
+        return generate(params, self.config, prompts, self.sampling,
                         jax.random.PRNGKey(0), budget, self.stop_ids,
                         num_samples=num_samples, pad_id=self.tokenizer.pad_id,
                         buckets=self.buckets, mesh=self.mesh,
                         param_shardings=self.param_shardings, row_keys=keys, **kwargs)
 
-    def generate_chunked(self, prompts: Sequence[Sequence[int]], budget: int,
+    def generate_chunked(self, params: Any, prompts: Sequence[Sequence[int]], budget: int,
                          keys: np.ndarray, num_samples: int = 1) -> list[list[int]]:
         """Generated token lists of `generate`, split into calls of at most `max_rows`."""
         per_call = max(1, self.max_rows // num_samples) if self.max_rows else len(prompts)
@@ -266,13 +263,13 @@ class RCTRollout:
         for start in range(0, len(prompts), per_call):
             part = prompts[start:start + per_call]
             rows = slice(start * num_samples, (start + len(part)) * num_samples)
-            out.extend(self.generate(part, budget, keys[rows], num_samples).tokens)
+            out.extend(self.generate(params, part, budget, keys[rows], num_samples).tokens)
         return out
 
 
     # ------------------------------------------------------------ phase A
-    def run_chains(self, problems: Sequence[str], chains: Sequence[Chain], keys: np.ndarray,
-                   num_steps: int) -> list[Chain]:
+    def run_chains(self, params: Any, problems: Sequence[str], chains: Sequence[Chain],
+                   keys: np.ndarray, num_steps: int) -> list[Chain]:
         """Fills every chain's reasoning (and summaries) for `num_steps` steps.
 
         problems: the step's problem texts; chains[j].problem_index points into them.
@@ -281,14 +278,14 @@ class RCTRollout:
         if self.summary_free:
             per_call = self.max_rows or len(chains)
             for start in range(0, len(chains), per_call):  # bounded KV-cache memory
-                self._run_summary_free(problems, chains[start:start + per_call],
+                self._run_summary_free(params, problems, chains[start:start + per_call],
                                        keys[start:start + per_call], num_steps)
             return list(chains)
         # The engine's slots (max_rows of them) bound the cache; chains stream through.
         jobs = [Job(problems[c.problem_index], k, num_steps,
                     initial_summary=self.tokenizer.decode(c.seed_ids) if c.seed_ids else "")
                 for c, k in zip(chains, keys)]
-        outs, _ = self.engine.run(self.params, jobs)
+        outs, _ = self.engine.run(params, jobs)
         encode = self.tokenizer.encode
         for chain, out in zip(chains, outs):
             # Cleaned texts (what the next prompt sees) and their ids for the snapshot plans.
@@ -298,13 +295,13 @@ class RCTRollout:
             chain.summary_ids = [encode(t) for t in rec.summary_clean]
         return list(chains)
 
-    def _run_summary_free(self, problems, chains, keys, num_steps):
+    def _run_summary_free(self, params, problems, chains, keys, num_steps):
         tok = self.tokenizer
         previous = [tok.decode(c.seed_ids) if c.seed_ids else "" for c in chains]
         for t in range(num_steps):
             prompts = [self.reasoning_prompt(problems[c.problem_index], a, t > 0 or bool(a))
                        for c, a in zip(chains, previous)]
-            res = self.generate(prompts, self.settings.max_reasoning_tokens,
+            res = self.generate(params, prompts, self.settings.max_reasoning_tokens,
                                 fold(keys, 2 * t))  # the RC engine's reasoning phase key
             previous = [clean_reasoning(tok.decode(x)) for x in res.tokens]
             for chain, text in zip(chains, previous):
@@ -313,8 +310,8 @@ class RCTRollout:
         return list(chains)
 
     # ------------------------------------------------------------ phase C
-    def sample_groups(self, groups: Sequence[Group], group_size: int, budget: int,
-                      keys: np.ndarray) -> None:
+    def sample_groups(self, params: Any, groups: Sequence[Group], group_size: int,
+                      budget: int, keys: np.ndarray) -> None:
         """Samples `group_size` responses for every group, in as few sampler calls as
         `max_rows` allows (each call's G rows per prompt share one prefill).
 
@@ -324,10 +321,11 @@ class RCTRollout:
         for start in range(0, len(groups), per_call):
             part = groups[start:start + per_call]
             rows = slice(start * group_size, (start + len(part)) * group_size)
-            self._sample_part(part, group_size, budget, keys[rows])
+            self._sample_part(params, part, group_size, budget, keys[rows])
 
-    def _sample_part(self, groups, group_size, budget, keys) -> None:
-        res = self.generate([g.prompt for g in groups], budget, keys, num_samples=group_size)
+    def _sample_part(self, params, groups, group_size, budget, keys) -> None:
+        res = self.generate(params, [g.prompt for g in groups], budget, keys,
+                            num_samples=group_size)
         for row, (toks, fin, lp, model_lp) in enumerate(zip(
                 res.tokens, res.finish_reasons, res.logprobs, res.model_logprobs)):
             g = groups[row // group_size]
@@ -346,7 +344,7 @@ class RCTRollout:
         return self.tokenizer.encode(self.tokenizer.phase_prompt(
             text, use_think_tags=self.settings.use_think_tags))
 
-    def delethink_groups(self, problems: Sequence[str], labels: Sequence[str],
+    def delethink_groups(self, params: Any, problems: Sequence[str], labels: Sequence[str],
                          keys: np.ndarray, group_size: int, spec) -> list[TraceGroup]:
         """`group_size` Delethink traces per problem (group i = problem i), decoded.
 
@@ -360,7 +358,8 @@ class RCTRollout:
         traces: list[Trace] = []
         for start in range(0, len(rows), per_call):
             traces.extend(run_traces(rows[start:start + per_call],
-                                     keys[start:start + per_call], self.generate, spec))
+                                     keys[start:start + per_call],
+                                     functools.partial(self.generate, params), spec))
         decode = functools.partial(self.tokenizer.decode, skip_special_tokens=True)
         return [TraceGroup(i, i, labels[i], part,
                            ["".join(decode(c) for c in t.chunks) for t in part])
@@ -372,7 +371,7 @@ class RCTRollout:
                              problems: Sequence[str], first_id: int,
                              num_steps: int, labels: Sequence[str]) -> list[Group]:
         """Summary-training prompts Summ(problem, s_i, r_i) for k distinct i per chain."""
-        groups = []
+        groups: list[Group] = []
         for c_index, chain in enumerate(chains):
             for i in select_snapshots(num_steps, k, rng):
                 existing = chain.context(i)
@@ -402,6 +401,7 @@ def score(items: Sequence[tuple[str, str]], reward_fn: RewardFn) -> np.ndarray:
 def make_reward_fn(name: str, timeout_s: float) -> RewardFn:
     """Reward functions by name: 'math' (math-verify grader pool, the default) or
     'string_match' (normalised string equality of the last box; no subprocesses)."""
+    grader: MathVerifyGrader | StringMatchGrader
     if name == "math":
         grader = MathVerifyGrader(timeout_s=timeout_s)
     elif name == "string_match":
@@ -412,5 +412,6 @@ def make_reward_fn(name: str, timeout_s: float) -> RewardFn:
     def reward(items: Sequence[tuple[str, str]]) -> list[float]:
         return [float(r.correct) for r in grader.grade_batch(list(items))]
 
-    reward.grader = grader  # type: ignore[attr-defined]  (closed by the trainer)
+    # The trainer closes the grader's worker pool when it is done.
+    reward.grader = grader  # type: ignore[attr-defined]
     return reward

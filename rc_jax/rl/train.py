@@ -136,7 +136,7 @@ class Trainer:
         s = config.sampling
         self.sampling = SamplingParams(s.temperature, s.top_p, s.top_k, s.min_p)
         self.rollout = RCTRollout(
-            self.params, self.model_config.replace(remat_policy="none"), self.tokenizer,
+            self.model_config.replace(remat_policy="none"), self.tokenizer,
             self.settings, self.sampling,
             buckets=Buckets(max_cache_length=config.model.max_cache_length), mesh=self.mesh,
             data_axes=BATCH_AXES if self.mesh is not None else None,
@@ -262,7 +262,8 @@ class Trainer:
         keys = row_keys(c.sampling.seed, [
             f"{step}/{problems[ch.problem_index].problem_id}/chain{ch.chain_index}"
             for ch in chains])
-        self.rollout.run_chains([p.problem for p in problems], chains, keys, c.rc.num_steps)
+        self.rollout.run_chains(self.params, [p.problem for p in problems], chains, keys,
+                                c.rc.num_steps)
         t = timer.add("generation", t)
         if self.buffer is not None:
             # Summary-free chains store their reasoning traces instead (as the authors do).
@@ -279,7 +280,8 @@ class Trainer:
                               labels=labels)
         group_keys = row_keys(c.sampling.seed, [self._group_label(step, problems, chains, g)
                                                    for g in groups], r.group_size)
-        self.rollout.sample_groups(groups, r.group_size, c.rc.max_reasoning_tokens, group_keys)
+        self.rollout.sample_groups(self.params, groups, r.group_size, c.rc.max_reasoning_tokens,
+                                   group_keys)
         check_groups(groups, r.group_size)
         summary_groups: list[Group] = []
         if r.train_summarizer:
@@ -305,7 +307,7 @@ class Trainer:
         t = time.perf_counter()
         keys = row_keys(c.sampling.seed, [f"{step}/{p.problem_id}/delethink"
                                              for p in problems], r.group_size)
-        groups = self.rollout.delethink_groups([p.problem for p in problems],
+        groups = self.rollout.delethink_groups(self.params, [p.problem for p in problems],
                                                [p.answer for p in problems], keys,
                                                r.group_size, c.delethink)
         t = timer.add("generation", t)
@@ -338,7 +340,7 @@ class Trainer:
             len(groups),
             c.rc.num_steps, [p.answer for p in problems])
         self.rollout.sample_groups(
-            sgroups, r.summary_group_size, c.rc.max_summary_tokens,
+            self.params, sgroups, r.summary_group_size, c.rc.max_summary_tokens,
             row_keys(c.sampling.seed, [self._group_label(step, problems, chains, g)
                                           for g in sgroups], r.summary_group_size))
         check_groups(sgroups, r.summary_group_size)
@@ -350,7 +352,7 @@ class Trainer:
                 golds.append(g.label)
                 labels.append(f"{self._group_label(step, problems, chains, g)}/cont{j}")
         m = r.summary_reward_samples
-        tokens = self.rollout.generate_chunked(prompts, c.rc.max_reasoning_tokens,
+        tokens = self.rollout.generate_chunked(self.params, prompts, c.rc.max_reasoning_tokens,
                                                row_keys(c.sampling.seed, labels, m), m)
         t = time.perf_counter()
         texts = [self.tokenizer.decode(x, skip_special_tokens=True) for x in tokens]
@@ -400,7 +402,6 @@ class Trainer:
         self.params, self.opt_state, metrics = train_on_samples(
             self.programs, self.params, self.opt_state, self.ref_params, samples, self.c.rl,
             shards=batch_shards(self.mesh), pad_id=self.tokenizer.pad_id, timer=timer)
-        self.rollout.set_params(self.params)
         return metrics
 
     # ------------------------------------------------------------------ metrics
@@ -462,7 +463,6 @@ class Trainer:
                              f"a different configuration (hash {meta.get('config_hash')} != "
                              f"{self.hash}); use a new output_dir or checkpoint.resume=False")
         self.params, self.opt_state = state["params"], state["opt_state"]
-        self.rollout.set_params(self.params)
         self.stream.load_state_dict(meta["data"])
         if self.buffer is not None and replay:
             self.buffer.load_state_dict(replay)
