@@ -17,11 +17,14 @@ if __name__ == "__main__":
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from typing import Any, Sequence  # noqa: E402
+from typing import TYPE_CHECKING, Any, Sequence  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 from tqdm import tqdm  # noqa: E402
+
+if TYPE_CHECKING:  # JAX loads only after the log level is set (see run)
+    from rc_jax.models import Model
 
 from rc_jax.config import config_hash, flag_error_message, steps_per_record, validate  # noqa: E402
 from rc_jax.data import demo_problems_path, load_problems  # noqa: E402
@@ -69,11 +72,11 @@ def load_problem_set(config) -> list:
 
 
 def load_model(path: str, dtype: str, mesh=None, attention: str = "auto",
-               quantization: str = "none"):
-    """(config, params, shardings) from an HF directory, sharded on `mesh` if given;
+               quantization: str = "none") -> "Model":
+    """The `Model` (config, params, shardings) of an HF directory, sharded on `mesh` if given;
     `attention`: the `ModelConfig.attention` implementation (config `model.attention`);
     `quantization`: "int8" quantizes the projections as they load (`model.quantization`)."""
-    from rc_jax.models import ModelConfig, load_hf_checkpoint
+    from rc_jax.models import Model, ModelConfig, load_hf_checkpoint
     shardings = None
     if mesh is not None:
         from rc_jax.parallel import param_shardings
@@ -82,7 +85,7 @@ def load_model(path: str, dtype: str, mesh=None, attention: str = "auto",
         shardings = param_shardings(cfg, mesh)
     config, params = load_hf_checkpoint(path, dtype=dtype, shardings=shardings,
                                         attention=attention, quantization=quantization)
-    return config, params, shardings
+    return Model(config, params, shardings)
 
 
 def run(config) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from helpers import left_padded_batch, tiny_config, tiny_hf_config
-from rc_jax.models import (forward, load_hf_checkpoint, param_shapes, positions_from_mask,
+from rc_jax.models import (forward, init_params, load_hf_checkpoint, param_shapes, positions_from_mask,
                            save_hf_checkpoint)
 from rc_jax.models.checkpoint import hf_state_dict
 from rc_jax.models.safetensors_io import SafetensorsFile, save_file
@@ -444,3 +444,16 @@ def test_sharded_load_reads_only_each_devices_slice(tmp_path, monkeypatch):
     # Bytes copied = bytes the devices hold (no whole-tensor reads).
     held = sum(s.data.nbytes for x in jax.tree.leaves(sharded) for s in x.addressable_shards)
     assert sum(c["nbytes"] for c in calls) == held
+
+
+def test_load_model_returns_a_model_record(tmp_path):
+    """`main.load_model` gives one `Model` (config, params, shardings): weights travel as an
+    argument of the engine and sampler calls, nothing holds them."""
+    from rc_jax.main import load_model
+    from rc_jax.models import Model
+    config = tiny_config("qwen3", vocab_size=64)
+    save_hf_checkpoint(str(tmp_path), config, init_params(config, jax.random.PRNGKey(0)))
+    model = load_model(str(tmp_path), "float32")
+    assert isinstance(model, Model) and model.shardings is None
+    config, params, _ = model  # still unpacks like the (config, params, shardings) it was
+    assert config.vocab_size == params["embedding"].shape[0]

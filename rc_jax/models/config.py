@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
@@ -201,3 +201,13 @@ def _reject_unsupported(hf: dict[str, Any], source: str) -> None:
         raise ValueError(f"{source}: hidden_act {act!r} is not supported (only silu)")
     if hf.get("mlp_bias"):
         raise ValueError(f"{source}: mlp_bias=true is not supported")
+
+
+class Model(NamedTuple):
+    """A loaded model: its config, its params pytree (placed on devices) and the params'
+    shardings (None off a mesh). Weights are an argument of every call that uses them
+    (`RCEngine.run(params, ...)`, `generate(params, ...)`, `RCTRollout.run_chains(params,
+    ...)`), so a trainer passes new weights without mutating any engine."""
+    config: ModelConfig
+    params: Any
+    shardings: Any = None

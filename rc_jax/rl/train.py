@@ -27,7 +27,7 @@ from absl import logging
 from rc_jax.config import config_hash, data_split, validate
 from rc_jax.data import DataError, demo_problems_path, load_problems
 from rc_jax.limits import check_context, check_run_fits
-from rc_jax.models import ModelConfig, load_hf_checkpoint, save_hf_checkpoint
+from rc_jax.models import Model, ModelConfig, load_hf_checkpoint, save_hf_checkpoint
 from rc_jax.outputs import prepare_output_dir, set_aside_previous_run
 from rc_jax.parallel import broadcast_from_main, make_mesh, param_shardings, to_host
 from rc_jax.rc.engine import RCSettings
@@ -193,13 +193,13 @@ class Trainer:
             # A copy: the optimizer update donates (frees) the policy's buffers.
             params = jax.tree.map(lambda x: jnp.array(x, cfg.jnp_param_dtype, copy=True), params)
             params = jax.device_put(params, shardings or _first_device())
-            return cfg, params, shardings
+            return Model(cfg, params, shardings)
         cfg = ModelConfig.from_pretrained(self.model_dir, **self._overrides())
         shardings = None if self.mesh is None else _param_shardings(cfg, self.mesh)
         cfg, params = load_hf_checkpoint(self.model_dir, shardings=shardings, **self._overrides())
         if shardings is None:
             params = jax.device_put(params, _first_device())
-        return cfg, params, shardings
+        return Model(cfg, params, shardings)
 
     def _load_reference(self, model):
         """The frozen initial policy for the KL term (None when no KL coefficient is on)."""
