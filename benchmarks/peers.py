@@ -105,10 +105,7 @@ def gguf_weight_bytes(path: Path) -> int:
 
 # ----------------------------------------------------------------------------- model
 def quick_model(tmp: Path) -> Path:
-    try:
-        from rc_jax.tools.tiny_tokenizer import build_tiny_tokenizer
-    except ImportError:  # before its move out of rc_jax.testing
-        from rc_jax.testing.tiny_tokenizer import build_tiny_tokenizer  # type: ignore
+    from rc_jax.tools.tiny_tokenizer import build_tiny_tokenizer
     tok = build_tiny_tokenizer(tmp / "tokenizer", vocab_size=QUICK["vocab_size"])
     config = ModelConfig(**QUICK)
     # numpy, not init_params: jitting the initializers takes longer than the whole run

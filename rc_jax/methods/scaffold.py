@@ -47,7 +47,7 @@ from rc_jax.records import NO_SUMMARY, RolloutRecord
 
 class Scaffold(abc.ABC):
     """Subclass, set `name` and `kind` (the prompt kind of rounds >= 1, see
-    `rc_jax.methods.prompts.define_kind`) and implement `round_fields`."""
+    `rc_jax.prompts.define_kind`) and implement `round_fields`."""
 
     name: str = "scaffold"
     kind: str = "aggregate"
