@@ -98,7 +98,7 @@ def synthetic(quick: bool, repeats: int, long: bool = False) -> dict:
     if quick:
         h_r, h_s, steps, problems, samples = 32, 8, 2, 4, 2
     elif long:
-        h_r, h_s, steps, problems, samples = 1024, 32, 2, 12, 8
+        h_r, h_s, steps, problems, samples = 1024, 32, 2, 12, 16
     else:
         h_r, h_s, steps, problems, samples = 128, 32, 3, 16, 8
     settings = RCSettings(num_steps=steps, max_reasoning_tokens=h_r, max_summary_tokens=h_s)
