@@ -524,11 +524,12 @@ class RCEngine:
         Rows on one device: `refill_rows` slots per prefill call (or one, for
         stragglers), gathered to the front and written back in place. Rows sharded over
         devices: one prefill over every slot, rows where they are, written by select
-        (`_write_rows`): a gather or slice at traced row indices of a sharded axis makes
+        (`_select_rows`): a gather or slice at traced row indices of a sharded axis makes
         GSPMD replicate the whole KV cache, and the gathered rows' prefill, on every
-        device (Qwen3-4B, 16 rows, H_R 4k on a v5e-16: 17.3 GiB per chip instead of 11.7
-        with the select alone, see docs/scaling.md), while a batch-sharded prefill keeps
-        each device on its own rows: a refill costs one local row's prefill per device.
+        device (Qwen3-4B, 16 rows, H_R 4k on a v5e-16: 17.3 GiB per chip with gathered
+        rows, 11.7 with the select write alone, 7.2 with both; docs/scaling.md), while a
+        batch-sharded prefill keeps each device on its own rows: a refill costs one local
+        row's prefill per device.
         """
         pool, pad = self.pools[pool_index], self.pad_ids[pool_index]
         width, r, c = shape.prompt_width, shape.refill_rows, shape.cache_length
@@ -553,7 +554,7 @@ class RCEngine:
         if batch_shards(self.mesh, self.data_axes) > 1:
             lens = jnp.where(assign, plen, 1)
             last, k, v, valid = prefill(prompts, lens)
-            cache = _write_rows(cache, None, assign, k, v, valid, lens)
+            cache = _select_rows(cache, assign, k, v, valid, lens)
             return cache, jnp.where(assign[:, None], last, logits)
 
         def rows(r, carry):
@@ -686,18 +687,15 @@ def _interruptible(fn: Callable[[], Any], host: _Host) -> Any:
     return result["value"]
 
 
-def _write_rows(cache: qwen3.KVCache, idx: jax.Array | None, sel: jax.Array, k: jax.Array,
+def _write_rows(cache: qwen3.KVCache, idx: jax.Array, sel: jax.Array, k: jax.Array,
                 v: jax.Array, valid: jax.Array, lens: jax.Array) -> qwen3.KVCache:
     """Writes R rows (k, v: [L, R, C, K, D] stacked layout) into cache rows `idx` where
     `sel`; the cache may be stacked or in the per-layer decode form.
 
-    `idx` given: one `dynamic_update_slice` per (row, layer): XLA updates the
-    loop-carried cache in place, where a gather/scatter over the row axis would copy the
-    whole cache. `idx` None: R is every row (k, v in the cache's row order), written by
-    an elementwise select, which keeps each device on its own rows of a sharded cache.
+    One `dynamic_update_slice` per (row, layer): XLA updates the loop-carried cache in
+    place, where a gather/scatter over the row axis would copy the whole cache. (Rows
+    sharded over devices: `_select_rows`.)
     """
-    if idx is None:
-        return _select_rows(cache, sel, k, v, valid, lens)
     index = cache.index.at[idx].set(jnp.where(sel, lens, cache.index[idx]))
     new_valid = cache.valid.at[idx].set(jnp.where(sel[:, None], valid, cache.valid[idx]))
     unstacked = qwen3.cache_is_unstacked(cache)
@@ -728,8 +726,9 @@ def _write_rows(cache: qwen3.KVCache, idx: jax.Array | None, sel: jax.Array, k: 
 
 def _select_rows(cache: qwen3.KVCache, sel: jax.Array, k: jax.Array, v: jax.Array,
                  valid: jax.Array, lens: jax.Array) -> qwen3.KVCache:
-    """Every row of k, v [L, B, C, K, D] replaces its cache row where sel [B] (see
-    `_write_rows`)."""
+    """Every row of k, v [L, B, C, K, D] replaces its cache row where sel [B]: an
+    elementwise select, so each device of a batch-sharded cache touches only its own rows
+    (see `RCEngine._refill`)."""
     index = jnp.where(sel, lens, cache.index)
     new_valid = jnp.where(sel[:, None], valid, cache.valid)
     if not qwen3.cache_is_unstacked(cache):  # [L, B, C, K, D]
@@ -737,10 +736,9 @@ def _select_rows(cache: qwen3.KVCache, sel: jax.Array, k: jax.Array, v: jax.Arra
         return cache.replace(k=jnp.where(hit, k.astype(cache.k.dtype), cache.k),
                              v=jnp.where(hit, v.astype(cache.v.dtype), cache.v),
                              valid=new_valid, index=index)
-    b, c, kv, d = k.shape[1:]
-    hit = jnp.repeat(sel, kv)[:, None, None]
-    ks = tuple(jnp.where(hit, k[layer].transpose(0, 2, 3, 1).reshape(b * kv, d, c).astype(full.dtype),
-                         full) for layer, full in enumerate(cache.k))   # keys [B*K, D, C]
-    vs = tuple(jnp.where(hit, v[layer].transpose(0, 2, 1, 3).reshape(b * kv, c, d).astype(full.dtype),
-                         full) for layer, full in enumerate(cache.v))   # values [B*K, C, D]
-    return cache.replace(k=ks, v=vs, valid=new_valid, index=index)
+    new = qwen3.unstack_cache(cache.replace(k=k, v=v))  # the new rows in the decode layout
+    hit = jnp.repeat(sel, k.shape[3])[:, None, None]  # rows of [B*K, ...]
+    pick = lambda news, olds: tuple(jnp.where(hit, n.astype(o.dtype), o)  # noqa: E731
+                                    for n, o in zip(news, olds))
+    return cache.replace(k=pick(new.k, cache.k), v=pick(new.v, cache.v), valid=new_valid,
+                         index=index)
