@@ -2,6 +2,7 @@
 task, tokenizer, prompts, the Delethink row, smoke run."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -116,6 +117,98 @@ def test_sft_prompts_are_the_engine_prompts(toy_tokenizer):
             == tok.chat_prompt_ids(pipeline.SOLVE_TEMPLATE.read_text().format(problem=p)))
 
 
+def test_restart_variant_sft_targets_ignore_the_summary(toy_tokenizer):
+    """restart_fraction: that share of the summary-conditioned reasoning examples has the
+    from-scratch step as its target (the prompt still carries the summary); 0 draws the
+    same examples as before the option existed (the base variant's data is unchanged)."""
+    from rc_jax.prompts import load_template
+    from experiments.toy.plans import make_plan
+    tok = toy_tokenizer
+    plans = dict(reasoning_plan=make_plan(tok, load_template(str(pipeline.REASONING_TEMPLATE),
+                                                             "reasoning")),
+                 summary_plan=make_plan(tok, load_template(str(pipeline.SUMMARY_TEMPLATE),
+                                                           "summary")))
+    args = dict(tokenizer=tok, ops_per_step=4, min_ops=1, max_ops=32, **plans)
+
+    def build(fraction):
+        return sft.build_examples(np.random.default_rng(5), 300, restart_fraction=fraction,
+                                  **args)
+
+    default = sft.build_examples(np.random.default_rng(5), 300, **args)
+    assert [(e.prompt, e.response) for e in build(0.0)] == \
+        [(e.prompt, e.response) for e in default]
+    for fraction, lo, hi in ((1.0, 1.0, 1.0), (0.5, 0.35, 0.65)):
+        restarts = conditioned = 0
+        for e in build(fraction):
+            if e.role != "reasoning":
+                continue
+            user = tok.decode(e.prompt, skip_special_tokens=False).split(
+                "<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
+            problem = task.ChainProblem.parse(user.split("\n")[0].split(" ", 1)[1])
+            state = task.parse_summary(user.split("\n")[1].removeprefix("state "))
+            target = tok.decode(e.response, skip_special_tokens=True)
+            if state is None:  # empty summary: always the step from the start
+                assert target == problem.reasoning(0, 4)
+                continue
+            conditioned += 1
+            if target == problem.reasoning(0, 4) != problem.reasoning(state[0], 4):
+                restarts += 1
+            else:
+                assert target == problem.reasoning(state[0], 4)
+        assert conditioned > 50 and lo <= restarts / conditioned <= hi
+
+
+def test_careless_teacher_slips_and_carries_on():
+    """noisy variant: each written value is wrong with probability slip_prob and the trace
+    continues from it (every operation still reads its own label and the value written
+    before it); slip 0 is the exact trace."""
+    rng = np.random.default_rng(0)
+    p = task.sample_problem(rng, 10)
+    for k in (0, 4, 8, 10):
+        assert sft.noisy_reasoning(p, k, 4, rng, 0.0) == p.reasoning(k, 4)
+    for k in (0, 8):
+        text = sft.noisy_reasoning(p, k, 4, rng, 1.0)
+        steps = task._STEP_RE.findall(text)
+        assert [lab for lab, *_ in steps] == list(task.LABELS[k:min(10, k + 4)])
+        value = p.values[k]
+        for (label, op, before, after) in steps:
+            assert int(before) == value                       # carries on from what it wrote
+            assert int(after) != task.apply_op(value, op)    # every value slipped
+            value = int(after)
+        assert text.endswith(f"\\boxed{{{value}}}") == (k + 4 >= 10)
+
+
+def test_replay_warm_start_from_the_correct_states(tmp_path):
+    """rl_replay_reference + rl_replay_last_steps: per problem, the correct summaries of
+    the last K steps before the first finished state and that state, at their depths."""
+    s = dataclasses.replace(pipeline.SMOKE, rl_replay_last_steps=2, rl_replay_reference=True)
+    problems = [task.sample_problem(np.random.default_rng(n), n) for n in (3, 9, 12)]
+    path = tmp_path / "replay.json"
+    assert pipeline.write_replay_warm_start(None, None, problems, s, str(path)) == 2 + 3 + 3
+    out = json.loads(path.read_text())
+    p3, p9, p12 = problems
+    assert out[p3.text] == {"summaries": ["", p3.summary(3)], "starting_steps": [0, 1]}
+    assert out[p9.text] == {"summaries": [p9.summary(4), p9.summary(8), p9.summary(9)],
+                            "starting_steps": [1, 2, 3]}
+    assert out[p12.text]["starting_steps"] == [1, 2, 3]
+    assert out[p12.text]["summaries"][-1] == p12.summary(12)
+
+
+def test_paired_interval_and_sign_test():
+    """rl_vs_sft_rc of metrics.json on the base toy's committed paired numbers (T = 8:
+    +2.1 points, s.e. 1.42, 32 rollouts solved only by RC-RL, 21 only by SFT)."""
+    from experiments.toy import report
+    iv = report.paired_interval({"difference": 0.021484375, "stderr": 0.014201102919521437,
+                                 "pairs": 512, "a_only": 32, "b_only": 21}, 8)
+    assert iv["t"] == 8 and iv["n_pairs"] == 512
+    assert abs(iv["paired_diff"] - 2.1484375) < 1e-9
+    assert abs(iv["ci95_low"] - (2.1484375 - 1.96 * 1.4201102919521437)) < 1e-9
+    assert iv["ci95_low"] < 0 < iv["ci95_high"]           # not significant
+    assert abs(iv["sign_test_p"] - 0.16898) < 1e-4         # 2 * P(Binom(53, 1/2) <= 21)
+    assert report.paired_interval({"difference": 0.0, "stderr": 0.0, "pairs": 4,
+                                   "a_only": 0, "b_only": 0}, 2)["sign_test_p"] == 1.0
+
+
 def test_sft_batches_mask_only_responses(toy_tokenizer):
     e = sft.Example([1, 2, 3, 4], [5, 6, 7], "reasoning")
     b = sft.make_batches([e] * 4, 2, 0, np.random.default_rng(0), length_multiple=8)
@@ -198,14 +291,26 @@ def test_delethink_row_runs_with_the_toy_budgets(toy_tokenizer):
 
 # ---------------------------------------------------------------- the whole pipeline
 @pytest.mark.slow
-def test_smoke_pipeline(tmp_path):
-    """data -> SFT -> RC RL (rc_jax.rl) -> RC / autoregressive evaluation -> plot, tiny."""
-    s = pipeline.SMOKE
-    summary = pipeline.run(s, work_dir=tmp_path / "work", results_dir=tmp_path / "results",
-                           log=lambda *_: None)
+def test_smoke_pipeline(tmp_path, capsys):
+    """data -> SFT -> RC RL (rc_jax.rl) -> RC / autoregressive evaluation -> plot, tiny;
+    through the command line, as the noisy variant (careless SFT teacher, RL from the
+    correct states of the last 2 steps)."""
+    from experiments.toy import run
+    s = dataclasses.replace(pipeline.SMOKE, **pipeline.VARIANT_OVERRIDES["noisy"])
+    assert run.main(["--smoke", "--variant", "noisy", "--work_dir", str(tmp_path / "work"),
+                     "--results_dir", str(tmp_path / "results")]) == 0
+    capsys.readouterr()
     for name in ("toy_curve.png", "table.md", "metrics.json"):
         assert (tmp_path / "results" / name).is_file()
     m = json.loads((tmp_path / "results" / "metrics.json").read_text())
+    assert m["settings"]["hash"] == s.hash() != pipeline.SMOKE.hash()
+    # the SFT cache key covers the SFT fields only; the base variant keeps its hashes
+    assert dataclasses.replace(s, rl_replay_last_steps=5).sft_hash() == s.sft_hash() \
+        != pipeline.SMOKE.sft_hash()
+    assert pipeline.FULL.hash() == "7808addac0a3"  # experiments/toy/results/metrics.json
+    iv = m["rl_vs_sft_rc"]
+    assert iv["t"] == s.t_eval and iv["n_pairs"] == s.eval_per_ops * s.eval_max_ops * s.eval_samples
+    assert iv["ci95_low"] <= iv["paired_diff"] <= iv["ci95_high"]
     assert m["methods"] == [pipeline.METHOD_AR, pipeline.METHOD_SFT_RC, pipeline.METHOD_RL_RC,
                             pipeline.METHOD_RL_AR, pipeline.METHOD_SFT_DT]
     for method in m["methods"]:
@@ -221,11 +326,11 @@ def test_smoke_pipeline(tmp_path):
     assert len(m["rl_history"]) == s.rl_steps
     assert m["oracle"][-1] == 1.0
     assert "| T |" in (tmp_path / "results" / "table.md").read_text()
-    assert summary["checks"].keys() >= {"rl_rc_still_rising_beyond_t_train",
+    assert m["checks"].keys() >= {"rl_rc_still_rising_beyond_t_train",
                                         "c_above_a_and_b_at_largest_budget",
                                         "paired_at_largest_budget"}
     for pair in ("c_minus_b", "b_minus_e"):
-        paired = summary["checks"]["paired_at_largest_budget"][pair]
+        paired = m["checks"]["paired_at_largest_budget"][pair]
         assert paired["pairs"] == s.eval_per_ops * s.eval_max_ops * s.eval_samples
     dt = m["curves"][pipeline.METHOD_SFT_DT]   # Delethink: C, then C - m per later chunk
     assert dt[-1]["tokens"] <= s.delethink_chunk + (s.t_eval - 1) * (

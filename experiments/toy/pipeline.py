@@ -44,6 +44,11 @@ METHOD_RL_AR = "(d) RC-RL, autoregressive"
 METHOD_SFT_DT = "(e) SFT, Delethink"
 
 
+_LATER_FIELDS = {"sft_restart_fraction": 0.0, "sft_stop_step": 0, "sft_slip_prob": 0.0,
+                 "rl_replay_last_steps": 0,
+                 "rl_replay_reference": False}
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     seed: int = 0
@@ -70,6 +75,15 @@ class Settings:
     sft_summary_fraction: float = 0.2    # share of summarization examples
     sft_min_ops: int = 1
     sft_max_ops: int = 32
+    # Share of the summary-conditioned reasoning examples whose target ignores the summary
+    # and starts over from the first operation (0 in the base variant; see VARIANTS).
+    sft_restart_fraction: float = 0.0
+    # Stop SFT after this many steps of the sft_steps schedule (0: train them all): an
+    # early checkpoint of the same run, which knows the format but still errs at random.
+    sft_stop_step: int = 0
+    # Careless teacher: each value a reasoning target writes is wrong with this probability
+    # (and the trace carries on from it), so the SFT model slips at random (0: exact).
+    sft_slip_prob: float = 0.0
     # RC RL (rc_jax.rl): chains of T_train steps on problems of the whole difficulty
     # range. With `rl_replay`, chains start from summaries in a replay buffer warm-started
     # with the SFT model's own RC rollouts on the RL problems (the paper's Stage II), so
@@ -84,6 +98,14 @@ class Settings:
     rl_max_ops: int = 32
     rl_problems: int = 256
     rl_replay: bool = True
+    # With rl_replay: warm-start only the states within this many RC steps of a problem's
+    # end (depths >= n - K, n = the steps it needs; 0: every state from the start), so
+    # that most 2-step chains can reach the answer and their GRPO groups carry signal.
+    rl_replay_last_steps: int = 0
+    # With rl_replay: warm-start with the correct states (a perfect RC model's summaries)
+    # instead of the SFT model's own rollouts, whose states are often already wrong (then
+    # every response of a group fails alike and GRPO has nothing to learn from).
+    rl_replay_reference: bool = False
     # Evaluation: problems stratified over eval_min_ops..eval_max_ops operations.
     eval_per_ops: int = 8
     eval_min_ops: int = 1
@@ -115,8 +137,14 @@ class Settings:
         if not 0 <= self.delethink_keep_last < self.delethink_chunk:
             raise ValueError("delethink_keep_last must be in [0, delethink chunk tokens)")
 
+    def _fields(self) -> dict[str, Any]:
+        # Fields added after the base results were committed are left out at their
+        # defaults, so the base variant keeps the settings hashes of those results.
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(json.dumps(self._fields(), sort_keys=True)
                               .encode()).hexdigest()[:12]
 
     def sft_hash(self) -> str:
@@ -125,10 +153,25 @@ class Settings:
                 "mlp", "sft_steps", "sft_batch", "sft_lr", "sft_warmup", "sft_min_ops",
                 "sft_max_ops", "sft_summary_fraction", "max_reasoning_tokens")
         d = {k: getattr(self, k) for k in keys} | {"sft_data_version": sft.DATA_VERSION}
+        d |= {k: v for k, v in self._fields().items()
+              if k in _LATER_FIELDS and k.startswith("sft_")}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
 FULL = Settings()
+
+# The toy's variants (`python -m experiments.toy.run --variant=NAME`), see docs/toy.md.
+# * base: the SFT teacher is exact, so the SFT model is already near-perfect at the
+#   summary-conditioned single steps RC decoding asks for; RL has little left to teach.
+# * noisy: a careless SFT teacher (each written value wrong with probability 0.05), so
+#   the SFT model slips at random in every step and slips compound over T steps; RL
+#   chains start from the correct states of a problem's last 2 steps, where most GRPO
+#   groups can reach the answer. Here RC RL on 2-step chains matters at every T.
+VARIANT_OVERRIDES: dict[str, dict[str, Any]] = {
+    "base": {},
+    "noisy": {"sft_slip_prob": 0.05, "rl_replay_last_steps": 2, "rl_replay_reference": True},
+}
+VARIANTS = {name: dataclasses.replace(FULL, **o) for name, o in VARIANT_OVERRIDES.items()}
 
 SMOKE = Settings(
     t_eval=4, hidden=32, layers=2, heads=2, kv_heads=1, mlp=64,
@@ -186,14 +229,23 @@ def write_replay_warm_start(engine, params, problems: list, s: Settings, path: s
     drifts there, see docs/toy.md). Later summaries repeat that finished state. The
     summaries are the model's own, wrong ones included.
     """
-    records = evaluate.rc_records(
-        engine, params, [Problem(f"rl-{i}", p.text, str(p.answer)) for i, p in enumerate(problems)],
-        num_samples=1, num_steps=s.t_eval, seed=s.seed + 500, method="replay warm start",
-        batch_size=s.eval_batch, log=lambda *_: None)
+    if s.rl_replay_reference:
+        own = [[p.summary(min(p.num_ops, d * s.ops_per_step)) for d in range(1, s.t_eval + 1)]
+               for p in problems]
+    else:
+        records = evaluate.rc_records(
+            engine, params,
+            [Problem(f"rl-{i}", p.text, str(p.answer)) for i, p in enumerate(problems)],
+            num_samples=1, num_steps=s.t_eval, seed=s.seed + 500, method="replay warm start",
+            batch_size=s.eval_batch, log=lambda *_: None)
+        own = [r["summary_clean"] for r in records]
     out: dict[str, dict[str, list]] = {}
-    for p, r in zip(problems, records):
-        summaries = [""] + list(r["summary_clean"][:p.steps_needed(s.ops_per_step)])
-        out[p.text] = {"summaries": summaries, "starting_steps": list(range(len(summaries)))}
+    for p, summaries_of_p in zip(problems, own):
+        n = p.steps_needed(s.ops_per_step)
+        summaries = [""] + list(summaries_of_p[:n])
+        first = max(0, n - s.rl_replay_last_steps) if s.rl_replay_last_steps else 0
+        out[p.text] = {"summaries": summaries[first:],
+                       "starting_steps": list(range(first, len(summaries)))}
     Path(path).write_text(json.dumps(out))
     return sum(len(v["summaries"]) for v in out.values())
 
@@ -252,12 +304,16 @@ def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = Fal
                                       tokenizer=tokenizer, reasoning_plan=r_plan,
                                       summary_plan=s_plan, ops_per_step=s.ops_per_step,
                                       min_ops=s.sft_min_ops, max_ops=s.sft_max_ops,
-                                      summary_fraction=s.sft_summary_fraction)
+                                      summary_fraction=s.sft_summary_fraction,
+                                      restart_fraction=s.sft_restart_fraction,
+                                      slip_prob=s.sft_slip_prob)
         batches = sft.make_batches(examples, s.sft_batch, tokenizer.pad_id, data_rng)[:s.sft_steps]
         log(f"SFT: {len(batches)} steps x {s.sft_batch} single-step traces "
-            f"({s.sft_min_ops}-{s.sft_max_ops} operations, <= {s.ops_per_step} per trace)")
+            f"({s.sft_min_ops}-{s.sft_max_ops} operations, <= {s.ops_per_step} per trace)"
+            + (f", stopped after step {s.sft_stop_step}" if s.sft_stop_step else ""))
         sft_params, sft_history = sft.train_sft(model_cfg, batches, seed=s.seed, lr=s.sft_lr,
                                                 warmup=s.sft_warmup, tokenizer=tokenizer,
+                                                stop_step=s.sft_stop_step,
                                                 log_every=max(1, len(batches) // 10), log=log)
         save_hf_checkpoint(sft_dir, model_cfg, sft_params, tokenizer_dir=tok_dir)
         marker.write_text(json.dumps({"sft_hash": s.sft_hash(), "history": sft_history}))
@@ -274,7 +330,9 @@ def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = Fal
         replay_path = str(work_dir / "data" / "rl_replay.json")
         stored = write_replay_warm_start(engine, sft_params, rl_problems, s, replay_path)
         log(f"RL replay buffer: {stored} summaries of the SFT model's RC rollouts on the "
-            f"{len(rl_problems)} RL problems (up to the first finished state)")
+            f"{len(rl_problems)} RL problems (up to the first finished state"
+            + (f"; the last {s.rl_replay_last_steps} steps before it)"
+               if s.rl_replay_last_steps else ")"))
     cfg = rl.rl_config(model_dir=str(sft_dir), data_path=rl_data, output_dir=str(rl_out),
                        reasoning_template=str(REASONING_TEMPLATE),
                        summary_template=str(SUMMARY_TEMPLATE), num_steps=s.t_train,
@@ -337,6 +395,8 @@ def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = Fal
                                                 s.t_eval),
         "b_minus_e": evaluate.paired_difference(graded[METHOD_SFT_RC], graded[METHOD_SFT_DT],
                                                 s.t_eval)}
+    summary["rl_vs_sft_rc"] = report.paired_interval(
+        summary["checks"]["paired_at_largest_budget"]["c_minus_b"], s.t_eval)
     summary["settings"] = dataclasses.asdict(s) | {"hash": s.hash()}
     summary["model"] = {"num_params": model_cfg.num_params, **model_cfg.to_hf_dict()}
     summary["sft_history"] = sft_history

@@ -56,6 +56,23 @@ def summarize(metrics: dict[str, Any], difficulty: dict[str, dict[int, float]],
         "checks": checks, "methods": labels}
 
 
+def paired_interval(paired: dict[str, Any], t: int) -> dict[str, Any]:
+    """`rl_vs_sft_rc` of metrics.json: a paired difference (`evaluate.paired_difference`:
+    mean of per-(problem, sample) differences and its standard error) as percentage points
+    with a normal 95% interval (mean ± 1.96 s.e.; 512 pairs), and the exact two-sided sign
+    test (McNemar) on the discordant pairs, which assumes nothing about the distribution."""
+    d, se, n = paired["difference"], paired["stderr"], paired["pairs"]
+    wins, losses = paired["a_only"], paired["b_only"]
+    m = wins + losses
+    tail = sum(math.comb(m, i) for i in range(min(wins, losses) + 1)) / 2 ** m if m else 1.0
+    return {"t": t, "paired_diff": 100 * d, "ci95_low": 100 * (d - 1.96 * se),
+            "ci95_high": 100 * (d + 1.96 * se), "n_pairs": n, "rl_only": wins,
+            "sft_only": losses, "sign_test_p": min(1.0, 2 * tail),
+            "test": "paired: same problems and sampling keys on both sides; mean +- 1.96 "
+                    "s.e. of the per-pair differences; exact two-sided sign test on the "
+                    "pairs solved by one side only"}
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
@@ -108,6 +125,11 @@ def table(summary: dict[str, Any]) -> str:
         lines.append(f"Paired over the same {cb['pairs']} (problem, sample) rollouts: (c) - (b) = "
                      f"{100 * cb['difference']:+.1f} ± {100 * cb['stderr']:.1f} points "
                      f"({cb['a_only']} solved only by (c), {cb['b_only']} only by (b)).")
+        iv = summary.get("rl_vs_sft_rc")
+        if iv:
+            lines.append(f"RC-RL vs SFT with RC decoding at T = {iv['t']}: paired 95% interval "
+                         f"[{iv['ci95_low']:+.1f}, {iv['ci95_high']:+.1f}] points, sign test "
+                         f"p = {iv['sign_test_p']:.2g}.")
         be = paired.get("b_minus_e")
         if be:
             lines.append(f"SFT model, RC decoding vs Delethink, paired: (b) - (e) = "

@@ -77,8 +77,8 @@ class Example:
 def build_examples(rng: np.random.Generator, count: int, *, tokenizer, reasoning_plan: PromptPlan,
                    summary_plan: PromptPlan, ops_per_step: int, min_ops: int, max_ops: int,
                    summary_fraction: float = 0.3, truncate_fraction: float = 0.2,
-                   aligned_fraction: float = 0.5, finished_fraction: float = 0.05
-                   ) -> list[Example]:
+                   aligned_fraction: float = 0.5, finished_fraction: float = 0.05,
+                   restart_fraction: float = 0.0, slip_prob: float = 0.0) -> list[Example]:
     """`count` SFT examples from fresh random problems.
 
     The state k (operations already done) is drawn first and the problem length N
@@ -88,6 +88,18 @@ def build_examples(rng: np.random.Generator, count: int, *, tokenizer, reasoning
     fails on them systematically. k is a multiple of ops_per_step (the states an RC
     rollout visits) with probability `aligned_fraction`; with probability
     `finished_fraction` the problem is already done (k = N: re-box the answer).
+
+    With probability `restart_fraction`, a reasoning example whose prompt carries a
+    summary (k > 0) has as its target the step from the start instead (`reasoning(0)`):
+    the teacher ignores the summary and starts over, as a model trained only on
+    from-scratch reasoning does (the `restart` variant of docs/toy.md). The summary
+    examples are unchanged. At 0 (the default) no extra random numbers are drawn, so
+    the data is the same as before the option existed.
+
+    With `slip_prob` > 0 the reasoning targets come from a careless teacher: each value it
+    writes after an operation is wrong (another digit, uniformly) with that probability,
+    and it carries on from its wrong value (`noisy_reasoning`; the `noisy` variant).
+    Again nothing extra is drawn at 0.
     """
     eos = tokenizer.hf.convert_tokens_to_ids("<|im_end|>")
     enc = tokenizer.encode
@@ -112,10 +124,31 @@ def build_examples(rng: np.random.Generator, count: int, *, tokenizer, reasoning
                                             "reasoning": r_ids})
             out.append(Example(prompt, enc(target) + [eos], "summary"))
         else:
+            if restart_fraction > 0 and k > 0 and rng.random() < restart_fraction:
+                reasoning = p.reasoning(0, ops_per_step)  # ignore the summary: start over
+            if slip_prob > 0:
+                reasoning = noisy_reasoning(p, k, ops_per_step, rng, slip_prob)
             prompt = reasoning_plan.host_ids({"problem": problem_ids,
                                               "curr_summary": summary_ids})
             out.append(Example(prompt, enc(reasoning) + [eos], "reasoning"))
     return out
+
+
+def noisy_reasoning(p: task.ChainProblem, k: int, ops_per_step: int, rng: np.random.Generator,
+                    slip_prob: float) -> str:
+    """`p.reasoning(k, ops_per_step)` written by a careless teacher: each value after an
+    operation is replaced by another digit with probability `slip_prob`, and the next
+    operation starts from the written (possibly wrong) value; a finished step boxes it."""
+    value, end = p.values[k], min(p.num_ops, k + ops_per_step)
+    body = []
+    for i in range(k, end):
+        after = task.apply_op(value, p.ops[i])
+        if rng.random() < slip_prob:
+            after = (after + int(rng.integers(1, task.MOD))) % task.MOD
+        body.append(f"{task.LABELS[i]}{task.LABELS[i]}{p.ops[i]}{value}{after}")
+        value = after
+    text = "".join(body)
+    return text if end < p.num_ops else f"{text}{task.BOX_OPEN}{value}{task.BOX_CLOSE}"
 
 
 def make_batches(examples: Sequence[Example], batch_size: int, pad_id: int,
@@ -168,10 +201,12 @@ def make_optimizer(lr: float, steps: int, warmup: int, weight_decay: float = 0.0
 
 def train_sft(config: ModelConfig, batches: Sequence[dict[str, np.ndarray]], *, seed: int,
               lr: float, warmup: int, params: Any = None, tokenizer=None, log_every: int = 50,
-              time_limit_s: float | None = None,
+              time_limit_s: float | None = None, stop_step: int = 0,
               log: Callable[[str], None] = print) -> tuple[Any, list[dict[str, float]]]:
     """Adam over `batches` in order; returns (params, history). Stops early (and says
-    so in the history) if `time_limit_s` runs out."""
+    so in the history) if `time_limit_s` runs out. `stop_step` > 0 keeps the learning-rate
+    schedule of all `batches` but stops after that many: an early checkpoint of the same
+    run (the `early` variant of docs/toy.md)."""
     if params is None:
         params = init_params(config, jax.random.PRNGKey(seed))
         if tokenizer is not None:
@@ -187,6 +222,8 @@ def train_sft(config: ModelConfig, batches: Sequence[dict[str, np.ndarray]], *, 
 
     history, start = [], time.perf_counter()
     window: list[tuple[jax.Array, jax.Array]] = []
+    if stop_step:
+        batches = batches[:stop_step]
     for i, batch in enumerate(batches):
         params, opt_state, loss, acc = step(params, opt_state, batch)
         window.append((loss, acc))
