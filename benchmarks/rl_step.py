@@ -203,6 +203,8 @@ def memory(quick: bool) -> dict:
     cases = []
     for name, devices, hbm, mesh in (MESHES[:2] if quick else MESHES):
         cases.append(dict(slice=name, **memory_case(mesh, devices, length, 1, 2048, hbm)))
+    # experiments/rct_stage1.py's mesh: fsdp:4 with 2 rows per shard (8 sequences).
+    cases.append(dict(slice="v5p-8", **memory_case("fsdp:4", 4, length, 2, 2048, 95)))
     # Without the chunked LM head: full [S, V] float32 logits.
     cases.append(dict(slice="v5p-8", **memory_case("fsdp:1,tensor:4", 4, length, 1, 0, 95)))
     sweep = [] if quick else [
