@@ -227,20 +227,22 @@ def write_replay_warm_start(engine, params, problems: list, s: Settings, path: s
     depths 1..n, n = the steps the problem needs, so the states with work left and the
     first finished state (from which the model must keep its answer: the SFT model
     drifts there, see docs/toy.md). Later summaries repeat that finished state. The
-    summaries are the model's own, wrong ones included.
+    summaries are the model's own, wrong ones included; with `s.rl_replay_reference`
+    they are the correct ones instead (no rollouts: `engine` and `params` are unused).
+    With `s.rl_replay_last_steps` = K > 0 only depths n - K .. n are kept.
     """
     if s.rl_replay_reference:
-        own = [[p.summary(min(p.num_ops, d * s.ops_per_step)) for d in range(1, s.t_eval + 1)]
-               for p in problems]
+        step_summaries = [[p.summary(min(p.num_ops, d * s.ops_per_step))
+                           for d in range(1, s.t_eval + 1)] for p in problems]
     else:
         records = evaluate.rc_records(
             engine, params,
             [Problem(f"rl-{i}", p.text, str(p.answer)) for i, p in enumerate(problems)],
             num_samples=1, num_steps=s.t_eval, seed=s.seed + 500, method="replay warm start",
             batch_size=s.eval_batch, log=lambda *_: None)
-        own = [r["summary_clean"] for r in records]
+        step_summaries = [r["summary_clean"] for r in records]
     out: dict[str, dict[str, list]] = {}
-    for p, summaries_of_p in zip(problems, own):
+    for p, summaries_of_p in zip(problems, step_summaries):
         n = p.steps_needed(s.ops_per_step)
         summaries = [""] + list(summaries_of_p[:n])
         first = max(0, n - s.rl_replay_last_steps) if s.rl_replay_last_steps else 0
@@ -329,7 +331,8 @@ def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = Fal
     if s.rl_replay:
         replay_path = str(work_dir / "data" / "rl_replay.json")
         stored = write_replay_warm_start(engine, sft_params, rl_problems, s, replay_path)
-        log(f"RL replay buffer: {stored} summaries of the SFT model's RC rollouts on the "
+        source = "correct states" if s.rl_replay_reference else "the SFT model's RC rollouts"
+        log(f"RL replay buffer: {stored} summaries ({source}) of the "
             f"{len(rl_problems)} RL problems (up to the first finished state"
             + (f"; the last {s.rl_replay_last_steps} steps before it)"
                if s.rl_replay_last_steps else ")"))
