@@ -92,7 +92,7 @@ def build_examples(rng: np.random.Generator, count: int, *, tokenizer, reasoning
     With probability `restart_fraction`, a reasoning example whose prompt carries a
     summary (k > 0) has as its target the step from the start instead (`reasoning(0)`):
     the teacher ignores the summary and starts over, as a model trained only on
-    from-scratch reasoning does (the `restart` variant of docs/toy.md). The summary
+    from-scratch reasoning does (measured and not kept as a variant: docs/toy.md). The summary
     examples are unchanged. At 0 (the default) no extra random numbers are drawn, so
     the data is the same as before the option existed.
 
@@ -124,10 +124,13 @@ def build_examples(rng: np.random.Generator, count: int, *, tokenizer, reasoning
                                             "reasoning": r_ids})
             out.append(Example(prompt, enc(target) + [eos], "summary"))
         else:
+            start = k
             if restart_fraction > 0 and k > 0 and rng.random() < restart_fraction:
-                reasoning = p.reasoning(0, ops_per_step)  # ignore the summary: start over
+                start = 0  # ignore the summary: start over
             if slip_prob > 0:
-                reasoning = noisy_reasoning(p, k, ops_per_step, rng, slip_prob)
+                reasoning = noisy_reasoning(p, start, ops_per_step, rng, slip_prob)
+            elif start != k:
+                reasoning = p.reasoning(start, ops_per_step)
             prompt = reasoning_plan.host_ids({"problem": problem_ids,
                                               "curr_summary": summary_ids})
             out.append(Example(prompt, enc(reasoning) + [eos], "reasoning"))
@@ -139,16 +142,13 @@ def noisy_reasoning(p: task.ChainProblem, k: int, ops_per_step: int, rng: np.ran
     """`p.reasoning(k, ops_per_step)` written by a careless teacher: each value after an
     operation is replaced by another digit with probability `slip_prob`, and the next
     operation starts from the written (possibly wrong) value; a finished step boxes it."""
-    value, end = p.values[k], min(p.num_ops, k + ops_per_step)
-    body = []
-    for i in range(k, end):
-        after = task.apply_op(value, p.ops[i])
+    written = [p.values[k]]
+    for i in range(k, min(p.num_ops, k + ops_per_step)):
+        after = task.apply_op(written[-1], p.ops[i])
         if rng.random() < slip_prob:
             after = (after + int(rng.integers(1, task.MOD))) % task.MOD
-        body.append(f"{task.LABELS[i]}{task.LABELS[i]}{p.ops[i]}{value}{after}")
-        value = after
-    text = "".join(body)
-    return text if end < p.num_ops else f"{text}{task.BOX_OPEN}{value}{task.BOX_CLOSE}"
+        written.append(after)
+    return p.write_step(k, written)
 
 
 def make_batches(examples: Sequence[Example], batch_size: int, pad_id: int,
@@ -206,7 +206,7 @@ def train_sft(config: ModelConfig, batches: Sequence[dict[str, np.ndarray]], *, 
     """Adam over `batches` in order; returns (params, history). Stops early (and says
     so in the history) if `time_limit_s` runs out. `stop_step` > 0 keeps the learning-rate
     schedule of all `batches` but stops after that many: an early checkpoint of the same
-    run (the `early` variant of docs/toy.md)."""
+    run (measured and not kept as a variant: docs/toy.md)."""
     if params is None:
         params = init_params(config, jax.random.PRNGKey(seed))
         if tokenizer is not None:

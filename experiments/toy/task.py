@@ -103,13 +103,19 @@ class ChainProblem:
 
     def reasoning(self, k: int, ops_per_step: int) -> str:
         """The reasoning step that continues from the state after k operations."""
-        vals = self.values
         end = min(self.num_ops, k + ops_per_step)
-        body = "".join(f"{LABELS[i]}{LABELS[i]}{self.ops[i]}{vals[i]}{vals[i + 1]}"
+        return self.write_step(k, self.values[k:end + 1])
+
+    def write_step(self, k: int, written: Sequence[int]) -> str:
+        """A reasoning step from the state after k operations that writes the values
+        `written` (the value before operation k, then the value after each operation
+        done); `reasoning` writes the correct ones."""
+        end = k + len(written) - 1
+        body = "".join(f"{LABELS[i]}{LABELS[i]}{self.ops[i]}{written[i - k]}{written[i - k + 1]}"
                        for i in range(k, end))
         if end < self.num_ops:  # unfinished: no answer (a boxed partial value would be
             return body         # right by chance 1 time in 10 and reward a wrong step)
-        return f"{body}{BOX_OPEN}{vals[end]}{BOX_CLOSE}"
+        return f"{body}{BOX_OPEN}{written[-1]}{BOX_CLOSE}"
 
     def reference_rc(self, ops_per_step: int, num_steps: int) -> list[tuple[str, str]]:
         """(reasoning, summary) of every step of a perfect RC rollout."""
