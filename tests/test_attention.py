@@ -21,6 +21,16 @@ def small_blocks(monkeypatch):
     (and a last, padded block: 37 % 8, 53 % 16 != 0)."""
     monkeypatch.setattr(attn, "DEFAULT_BLOCK_Q", 8)
     monkeypatch.setattr(attn, "DEFAULT_BLOCK_K", 16)
+    # Decode-form caches of more than 16 slots split into segments 0-8, 8-16, 16-32, ...
+    monkeypatch.setattr(attn, "DECODE_FIRST_SEGMENT", 8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fresh_programs_after():
+    """Programs compiled here use the small blocks and segments above: drop them so later
+    test modules compile their own."""
+    yield
+    jax.clear_caches()
 
 
 def _rel(a, b, where=None):
@@ -149,7 +159,7 @@ def test_chunked_prefill_cache_and_decode_forms_match_dense(params):
         # ...and a 3-token chunk after it (queries in one block, keys across several).
         chunk, _ = forward(params, cfg, jnp.asarray([[4, 5, 6]] * 3), pos + 1 + jnp.arange(3),
                            cache2)
-        # The CPU decode form (packed params, unstacked cache): always dense.
+        # The CPU decode form (packed params, unstacked cache: 45 slots in 5 segments).
         packed = qwen3.pack_for_decode(params, cfg)
         dec, _ = forward(packed, cfg, nxt, pos, qwen3.unstack_cache(cache))
         out[impl] = last, step, chunk, dec, cache
@@ -338,7 +348,7 @@ def test_cached_attention_row_does_not_depend_on_the_batch():
 
 def test_cached_model_paths_match_dense(params, monkeypatch):
     """Prefill chunks and a decode step over a stacked cache of several key blocks:
-    auto/blockwise read only live blocks and equal dense; the CPU decode form is dense."""
+    auto/blockwise read only live blocks and equal dense, as does the CPU decode form."""
     from rc_jax.sampling.core import prefill
     monkeypatch.setattr(attn, "DEFAULT_BLOCK_KV", 16)
     tokens, mask = _padded((32, 29, 12), width=32, seed=4)
@@ -355,3 +365,75 @@ def test_cached_model_paths_match_dense(params, monkeypatch):
     for impl in ("auto", "blockwise"):
         for a, b in zip(out["dense"], out[impl]):
             assert _rel(a, b) <= RTOL, impl
+
+
+def _decode_form(k, v):
+    """Kernel inputs k, v [B, C, K, D] in the decode form: segments of keys [B*K, D, Cj]
+    and values [B*K, Cj, D]."""
+    b, c, kh, d = k.shape
+    bounds = attn.decode_segments(c)
+    keys = k.transpose(0, 2, 3, 1).reshape(b * kh, d, c)
+    values = v.transpose(0, 2, 1, 3).reshape(b * kh, c, d)
+    return (tuple(keys[:, :, lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])),
+            tuple(values[:, lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])))
+
+
+def test_decode_segments():
+    assert attn.decode_segments(16) == (0, 16)  # <= 2 x first segment: one segment
+    assert attn.decode_segments(17) == (0, 8, 16, 17)
+    assert attn.decode_segments(100) == (0, 8, 16, 32, 64, 100)
+    assert attn.decode_segments(128) == (0, 8, 16, 32, 64, 128)
+
+
+def test_decode_attention_segments_equal_dense_and_rows_are_independent():
+    """The CPU decode form: segmented attention equals dense; a row's output is
+    bit-identical whatever the other rows' lengths (which decide the segments run)."""
+    q, k, v, _ = _kernel_inputs(b=3, s=1, c=100)
+    keys, values = _decode_form(k, v)
+    assert len(keys) == 5
+    q4 = q.reshape(3, 1, -1, q.shape[-1])  # [B, S, H, D]
+    base = np.zeros((3, 1, 100), bool)
+    base[0, :, 3:20] = True  # row 0: left padding, then into the third segment
+    base[1, :, :60] = True
+    rows = []
+    for other in (5, 33, 100):  # row 2's length: first segment only ... all five
+        m = base.copy()
+        m[2, :, :other] = True
+        m = jnp.asarray(m)
+        out = jax.jit(attn.decode_attention, static_argnums=4)(q4, keys, values, m, 2)
+        dense = attn.dense_attention(q, k, v, m).reshape(out.shape)
+        assert _rel(dense, out) <= RTOL, other
+        rows.append(np.asarray(out[:2]))
+    assert all(np.array_equal(rows[0], r) for r in rows[1:])
+
+
+def test_decode_form_cache_round_trip_and_per_row_decode(params):
+    """unstack/stack are exact inverses; decode steps on the segmented decode form with a
+    per-row write index (rows crossing segment boundaries) equal the stacked dense path."""
+    r = np.random.default_rng(5)
+    cfg = _cfg("dense")
+    cache = qwen3.init_cache(cfg, 2, 40)
+    cache = cache.replace(k=jnp.asarray(r.normal(size=cache.k.shape), jnp.float32),
+                          v=jnp.asarray(r.normal(size=cache.v.shape), jnp.float32))
+    un = qwen3.unstack_cache(cache)
+    assert [x.shape[-1] for x in un.k[0]] == [8, 8, 16, 8]
+    back = qwen3.stack_cache(un)
+    assert np.array_equal(back.k, cache.k) and np.array_equal(back.v, cache.v)
+
+    tokens, mask = _padded((14, 7), width=14, seed=6)
+    cache = qwen3.init_cache(cfg, 2, 40).replace(index=jnp.asarray([0, 20], jnp.int32))
+    pos = jnp.broadcast_to(jnp.arange(14), (2, 14))
+    _, cache = forward(params, cfg, tokens, pos, cache, token_mask=mask)
+    packed = qwen3.pack_for_decode(params, cfg)
+    stacked, unstacked = cache, qwen3.unstack_cache(cache)
+    nxt = jnp.asarray([[7], [9]])
+    for t in range(5):  # row 0: slots 14-18 (second segment), row 1: 34-38 (fourth)
+        ls, stacked = forward(params, cfg, nxt, 14 + t + jnp.zeros((2, 1), jnp.int32), stacked)
+        lu, unstacked = forward(packed, cfg, nxt, 14 + t + jnp.zeros((2, 1), jnp.int32),
+                                unstacked)
+        assert _rel(ls, lu) <= RTOL, t
+        nxt = jnp.argmax(ls[:, -1], -1)[:, None].astype(jnp.int32)
+    final = qwen3.stack_cache(unstacked)
+    valid = np.asarray(stacked.valid)
+    assert np.array_equal(valid, np.asarray(final.valid))
+    assert _rel(np.asarray(stacked.k)[:, valid], np.asarray(final.k)[:, valid]) <= RTOL

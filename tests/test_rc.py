@@ -126,6 +126,33 @@ def test_continuous_equals_lockstep_for_any_slot_count(model, tiny_tokenizer, sa
     assert runs[3, "continuous"][1].utilization > runs[3, "lockstep"][1].utilization
 
 
+def test_segmented_decode_cache_keeps_rows_independent(model, tiny_tokenizer, monkeypatch):
+    """The CPU decode form skips cache segments no row has reached (caches here are small,
+    so segments start at 16 slots): which segments run depends on the other rows, yet
+    every schedule and slot count gives the same rollouts."""
+    from rc_jax.models import attention
+    jax.clear_caches()  # programs compiled by earlier tests hold the one-segment form
+    monkeypatch.setattr(attention, "DECODE_FIRST_SEGMENT", 16)
+    seen = []
+    decode_attention = attention.decode_attention
+
+    def spy(q, keys, *args):
+        seen.append(len(keys))
+        return decode_attention(q, keys, *args)
+    monkeypatch.setattr("rc_jax.models.qwen3.decode_attention", spy)
+    config, params = model
+    runs = []
+    for slots, scheduling in ((1, "continuous"), (3, "continuous"), (3, "lockstep")):
+        engine = RCEngine(config, tiny_tokenizer, SETTINGS, SAMPLED, slots=slots,
+                          scheduling=scheduling, stop_ids=_stops(tiny_tokenizer))
+        runs.append(engine.run(params, _jobs(PROBLEMS[:4]))[0])
+    jax.clear_caches()  # later tests must not reuse these segmented programs
+    assert seen and min(seen) >= 5  # the decode form really was segmented
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert a.record == b.record
+
+
 def test_reused_slot_never_sees_its_previous_occupant(model, tiny_tokenizer):
     config, params = model
     engine = RCEngine(config, tiny_tokenizer, SETTINGS, SAMPLED, slots=1,

@@ -316,6 +316,129 @@ def cached_attention(q, k, v, mask, *, block: int | None = None):
     return out.astype(dt).transpose(0, 3, 1, 2, 4)
 
 
+# --------------------------------------------------------------- decode form (CPU)
+# The decode form of the cache (`qwen3.unstack_cache`, the CPU decode path) splits each
+# layer's slots into segments of doubling size: 0-512, 512-1024, 1024-2048, ... (the last
+# one ends at the cache length). Each segment is its own array, so attention can skip the
+# segments no row has reached without slicing: on XLA:CPU every slice of a cache array
+# feeding a dot is a copy that costs more than the dot itself (docs/design.md,
+# "Attention"). A step then reads at most twice the longest row's filled slots.
+DECODE_FIRST_SEGMENT = 512
+
+
+def decode_segments(c: int) -> tuple[int, ...]:
+    """Segment boundaries (0, ..., c) of a decode-form cache of `c` slots: one segment
+    when c <= 2 * DECODE_FIRST_SEGMENT (short caches keep the plain dense form), else
+    0, 512, 1024, 2048, ... doubling, the last boundary being c."""
+    first = DECODE_FIRST_SEGMENT
+    if c <= 2 * first:
+        return (0, c)
+    bounds = [0, first]
+    while bounds[-1] < c:
+        bounds.append(min(c, 2 * bounds[-1]))
+    return tuple(bounds)
+
+
+def _group_queries(q, kv_heads: int):
+    """q [B, S, H, D] -> [B*K, G*S, D]: queries grouped under their kv head's cache row."""
+    b, s, h, d = q.shape
+    g = h // kv_heads
+    return q.reshape(b, s, kv_heads, g, d).transpose(0, 2, 3, 1, 4).reshape(b * kv_heads, g * s, d)
+
+
+def _ungroup(out, b: int, s: int, kv_heads: int):
+    """[B*K, G*S, D] -> [B, S, H*D] (inverse of `_group_queries`, heads flattened)."""
+    d = out.shape[-1]
+    g = out.shape[1] // s
+    return out.reshape(b, kv_heads, g, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, -1)
+
+
+def _segment_scores(qg, keys, mask, kv_heads: int):
+    """Masked float32 scores [B, K, G, S, Cj] of grouped queries against one segment."""
+    b, s, c = mask.shape
+    d = qg.shape[-1]
+    scores = jnp.einsum("nmd,ndc->nmc", qg, keys.astype(qg.dtype),
+                        preferred_element_type=jnp.float32) * (d ** -0.5)
+    scores = scores.reshape(b, kv_heads, -1, s, c)
+    return jnp.where(mask[:, None, None], scores, _MASK_VALUE)
+
+
+def _segment_parts(qg, keys, values, mask, kv_heads: int):
+    """One segment's softmax parts: max m [N, M], sum l [N, M] of exp(score - m), and
+    sum_c exp(score - m) v [N, M, D] (N = B*K, M = G*S)."""
+    n, mm, _ = qg.shape
+    scores = _segment_scores(qg, keys, mask, kv_heads)
+    m = jnp.max(scores, axis=-1, keepdims=True)
+    p = jnp.exp(scores - m)
+    o = jnp.einsum("nmc,ncd->nmd", p.astype(qg.dtype).reshape(n, mm, -1),
+                   values.astype(qg.dtype), preferred_element_type=jnp.float32)
+    return m.reshape(n, mm), jnp.sum(p, axis=-1).reshape(n, mm), o
+
+
+def _tree_sum(x, axis: int):
+    """Sum over `axis` as a balanced binary tree over a power-of-two length (zero padded):
+    appending zero terms leaves the result bit-identical, which is what keeps a row's
+    output independent of how many segments the other rows needed."""
+    n = x.shape[axis]
+    width = 1 << (n - 1).bit_length()
+    if width != n:
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (0, width - n)
+        x = jnp.pad(x, pad)
+    while x.shape[axis] > 1:
+        half = x.shape[axis] // 2
+        x = (jax.lax.slice_in_dim(x, 0, half, axis=axis)
+             + jax.lax.slice_in_dim(x, half, 2 * half, axis=axis))
+    return jnp.squeeze(x, axis)
+
+
+def decode_attention(q, keys, values, mask, kv_heads: int):
+    """Attention on the decode form of the cache (`qwen3.unstack_cache`).
+
+    q: [B, S, H, D]; keys: tuple over segments of [B*K, D, Cj]; values: tuple of
+    [B*K, Cj, D]; mask: [B, S, C] (C = sum of Cj) -> [B, S, H*D].
+
+    One segment: dense (softmax, then one batched matmul each way). Several: each segment
+    past the first runs under a `lax.cond` on whether any row may see it, so the cost of
+    a step follows the longest row's length, not the bucket; the segments' softmax parts
+    are merged with one shared max and `_tree_sum`, so a row's output is bit-identical
+    whatever the other rows' lengths (skipped and fully masked segments both contribute
+    exact zeros). It differs from the one-segment form only by float32 rounding.
+    """
+    b, s = q.shape[:2]
+    qg = _group_queries(q, kv_heads)
+    if len(keys) == 1:
+        scores = _segment_scores(qg, keys[0], mask, kv_heads)
+        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype).reshape(qg.shape[0], qg.shape[1], -1)
+        out = jnp.einsum("nmc,ncd->nmd", probs, values[0].astype(q.dtype))
+        return _ungroup(out, b, s, kv_heads)
+
+    n, mm, d = qg.shape
+    seen = jnp.any(mask, axis=(0, 1))  # [C]: slots some query may see
+
+    def skipped(*_):
+        return (jnp.full((n, mm), _MASK_VALUE, jnp.float32), jnp.zeros((n, mm), jnp.float32),
+                jnp.zeros((n, mm, d), jnp.float32))
+
+    def run(qg, kj, vj, mj):
+        return _segment_parts(qg, kj, vj, mj, kv_heads)
+
+    parts, lo = [], 0
+    for j, (kj, vj) in enumerate(zip(keys, values)):
+        hi = lo + kj.shape[-1]
+        mj = mask[:, :, lo:hi]
+        parts.append(run(qg, kj, vj, mj) if j == 0 else
+                     jax.lax.cond(jnp.any(seen[lo:hi]), run, skipped, qg, kj, vj, mj))
+        lo = hi
+    ms = jnp.stack([m for m, _, _ in parts], axis=-1)  # [N, M, segments]
+    top = jnp.max(ms, axis=-1, keepdims=True)
+    w = jnp.exp(ms - top)  # 0 for segments a row cannot see (their max is _MASK_VALUE)
+    l = _tree_sum(w * jnp.stack([l for _, l, _ in parts], axis=-1), -1)
+    o = _tree_sum(w[:, :, None] * jnp.stack([o for _, _, o in parts], axis=-1), -1)
+    out = (o / jnp.where(l == 0, 1.0, l)[..., None]).astype(q.dtype)
+    return _ungroup(out, b, s, kv_heads)
+
+
 # ------------------------------------------------------------------------------ fused
 def cudnn_attention(q, k, v, mask):
     """cuDNN flash attention through `jax.nn.dot_product_attention` (GPU, bf16/fp16).

@@ -26,13 +26,13 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from rc_jax.models.attention import attend, cached_attention
+from rc_jax.models.attention import (attend, cached_attention, decode_attention,
+                                     decode_segments)
 from rc_jax.models.config import ModelConfig
 from rc_jax.models.quant import (concat_out, operand, quantize_params, quantized_logical_axes,
                                  scale_output, tie, to_out_in)
 
 Params = Any  # nested dict of arrays
-_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully-masked rows stay NaN-free
 
 
 @flax.struct.dataclass
@@ -46,9 +46,9 @@ class KVCache:
         left-padded so that rows stay aligned), or [B] int32, each row's own next slot
         (the RC scheduler's layout: rows hold unrelated prompts that start at slot 0).
 
-    `unstack_cache` makes the per-layer decode form: k and v tuples of L arrays, keys
-    [B*K, D, C] and values [B*K, C, D], the layouts in which attention is two plain
-    batched matmuls; `forward` accepts and returns either form.
+    `unstack_cache` makes the per-layer decode form: k and v tuples of L layers, each a
+    tuple of slot segments, keys [B*K, D, Cj] and values [B*K, Cj, D], the layouts in
+    which attention is plain batched matmuls; `forward` accepts and returns either form.
     """
     k: Any
     v: Any
@@ -76,16 +76,25 @@ def cache_is_unstacked(cache: KVCache) -> bool:
 
 
 def unstack_cache(cache: KVCache) -> KVCache:
-    """The per-layer decode form of a cache: tuples of keys [B*K, D, C] and values
-    [B*K, C, D] (batch and kv heads merged, so there is no size-1 batch dim for XLA to
-    strip at B = 1, which would make it copy the cache every step). A copy when traced;
+    """The per-layer decode form of a cache: k and v are tuples over layers, each a tuple
+    over the slot segments of `attention.decode_segments` of keys [B*K, D, Cj] and values
+    [B*K, Cj, D] (batch and kv heads merged, so there is no size-1 batch dim for XLA to
+    strip at B = 1, which would make it copy the cache every step; segments so that decode
+    attention can skip the slots no row has reached without slicing). A copy when traced;
     a no-op if already unstacked."""
     if cache_is_unstacked(cache):
         return cache
     n, b, c, k, d = cache.k.shape
+    bounds = decode_segments(c)
+
+    def split(x, axis):
+        return tuple(jax.lax.slice_in_dim(x, lo, hi, axis=axis)
+                     for lo, hi in zip(bounds[:-1], bounds[1:]))
     return cache.replace(
-        k=tuple(cache.k[i].transpose(0, 2, 3, 1).reshape(b * k, d, c) for i in range(n)),
-        v=tuple(cache.v[i].transpose(0, 2, 1, 3).reshape(b * k, c, d) for i in range(n)))
+        k=tuple(split(cache.k[i].transpose(0, 2, 3, 1).reshape(b * k, d, c), 2)
+                for i in range(n)),
+        v=tuple(split(cache.v[i].transpose(0, 2, 1, 3).reshape(b * k, c, d), 1)
+                for i in range(n)))
 
 
 def stack_cache(cache: KVCache) -> KVCache:
@@ -93,14 +102,15 @@ def stack_cache(cache: KVCache) -> KVCache:
     if not cache_is_unstacked(cache):
         return cache
     b = cache.valid.shape[0]
-    bk, d, c = cache.k[0].shape
+    bk, d, c = cache.k[0][0].shape[0], cache.k[0][0].shape[1], cache.valid.shape[1]
     k = bk // b
+    layer_k = [jnp.concatenate(x, axis=2) for x in cache.k]
+    layer_v = [jnp.concatenate(x, axis=1) for x in cache.v]
     return cache.replace(
-        k=jnp.stack([x.reshape(b, k, d, c).transpose(0, 3, 1, 2) for x in cache.k]),
-        v=jnp.stack([x.reshape(b, k, c, d).transpose(0, 2, 1, 3) for x in cache.v]))
+        k=jnp.stack([x.reshape(b, k, d, c).transpose(0, 3, 1, 2) for x in layer_k]),
+        v=jnp.stack([x.reshape(b, k, c, d).transpose(0, 2, 1, 3) for x in layer_v]))
 
 
-# ----------------------------------------------------------------------------- layers
 def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str, ...],
            init: Any) -> jax.Array:
     cfg: ModelConfig = module.config
@@ -160,19 +170,19 @@ def dense_t(x: jax.Array, w_t: jax.Array, preferred_element_type: Any = None) ->
     return jax.lax.optimization_barrier(y).T.reshape(*lead, w_t.shape[0])
 
 
-def _dense_decode_layout(q, layer_k, layer_v, mask, k: int):
-    """Dense attention on the decode form of the cache: q [B, S, H, D], keys [B*K, D, C],
-    values [B*K, C, D], mask [B, S, C] -> [B, S, H*D]. Queries grouped by kv head:
-    [B*K, G*S, D] @ [B*K, D, C], then @ [B*K, C, D]: two plain batched matmuls."""
-    b, s, h, d = q.shape
-    g, c, dt = h // k, layer_k.shape[-1], q.dtype
-    qg = q.reshape(b, s, k, g, d).transpose(0, 2, 3, 1, 4).reshape(b * k, g * s, d)
-    scores = jnp.einsum("nmd,ndc->nmc", qg, layer_k.astype(dt),
-                        preferred_element_type=jnp.float32) * (d ** -0.5)
-    scores = jnp.where(mask[:, None, None], scores.reshape(b, k, g, s, c), _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt).reshape(b * k, g * s, c)
-    out = jnp.einsum("nmc,ncd->nmd", probs, layer_v.astype(dt))
-    return out.reshape(b, k, g, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, h * d)
+def _write_segments(keys, values, rows, slots, new_k, new_v):
+    """Writes new_k / new_v [B*K, S, D] at slots [B*K, S] of a decode-form layer (tuples of
+    keys [B*K, D, Cj] and values [B*K, Cj, D]); each segment takes the slots it holds
+    (the others are dropped: out of range)."""
+    out_k, out_v, lo = [], [], 0
+    for kj, vj in zip(keys, values):
+        cj = kj.shape[-1]
+        local = slots - lo
+        local = jnp.where((local >= 0) & (local < cj), local, cj)  # cj: out of range, dropped
+        out_k.append(kj.at[rows, :, local].set(new_k.astype(kj.dtype), mode="drop"))
+        out_v.append(vj.at[rows, local].set(new_v.astype(vj.dtype), mode="drop"))
+        lo += cj
+    return tuple(out_k), tuple(out_v)
 
 
 class Attention(nn.Module):
@@ -238,7 +248,7 @@ class Attention(nn.Module):
         per_row = jnp.ndim(index) == 1  # continuous batching: each row has its own slot
         if per_row:
             slots = index[:, None] + jnp.arange(s)[None, :]  # [B, S]
-        if layer_k.ndim == 4:  # stacked cache layout [B, C, K, D]
+        if not isinstance(layer_k, tuple):  # stacked cache layout [B, C, K, D]
             if per_row:
                 rows = jnp.arange(b)[:, None]
                 layer_k = layer_k.at[rows, slots].set(kk.astype(layer_k.dtype), mode="drop")
@@ -255,26 +265,23 @@ class Attention(nn.Module):
             else:
                 out = attend(qk, layer_k, layer_v, ctx["mask"], impl=cfg.attention)
             out = out.reshape(b, s, h * d)
-        else:  # decode form: keys [B*K, D, C], values [B*K, C, D]
+        else:  # decode form: segments of keys [B*K, D, Cj] and values [B*K, Cj, D]
             new_k = jnp.transpose(kk, (0, 2, 3, 1)).reshape(b * k, d, s)
             new_v = jnp.transpose(vv, (0, 2, 1, 3)).reshape(b * k, s, d)
-            if per_row:  # row n = b * K + kv head: slots of row b
-                rows = jnp.arange(b * k)[:, None]
-                kv_slots = jnp.repeat(slots, k, axis=0)  # [B*K, S]
-                layer_k = layer_k.at[rows, :, kv_slots].set(
-                    jnp.swapaxes(new_k, 1, 2).astype(layer_k.dtype), mode="drop")
-                layer_v = layer_v.at[rows, kv_slots].set(new_v.astype(layer_v.dtype),
-                                                         mode="drop")
+            if len(layer_k) == 1 and not per_row:
+                layer_k = (jax.lax.dynamic_update_slice(
+                    layer_k[0], new_k.astype(layer_k[0].dtype), (0, 0, index)),)
+                layer_v = (jax.lax.dynamic_update_slice(
+                    layer_v[0], new_v.astype(layer_v[0].dtype), (0, index, 0)),)
             else:
-                layer_k = jax.lax.dynamic_update_slice(layer_k, new_k.astype(layer_k.dtype),
-                                                       (0, 0, index))
-                layer_v = jax.lax.dynamic_update_slice(layer_v, new_v.astype(layer_v.dtype),
-                                                       (0, index, 0))
-            # Dense on purpose: on XLA:CPU a key-block loop copies every block it reads
-            # (dynamic slices are not fused into dots) and pays per-op dispatch per
-            # block, which at one query per row costs more than scoring the whole cache
-            # (docs/design.md, "Attention").
-            out = _dense_decode_layout(q, layer_k, layer_v, ctx["mask"], k)
+                if not per_row:
+                    slots = jnp.broadcast_to(index + jnp.arange(s)[None, :], (b, s))
+                rows = jnp.arange(b * k)[:, None]  # row n = b * K + kv head: slots of row b
+                kv_slots = jnp.repeat(slots, k, axis=0)  # [B*K, S]
+                layer_k, layer_v = _write_segments(layer_k, layer_v, rows, kv_slots,
+                                                   jnp.swapaxes(new_k, 1, 2), new_v)
+            # Length-aware on CPU without slicing the cache (see `decode_attention`).
+            out = decode_attention(q, layer_k, layer_v, ctx["mask"], k)
         if self.packed:
             y = scale_output(dense_t(out, operand(wo, dt)), wo)
         else:

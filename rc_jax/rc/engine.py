@@ -43,6 +43,7 @@ from jax.experimental import io_callback
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rc_jax.models import qwen3
+from rc_jax.models.attention import decode_segments
 from rc_jax.models.config import ModelConfig
 from rc_jax.parallel import (batch_axes, batch_shards, broadcast_from_main, put_global,
                              sharding_context)
@@ -710,15 +711,20 @@ def _write_rows(cache: qwen3.KVCache, idx: jax.Array, sel: jax.Array, k: jax.Arr
                 return jax.lax.dynamic_update_slice(full, jnp.where(keep_old, old, new), start)
             ks, vs = put(ks, k), put(vs, v)
             continue
-        for layer in range(len(ks)):  # keys [B*K, D, C], values [B*K, C, D]
+        bounds = decode_segments(cache.valid.shape[1])
+        for layer in range(len(ks)):  # segments of keys [B*K, D, Cj], values [B*K, Cj, D]
             kv = k.shape[3]
-            for arrays, new in ((ks, k[layer, j].transpose(1, 2, 0)),   # [K, D, C]
-                                (vs, v[layer, j].transpose(1, 0, 2))):  # [K, C, D]
-                full = arrays[layer]
-                start = (row * kv, 0, 0)
-                old = jax.lax.dynamic_slice(full, start, (kv,) + full.shape[1:])
-                arrays[layer] = jax.lax.dynamic_update_slice(
-                    full, jnp.where(keep_old, old, new.astype(full.dtype)), start)
+            new_k = k[layer, j].transpose(1, 2, 0)  # [K, D, C]
+            new_v = v[layer, j].transpose(1, 0, 2)  # [K, C, D]
+            for arrays, new, axis in ((ks, new_k, 2), (vs, new_v, 1)):
+                segments = list(arrays[layer])
+                for s, full in enumerate(segments):
+                    part = jax.lax.slice_in_dim(new, bounds[s], bounds[s + 1], axis=axis)
+                    start = (row * kv, 0, 0)
+                    old = jax.lax.dynamic_slice(full, start, (kv,) + full.shape[1:])
+                    segments[s] = jax.lax.dynamic_update_slice(
+                        full, jnp.where(keep_old, old, part.astype(full.dtype)), start)
+                arrays[layer] = tuple(segments)
     if unstacked:
         ks, vs = tuple(ks), tuple(vs)
     return cache.replace(k=ks, v=vs, valid=new_valid, index=index)
@@ -738,7 +744,7 @@ def _select_rows(cache: qwen3.KVCache, sel: jax.Array, k: jax.Array, v: jax.Arra
                              valid=new_valid, index=index)
     new = qwen3.unstack_cache(cache.replace(k=k, v=v))  # the new rows in the decode layout
     hit = jnp.repeat(sel, k.shape[3])[:, None, None]  # rows of [B*K, ...]
-    pick = lambda news, olds: tuple(jnp.where(hit, n.astype(o.dtype), o)  # noqa: E731
-                                    for n, o in zip(news, olds))
+    pick = lambda news, olds: jax.tree.map(  # noqa: E731
+        lambda n, o: jnp.where(hit, n.astype(o.dtype), o), news, olds)
     return cache.replace(k=pick(new.k, cache.k), v=pick(new.v, cache.v), valid=new_valid,
                          index=index)
