@@ -400,7 +400,7 @@ def test_decode_attention_segments_equal_dense_and_rows_are_independent():
         m = base.copy()
         m[2, :, :other] = True
         m = jnp.asarray(m)
-        out = jax.jit(attn.decode_attention, static_argnums=4)(q4, keys, values, m, 2)
+        out = jax.jit(attn.decode_attention, static_argnums=4)(q4, keys, values, m, 2)[0]
         dense = attn.dense_attention(q, k, v, m).reshape(out.shape)
         assert _rel(dense, out) <= RTOL, other
         rows.append(np.asarray(out[:2]))

@@ -392,43 +392,65 @@ def _tree_sum(x, axis: int):
     return jnp.squeeze(x, axis)
 
 
-def decode_attention(q, keys, values, mask, kv_heads: int):
-    """Attention on the decode form of the cache (`qwen3.unstack_cache`).
+def write_segment(keys, values, slots, new_k, new_v):
+    """One decode-form segment (keys [N, D, Cj], values [N, Cj, D]) with new_k / new_v
+    [N, S, D] written at slots [N, S] (local to the segment; out-of-range slots dropped)."""
+    rows = jnp.arange(keys.shape[0])[:, None]
+    return (keys.at[rows, :, slots].set(new_k.astype(keys.dtype), mode="drop"),
+            values.at[rows, slots].set(new_v.astype(values.dtype), mode="drop"))
+
+
+def decode_attention(q, keys, values, mask, kv_heads: int, new=None):
+    """Attention on the decode form of the cache (`qwen3.unstack_cache`), after writing
+    this chunk's keys and values into it.
 
     q: [B, S, H, D]; keys: tuple over segments of [B*K, D, Cj]; values: tuple of
-    [B*K, Cj, D]; mask: [B, S, C] (C = sum of Cj) -> [B, S, H*D].
+    [B*K, Cj, D]; mask: [B, S, C] (C = sum of Cj); new: None or (slots [B*K, S] (cache
+    slots of the chunk's tokens), new_k [B*K, S, D], new_v [B*K, S, D]) to write first.
+    Returns (out [B, S, H*D], keys, values).
 
     One segment: dense (softmax, then one batched matmul each way). Several: each segment
-    past the first runs under a `lax.cond` on whether any row may see it, so the cost of
-    a step follows the longest row's length, not the bucket; the segments' softmax parts
-    are merged with one shared max and `_tree_sum`, so a row's output is bit-identical
-    whatever the other rows' lengths (skipped and fully masked segments both contribute
-    exact zeros). It differs from the one-segment form only by float32 rounding.
+    past the first is written and read under one `lax.cond` on whether any query may see
+    it (a real token always sees its own slot), so the cost of a step follows the longest
+    row's length, not the bucket; the segments' softmax parts are merged with one shared
+    max and `_tree_sum`, so a row's output is bit-identical whatever the other rows'
+    lengths (skipped and fully masked segments both contribute exact zeros). It differs
+    from the one-segment form only by float32 rounding.
     """
     b, s = q.shape[:2]
     qg = _group_queries(q, kv_heads)
-    if len(keys) == 1:
-        scores = _segment_scores(qg, keys[0], mask, kv_heads)
-        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype).reshape(qg.shape[0], qg.shape[1], -1)
-        out = jnp.einsum("nmc,ncd->nmd", probs, values[0].astype(q.dtype))
-        return _ungroup(out, b, s, kv_heads)
-
     n, mm, d = qg.shape
+    if len(keys) == 1:
+        kj, vj = keys[0], values[0]
+        if new is not None:
+            kj, vj = write_segment(kj, vj, *new)
+        scores = _segment_scores(qg, kj, mask, kv_heads)
+        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype).reshape(n, mm, -1)
+        out = jnp.einsum("nmc,ncd->nmd", probs, vj.astype(q.dtype))
+        return _ungroup(out, b, s, kv_heads), (kj,), (vj,)
+
     seen = jnp.any(mask, axis=(0, 1))  # [C]: slots some query may see
-
-    def skipped(*_):
-        return (jnp.full((n, mm), _MASK_VALUE, jnp.float32), jnp.zeros((n, mm), jnp.float32),
-                jnp.zeros((n, mm, d), jnp.float32))
-
-    def run(qg, kj, vj, mj):
-        return _segment_parts(qg, kj, vj, mj, kv_heads)
-
-    parts, lo = [], 0
+    parts, out_k, out_v, lo = [], [], [], 0
     for j, (kj, vj) in enumerate(zip(keys, values)):
         hi = lo + kj.shape[-1]
-        mj = mask[:, :, lo:hi]
-        parts.append(run(qg, kj, vj, mj) if j == 0 else
-                     jax.lax.cond(jnp.any(seen[lo:hi]), run, skipped, qg, kj, vj, mj))
+
+        def run(qg, kj, vj, mj, lo=lo, hi=hi):
+            if new is not None:
+                local = new[0] - lo
+                local = jnp.where((local >= 0) & (local < hi - lo), local, hi - lo)  # dropped
+                kj, vj = write_segment(kj, vj, local, new[1], new[2])
+            return kj, vj, _segment_parts(qg, kj, vj, mj, kv_heads)
+
+        def skipped(qg, kj, vj, mj):
+            return kj, vj, (jnp.full((n, mm), _MASK_VALUE, jnp.float32),
+                            jnp.zeros((n, mm), jnp.float32), jnp.zeros((n, mm, d), jnp.float32))
+
+        args = (qg, kj, vj, mask[:, :, lo:hi])
+        kj, vj, part = (run(*args) if j == 0 else
+                        jax.lax.cond(jnp.any(seen[lo:hi]), run, skipped, *args))
+        out_k.append(kj)
+        out_v.append(vj)
+        parts.append(part)
         lo = hi
     ms = jnp.stack([m for m, _, _ in parts], axis=-1)  # [N, M, segments]
     top = jnp.max(ms, axis=-1, keepdims=True)
@@ -436,7 +458,7 @@ def decode_attention(q, keys, values, mask, kv_heads: int):
     l = _tree_sum(w * jnp.stack([l for _, l, _ in parts], axis=-1), -1)
     o = _tree_sum(w[:, :, None] * jnp.stack([o for _, _, o in parts], axis=-1), -1)
     out = (o / jnp.where(l == 0, 1.0, l)[..., None]).astype(q.dtype)
-    return _ungroup(out, b, s, kv_heads)
+    return _ungroup(out, b, s, kv_heads), tuple(out_k), tuple(out_v)
 
 
 # ------------------------------------------------------------------------------ fused

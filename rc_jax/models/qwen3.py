@@ -170,21 +170,6 @@ def dense_t(x: jax.Array, w_t: jax.Array, preferred_element_type: Any = None) ->
     return jax.lax.optimization_barrier(y).T.reshape(*lead, w_t.shape[0])
 
 
-def _write_segments(keys, values, rows, slots, new_k, new_v):
-    """Writes new_k / new_v [B*K, S, D] at slots [B*K, S] of a decode-form layer (tuples of
-    keys [B*K, D, Cj] and values [B*K, Cj, D]); each segment takes the slots it holds
-    (the others are dropped: out of range)."""
-    out_k, out_v, lo = [], [], 0
-    for kj, vj in zip(keys, values):
-        cj = kj.shape[-1]
-        local = slots - lo
-        local = jnp.where((local >= 0) & (local < cj), local, cj)  # cj: out of range, dropped
-        out_k.append(kj.at[rows, :, local].set(new_k.astype(kj.dtype), mode="drop"))
-        out_v.append(vj.at[rows, local].set(new_v.astype(vj.dtype), mode="drop"))
-        lo += cj
-    return tuple(out_k), tuple(out_v)
-
-
 class Attention(nn.Module):
     """Grouped-query attention reading and writing an explicit per-layer cache.
 
@@ -268,20 +253,18 @@ class Attention(nn.Module):
         else:  # decode form: segments of keys [B*K, D, Cj] and values [B*K, Cj, D]
             new_k = jnp.transpose(kk, (0, 2, 3, 1)).reshape(b * k, d, s)
             new_v = jnp.transpose(vv, (0, 2, 1, 3)).reshape(b * k, s, d)
-            if len(layer_k) == 1 and not per_row:
+            new = None
+            if len(layer_k) == 1 and not per_row:  # rows aligned: XLA's in-place slice write
                 layer_k = (jax.lax.dynamic_update_slice(
                     layer_k[0], new_k.astype(layer_k[0].dtype), (0, 0, index)),)
                 layer_v = (jax.lax.dynamic_update_slice(
                     layer_v[0], new_v.astype(layer_v[0].dtype), (0, index, 0)),)
-            else:
+            else:  # row n = b * K + kv head writes at the slots of row b
                 if not per_row:
                     slots = jnp.broadcast_to(index + jnp.arange(s)[None, :], (b, s))
-                rows = jnp.arange(b * k)[:, None]  # row n = b * K + kv head: slots of row b
-                kv_slots = jnp.repeat(slots, k, axis=0)  # [B*K, S]
-                layer_k, layer_v = _write_segments(layer_k, layer_v, rows, kv_slots,
-                                                   jnp.swapaxes(new_k, 1, 2), new_v)
+                new = (jnp.repeat(slots, k, axis=0), jnp.swapaxes(new_k, 1, 2), new_v)
             # Length-aware on CPU without slicing the cache (see `decode_attention`).
-            out = decode_attention(q, layer_k, layer_v, ctx["mask"], k)
+            out, layer_k, layer_v = decode_attention(q, layer_k, layer_v, ctx["mask"], k, new)
         if self.packed:
             y = scale_output(dense_t(out, operand(wo, dt)), wo)
         else:
