@@ -36,6 +36,21 @@ def test_rc_horizon_quick(tmp_path):
 
 
 @pytest.mark.slow
+def test_decode_length_quick(tmp_path):
+    out = tmp_path / "decode_length_quick.json"
+    _run([str(ROOT / "benchmarks" / "decode_length.py"), "--quick", "--rounds", "1",
+          "--steps", "5", "--out", str(out)], tmp_path)
+    res = json.loads(out.read_text())
+    segments = {(r["impl"], r["bucket"], r["fill"]): r["segments"] for r in res["rows"]}
+    assert segments == {("segmented", 2048, 480): [512, 512, 1024],
+                        ("segmented", 2048, 2000): [512, 512, 1024],
+                        ("segmented", 512, 480): [512],
+                        ("one", 2048, 480): [2048], ("one", 2048, 2000): [2048]}
+    assert all(r["ms_per_step_median"] > 0 for r in res["rows"])
+    assert set(res["goals"]) == {"short_over_long_le_0.35", "short_within_10pct_of_small_bucket"}
+
+
+@pytest.mark.slow
 def test_sampler_quick(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "sampler.json"
