@@ -49,13 +49,18 @@ def _kernel_inputs(b=2, s=37, c=53, k=2, g=3, d=16, seed=0):
     valid[-1, :10] = False  # left padding of the last row
     index = c - s - 5 * np.arange(b)  # per-row write index (row i leaves 5i slots unused)
     query_slots = index[:, None] + np.arange(s)[None]
-    mask = valid[:, None, :] & (np.arange(c)[None, None, :] <= query_slots[:, :, None])
-    return q, kk, vv, jnp.asarray(mask)
+    return q, kk, vv, attn.Mask(jnp.asarray(valid), jnp.asarray(query_slots, jnp.int32))
+
+
+def _sees_all(valid, s=1):
+    """A Mask where each of the s queries of row b sees every slot valid[b] marks."""
+    b, c = valid.shape
+    return attn.Mask(jnp.asarray(valid), jnp.full((b, s), c - 1, jnp.int32))
 
 
 def test_blockwise_kernel_equals_dense_values_and_gradients():
     q, k, v, mask = _kernel_inputs()
-    real = np.asarray(mask.any(-1))  # fully masked query rows differ by design (0 vs mean)
+    real = np.asarray(mask.dense().any(-1))  # fully masked query rows differ (0 vs mean)
     dense = attn.dense_attention(q, k, v, mask)
     block = attn.blockwise_attention(q, k, v, mask, block_q=8, block_k=16)
     assert _rel(dense, block, real) <= RTOL
@@ -76,7 +81,7 @@ def test_blockwise_kernel_equals_dense_values_and_gradients():
 def test_blockwise_skips_nothing_it_needs_when_whole_blocks_are_masked():
     # Row 0 sees only its first 3 keys: every later key block is skipped by lax.cond.
     q, k, v, _ = _kernel_inputs(b=1, s=20, c=40)
-    mask = jnp.zeros((1, 20, 40), bool).at[:, :, :3].set(True)
+    mask = _sees_all(np.arange(40)[None] < 3, s=20)
     out = attn.blockwise_attention(q, k, v, mask, block_q=8, block_k=8)
     assert _rel(attn.dense_attention(q, k, v, mask), out) <= RTOL
 
@@ -261,7 +266,7 @@ def test_pallas_kernel_in_interpret_mode_equals_dense():
     except (ImportError, AttributeError) as e:
         pytest.skip(f"this JAX has no Pallas TPU interpret mode ({e})")
     q, k, v, mask = _kernel_inputs(b=1, s=37, c=53, k=1, g=2, d=128)
-    real = np.asarray(mask.any(-1))
+    real = np.asarray(mask.dense().any(-1))
     out = attn.pallas_attention(q, k, v, mask, interpret=True)
     assert _rel(attn.dense_attention(q, k, v, mask), out, real) <= RTOL
 
@@ -274,7 +279,7 @@ def test_fused_kernel_matches_dense_on_accelerator(impl):
         pytest.skip(f"{impl} does not run on {backend}")
     q, k, v, mask = _kernel_inputs(s=256, c=384, d=128)
     q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
-    real = np.asarray(mask.any(-1))
+    real = np.asarray(mask.dense().any(-1))
     ref = attn.dense_attention(q.astype(jnp.float32), k.astype(jnp.float32),
                                v.astype(jnp.float32), mask)
     assert _rel(ref, attn.attend(q, k, v, mask, impl=impl).astype(jnp.float32), real) <= 2e-2
@@ -283,7 +288,7 @@ def test_fused_kernel_matches_dense_on_accelerator(impl):
 def test_model_gradient_memory_is_blockwise():
     """Compiled temporary memory of a model gradient (layers under flax's nn.scan) does not
     grow like S x C scores: guards against autodiff bypassing the custom VJP there."""
-    heads = 32  # many heads: per-head scores dwarf the [B, S, C] boolean mask's copies
+    heads = 32
 
     def temp(impl, s):
         cfg = _cfg(impl, num_heads=heads, num_kv_heads=8)
@@ -322,12 +327,13 @@ def test_benchmark_script_quick(tmp_path):
 def test_cached_attention_equals_dense():
     q, k, v, mask = _kernel_inputs(b=3, s=5, c=64)
     # Row 0: only slots 20..29 (left padding before, nothing after); row 2: one key.
-    mask = np.array(mask)
-    mask[0] = False
-    mask[0, :, 20:30] = True
-    mask[2] = False
-    mask[2, :, 40] = True
-    mask = jnp.asarray(mask)
+    valid, slots = np.array(mask.valid), np.array(mask.query_slots)
+    valid[0] = False
+    valid[0, 20:30] = True  # row 0 sees 20..29 from every query
+    valid[2] = False
+    valid[2, 40] = True
+    slots[[0, 2]] = 63
+    mask = attn.Mask(jnp.asarray(valid), jnp.asarray(slots))
     out = attn.cached_attention(q, k, v, mask, block=16)
     assert _rel(attn.dense_attention(q, k, v, mask), out) <= RTOL
 
@@ -336,13 +342,13 @@ def test_cached_attention_row_does_not_depend_on_the_batch():
     """The RC engine's promise: a row's output is bit-identical whatever the other rows'
     lengths (they change which key blocks the loop visits)."""
     q, k, v, _ = _kernel_inputs(b=2, s=1, c=128)
-    base = np.zeros((2, 1, 128), bool)
-    base[0, :, 16:40] = True  # row 0: blocks 1-2 of 16
+    base = np.zeros((2, 128), bool)
+    base[0, 16:40] = True  # row 0: blocks 1-2 of 16
     rows = []
     for other in ((0, 8), (100, 128), (50, 51)):  # row 1 before, after, between
         m = base.copy()
-        m[1, :, other[0]:other[1]] = True
-        rows.append(np.asarray(attn.cached_attention(q, k, v, jnp.asarray(m), block=16)[0]))
+        m[1, other[0]:other[1]] = True
+        rows.append(np.asarray(attn.cached_attention(q, k, v, _sees_all(m), block=16)[0]))
     assert all(np.array_equal(rows[0], r) for r in rows[1:])
 
 
@@ -392,14 +398,14 @@ def test_decode_attention_segments_equal_dense_and_rows_are_independent():
     keys, values = _decode_form(k, v)
     assert len(keys) == 5
     q4 = q.reshape(3, 1, -1, q.shape[-1])  # [B, S, H, D]
-    base = np.zeros((3, 1, 100), bool)
-    base[0, :, 3:20] = True  # row 0: left padding, then into the third segment
-    base[1, :, :60] = True
+    base = np.zeros((3, 100), bool)
+    base[0, 3:20] = True  # row 0: left padding, then into the third segment
+    base[1, :60] = True
     rows = []
     for other in (5, 33, 100):  # row 2's length: first segment only ... all five
         m = base.copy()
-        m[2, :, :other] = True
-        m = jnp.asarray(m)
+        m[2, :other] = True
+        m = _sees_all(m)
         out = jax.jit(attn.decode_attention, static_argnums=4)(q4, keys, values, m, 2)[0]
         dense = attn.dense_attention(q, k, v, m).reshape(out.shape)
         assert _rel(dense, out) <= RTOL, other

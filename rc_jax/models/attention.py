@@ -5,8 +5,10 @@ with a boolean mask, for queries grouped by key/value head (GQA without repeatin
 
   q: [B, S, K, G, D]   queries (G = query heads per kv head)
   k, v: [B, C, K, D]   keys / values (a layer of the stacked cache)
-  mask: [B, S, C] bool True where query s may attend slot c (causal, padding and the
-        per-row cache write index are all encoded in it; see `qwen3.attention_mask`)
+  mask: a `Mask`: query s of row b may attend slot c iff valid[b, c] and
+        c <= query_slots[b, s] (padding, causality and the per-row cache write index
+        all reduce to this; see `qwen3.attention_mask`). Factored, so no [B, S, C]
+        array exists unless an implementation needs one (dense, cudnn, pallas).
   returns [B, S, K, G, D] in q's dtype.
 
 Implementations:
@@ -34,7 +36,7 @@ Rows whose mask is entirely False (left-padding queries) produce a uniform avera
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +52,50 @@ DEFAULT_BLOCK_K = 512
 # step reads little past the longest row, large enough that the loop's per-block cost
 # stays small next to the block's work.
 DEFAULT_BLOCK_KV = 256
+
+
+class Mask(NamedTuple):
+    """Which cache slots each query may see, factored: query s of row b sees slot c iff
+    valid[b, c] and c <= query_slots[b, s].
+
+    valid: [B, C] bool, True where a slot holds a real token.
+    query_slots: [B, S] int32, the cache slot each query sits at (its causal limit);
+      -1 for a query that sees nothing (e.g. padding added to fill a block).
+    """
+    valid: jax.Array
+    query_slots: jax.Array
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(B, S, C) of the dense mask this stands for."""
+        return (*self.query_slots.shape, self.valid.shape[1])
+
+    def block(self, q0, bq: int, k0, bk: int) -> jax.Array:
+        """[B, bq, bk] bool for queries q0.. and slots k0.. (starts may be traced)."""
+        valid = jax.lax.dynamic_slice_in_dim(self.valid, k0, bk, axis=1)
+        slots = jax.lax.dynamic_slice_in_dim(self.query_slots, q0, bq, axis=1)
+        keys = k0 + jnp.arange(bk)
+        return valid[:, None, :] & (keys[None, None, :] <= slots[:, :, None])
+
+    def dense(self) -> jax.Array:
+        """The whole [B, S, C] bool mask (for the implementations that need it)."""
+        b, s, c = self.shape
+        return self.block(0, s, 0, c)
+
+    def seen(self) -> jax.Array:
+        """[C] bool: slots that some query of the batch may see."""
+        last = jnp.max(self.query_slots, axis=1)  # [B]
+        return jnp.any(self.valid & (jnp.arange(self.valid.shape[1])[None, :]
+                                     <= last[:, None]), axis=0)
+
+    def pad(self, queries: int, keys: int) -> "Mask":
+        """Padded with queries that see nothing and slots that hold nothing."""
+        return Mask(jnp.pad(self.valid, ((0, 0), (0, keys))),
+                    jnp.pad(self.query_slots, ((0, 0), (0, queries)), constant_values=-1))
+
+    def slots(self, lo: int, hi: int) -> "Mask":
+        """The mask over slots lo..hi-1 only (a segment of the cache), renumbered from 0."""
+        return Mask(self.valid[:, lo:hi], self.query_slots - lo)
 
 
 def resolve(impl: str, q_shape: tuple[int, ...], c: int, dtype: Any,
@@ -93,7 +139,7 @@ def dense_attention(q, k, v, mask):
     dt, d = q.dtype, q.shape[-1]
     scores = jnp.einsum("bskgd,bckd->bkgsc", q, k.astype(dt),
                         preferred_element_type=jnp.float32) * (d ** -0.5)
-    scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
+    scores = jnp.where(mask.dense()[:, None, None], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     return jnp.einsum("bkgsc,bckd->bskgd", probs, v.astype(dt))
 
@@ -110,7 +156,7 @@ def blockwise_attention(q, k, v, mask, *, block_q: int = DEFAULT_BLOCK_Q,
     k, v = k.astype(q.dtype), v.astype(q.dtype)
     if ps or pc:
         q = jnp.pad(q, ((0, 0), (0, ps), (0, 0), (0, 0), (0, 0)))
-        mask = jnp.pad(mask, ((0, 0), (0, ps), (0, pc)))
+        mask = mask.pad(ps, pc)
     if pc:
         k = jnp.pad(k, ((0, 0), (0, pc), (0, 0), (0, 0)))
         v = jnp.pad(v, ((0, 0), (0, pc), (0, 0), (0, 0)))
@@ -156,10 +202,9 @@ def _flash_forward(q, k, v, mask, bq, bk):
 
     def q_block(i):
         qb = jax.lax.dynamic_slice_in_dim(q, i * bq, bq, axis=1)
-        mq = jax.lax.dynamic_slice_in_dim(mask, i * bq, bq, axis=1)
 
         def k_step(carry, j):
-            mb = jax.lax.dynamic_slice_in_dim(mq, j * bk, bk, axis=2)
+            mb = mask.block(i * bq, bq, j * bk, bk)
 
             def update(carry):
                 kb = jax.lax.dynamic_slice_in_dim(k, j * bk, bk, axis=1)
@@ -226,10 +271,9 @@ def _flash_bwd(bq, bk, res, dout):
     def k_block(dq, j):
         kb = jax.lax.dynamic_slice_in_dim(k, j * bk, bk, axis=1)
         vb = jax.lax.dynamic_slice_in_dim(v, j * bk, bk, axis=1)
-        mk = jax.lax.dynamic_slice_in_dim(mask, j * bk, bk, axis=2)
 
         def q_step(carry, i):
-            mb = jax.lax.dynamic_slice_in_dim(mk, i * bq, bq, axis=1)
+            mb = mask.block(i * bq, bq, j * bk, bk)
 
             def update(carry):
                 dq, dk, dv = carry
@@ -276,9 +320,9 @@ def kv_block(c: int, block: int | None = None) -> int:
     return bk if bk >= 16 and c > bk else c
 
 
-def _live_blocks(mask: jax.Array, bk: int) -> tuple[jax.Array, jax.Array]:
+def _live_blocks(mask: Mask, bk: int) -> tuple[jax.Array, jax.Array]:
     """[first, last) key blocks that any query of the batch may see ([] int32 each)."""
-    cols = jnp.any(mask, axis=(0, 1)).reshape(-1, bk).any(axis=-1)  # [C / bk]
+    cols = mask.seen().reshape(-1, bk).any(axis=-1)  # [C / bk]
     n = cols.shape[0]
     first = jnp.argmax(cols).astype(jnp.int32)
     last = jnp.where(cols.any(), n - jnp.argmax(cols[::-1]), first).astype(jnp.int32)
@@ -304,7 +348,7 @@ def cached_attention(q, k, v, mask, *, block: int | None = None):
         return dense_attention(q, k, v, mask)
 
     def body(j, carry):
-        mb = jax.lax.dynamic_slice_in_dim(mask, j * bk, bk, axis=2)
+        mb = mask.block(0, s, j * bk, bk)
         kb = jax.lax.dynamic_slice_in_dim(k, j * bk, bk, axis=1).astype(dt)
         vb = jax.lax.dynamic_slice_in_dim(v, j * bk, bk, axis=1).astype(dt)
         return _online_update(carry, _scores(q, kb, mb), mb, lambda p: jnp.einsum(
@@ -353,14 +397,15 @@ def _ungroup(out, b: int, s: int, kv_heads: int):
     return out.reshape(b, kv_heads, g, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, -1)
 
 
-def _segment_scores(qg, keys, mask, kv_heads: int):
-    """Masked float32 scores [B, K, G, S, Cj] of grouped queries against one segment."""
+def _segment_scores(qg, keys, mask: Mask, kv_heads: int):
+    """Masked float32 scores [B, K, G, S, Cj] of grouped queries against one segment
+    (`mask` over that segment's slots)."""
     b, s, c = mask.shape
     d = qg.shape[-1]
     scores = jnp.einsum("nmd,ndc->nmc", qg, keys.astype(qg.dtype),
                         preferred_element_type=jnp.float32) * (d ** -0.5)
     scores = scores.reshape(b, kv_heads, -1, s, c)
-    return jnp.where(mask[:, None, None], scores, _MASK_VALUE)
+    return jnp.where(mask.dense()[:, None, None], scores, _MASK_VALUE)
 
 
 def _segment_parts(qg, keys, values, mask, kv_heads: int):
@@ -405,7 +450,7 @@ def decode_attention(q, keys, values, mask, kv_heads: int, new=None):
     this chunk's keys and values into it.
 
     q: [B, S, H, D]; keys: tuple over segments of [B*K, D, Cj]; values: tuple of
-    [B*K, Cj, D]; mask: [B, S, C] (C = sum of Cj); new: None or (slots [B*K, S] (cache
+    [B*K, Cj, D]; mask: a `Mask` over all C = sum of Cj slots; new: None or (slots [B*K, S] (cache
     slots of the chunk's tokens), new_k [B*K, S, D], new_v [B*K, S, D]) to write first.
     Returns (out [B, S, H*D], keys, values).
 
@@ -429,7 +474,7 @@ def decode_attention(q, keys, values, mask, kv_heads: int, new=None):
         out = jnp.einsum("nmc,ncd->nmd", probs, vj.astype(q.dtype))
         return _ungroup(out, b, s, kv_heads), (kj,), (vj,)
 
-    seen = jnp.any(mask, axis=(0, 1))  # [C]: slots some query may see
+    seen = mask.seen()  # [C]
     parts, out_k, out_v, lo = [], [], [], 0
     for j, (kj, vj) in enumerate(zip(keys, values)):
         hi = lo + kj.shape[-1]
@@ -445,7 +490,7 @@ def decode_attention(q, keys, values, mask, kv_heads: int, new=None):
             return kj, vj, (jnp.full((n, mm), _MASK_VALUE, jnp.float32),
                             jnp.zeros((n, mm), jnp.float32), jnp.zeros((n, mm, d), jnp.float32))
 
-        args = (qg, kj, vj, mask[:, :, lo:hi])
+        args = (qg, kj, vj, mask.slots(lo, hi))
         kj, vj, part = (run(*args) if j == 0 else
                         jax.lax.cond(jnp.any(seen[lo:hi]), run, skipped, *args))
         out_k.append(kj)
@@ -476,7 +521,7 @@ def cudnn_attention(q, k, v, mask):
     b, s, kh, g, d = q.shape
     out = jax.nn.dot_product_attention(
         q.reshape(b, s, kh * g, d), k.astype(q.dtype), v.astype(q.dtype),
-        mask=mask[:, None], implementation="cudnn")
+        mask=mask.dense()[:, None], implementation="cudnn")
     return out.reshape(b, s, kh, g, d)
 
 
@@ -508,8 +553,8 @@ def pallas_attention(q, k, v, mask, *, interpret: bool = False):
     qh = qh.transpose(0, 2, 1, 3)
     kv = [jnp.pad(jnp.repeat(x.astype(q.dtype), g, axis=2), ((0, 0), (0, pc), (0, 0), (0, 0)))
           .transpose(0, 2, 1, 3) for x in (k, v)]
-    mask = jnp.pad(mask, ((0, 0), (0, ps), (0, pc)))
-    bias = jnp.broadcast_to(jnp.where(mask, 0.0, _MASK_VALUE)[:, None].astype(jnp.float32),
+    dense = mask.pad(ps, pc).dense()
+    bias = jnp.broadcast_to(jnp.where(dense, 0.0, _MASK_VALUE)[:, None].astype(jnp.float32),
                             (b, kh * g, s + ps, c + pc))
     if interpret:
         from jax.experimental.pallas import tpu as pltpu  # why: as above
@@ -526,7 +571,7 @@ def live_score_bytes(impl: str, rows: int, heads: int, queries: int, keys: int,
     float32 [rows, heads, queries, keys] for dense (and pallas, whose mask bias is that
     large), three [block_q, block_k] float32 blocks per head (scores, probabilities, their
     gradient) for blockwise, and cuDNN's [rows, 1, queries, keys] mask bias for cudnn.
-    The [rows, queries, keys] boolean mask the model builds is not included."""
+    (The mask itself is factored, `Mask`: [rows, keys] + [rows, queries].)"""
     impl = resolve(impl, (rows, queries, heads, 1, 1), keys, dtype, backend=backend)
     if impl in ("dense", "pallas"):
         return rows * heads * queries * keys * 4

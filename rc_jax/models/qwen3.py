@@ -26,7 +26,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from rc_jax.models.attention import (attend, cached_attention, decode_attention,
+from rc_jax.models.attention import (Mask, attend, cached_attention, decode_attention,
                                      decode_segments)
 from rc_jax.models.config import ModelConfig
 from rc_jax.models.quant import (concat_out, operand, quantize_params, quantized_logical_axes,
@@ -455,17 +455,13 @@ def pack_for_decode(params: Params, config: ModelConfig) -> Params:
 
 
 # ------------------------------------------------------------------------- functional API
-def attention_mask(valid: jax.Array, write_index: jax.Array, chunk: int) -> jax.Array:
-    """[B, S, C] bool: query s (at slot write_index+s) sees slot c iff c is valid and c <= it.
-
+def attention_mask(valid: jax.Array, write_index: jax.Array, chunk: int) -> Mask:
+    """The `Mask` of a chunk written at write_index: query s (at slot write_index + s)
+    sees slot c iff c is valid and c <= its slot. valid: [B, C];
     write_index: [] (rows aligned) or [B] (each row writes at its own slot)."""
-    slots = jnp.arange(valid.shape[1])
-    if jnp.ndim(write_index) == 1:
-        query_slots = write_index[:, None] + jnp.arange(chunk)[None, :]  # [B, S]
-        return valid[:, None, :] & (slots[None, None, :] <= query_slots[:, :, None])
-    query_slots = write_index + jnp.arange(chunk)
-    causal = slots[None, :] <= query_slots[:, None]
-    return valid[:, None, :] & causal[None]
+    b = valid.shape[0]
+    index = jnp.broadcast_to(write_index, (b,)) if jnp.ndim(write_index) == 0 else write_index
+    return Mask(valid, (index[:, None] + jnp.arange(chunk)[None, :]).astype(jnp.int32))
 
 
 def forward(params: Params, config: ModelConfig, tokens: jax.Array, positions: jax.Array,
@@ -525,7 +521,8 @@ def _abstract_boxed_params(config: ModelConfig):
     b, s = 1, 1
     cache = jax.eval_shape(lambda: init_cache(config, b, s))
     args = (jnp.zeros((b, s), jnp.int32), jnp.zeros((b, s, config.head_dim // 2)),
-            jnp.zeros((b, s, config.head_dim // 2)), jnp.ones((b, s, s), bool),
+            jnp.zeros((b, s, config.head_dim // 2)),
+            Mask(jnp.ones((b, s), bool), jnp.zeros((b, s), jnp.int32)),
             jnp.zeros((), jnp.int32), cache.k, cache.v)
     return Decoder(config), args
 
@@ -539,7 +536,7 @@ def init_params(config: ModelConfig, rng: jax.Array) -> Params:
     """Random parameters (plain arrays) for `config`. Shapes: see `param_shapes`.
     With `config.quantization="int8"`, the random float weights quantized."""
     model, args = _abstract_boxed_params(config)
-    shaped = [jnp.zeros(a.shape, a.dtype) if hasattr(a, "shape") else a for a in args]
+    shaped = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), args)
     return jax.jit(lambda r: _quantized(
         config, nn.meta.unbox(model.init(r, *shaped))["params"]))(rng)
 
