@@ -271,6 +271,42 @@ def test_pallas_kernel_in_interpret_mode_equals_dense():
     assert _rel(attn.dense_attention(q, k, v, mask), out, real) <= RTOL
 
 
+def test_pallas_segment_ids_self_causal_equals_dense_values_and_gradients():
+    """A forward without a cache (training): the Pallas kernel takes segment ids and its
+    causal flag instead of a [B, H, S, C] bias; real rows equal dense, and so do the
+    gradients through the kernel's own backward (interpret mode on CPU)."""
+    try:
+        from jax.experimental.pallas import tpu as pltpu
+        pltpu.force_tpu_interpret_mode  # noqa: B018
+    except (ImportError, AttributeError) as e:
+        pytest.skip(f"this JAX has no Pallas TPU interpret mode ({e})")
+    r = np.random.default_rng(7)
+    b, s, kh, g, d = 2, 150, 1, 2, 128  # 150: padded to 256 inside
+    q, k, v = (jnp.asarray(r.normal(size=shape), jnp.float32)
+               for shape in ((b, s, kh, g, d), (b, s, kh, d), (b, s, kh, d)))
+    valid = np.ones((b, s), bool)
+    valid[1, :37] = False  # left padding
+    mask = attn.Mask(jnp.asarray(valid), jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32),
+                                                          (b, s)))
+    real = valid  # a padding query's output is never read
+    w = jnp.asarray(r.normal(size=q.shape), jnp.float32) * real[:, :, None, None, None]
+
+    def loss(fn):
+        return lambda q, k, v: (fn(q, k, v) * w).sum()
+
+    def pallas(q, k, v):
+        return attn.pallas_attention(q, k, v, mask, self_causal=True, interpret=True)
+
+    assert _rel(attn.dense_attention(q, k, v, mask), pallas(q, k, v), real) <= RTOL
+    gd = jax.grad(loss(lambda q, k, v: attn.dense_attention(q, k, v, mask)), (0, 1, 2))(q, k, v)
+    with pltpu.force_tpu_interpret_mode():  # the kernel's backward is traced here, later
+        gp = jax.grad(loss(pallas), (0, 1, 2))(q, k, v)
+    for name, a, bb in zip("qkv", gd, gp):
+        assert _rel(a, bb) <= RTOL, name
+    with pytest.raises(ValueError, match="as many queries as keys"):
+        attn.pallas_attention(q[:, :10], k, v, mask, self_causal=True, interpret=True)
+
+
 @pytest.mark.accelerator
 @pytest.mark.parametrize("impl", ["cudnn", "pallas"])
 def test_fused_kernel_matches_dense_on_accelerator(impl):

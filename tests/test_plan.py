@@ -124,3 +124,22 @@ def test_train_plan_param_dtype_and_logprob_chunk():
     assert f32.analytic["params"] == 2 * bf16.analytic["params"]
     assert chunked.analytic["logits"] * 4 == f32.analytic["logits"]
     assert "logprob_chunk 1024" in " ".join(chunked.notes)
+
+
+def test_train_plan_attention_terms():
+    """--attention reaches the model: dense keeps [rows, heads, S, S] float32 scores,
+    blockwise a few blocks; the Pallas kernel without a cache (segment ids, no bias)
+    counts 128-wide blocks, over a cache its dense bias."""
+    from rc_jax.models.attention import live_score_bytes
+    kw = dict(compile=False, seq_len=4096)
+    scores = {impl: plan("train", "qwen3-0.6b", "fsdp:4", 4, attention=impl, **kw)
+              .analytic["attention_scores"] for impl in ("dense", "blockwise")}
+    heads = PRESETS["qwen3-0.6b"]["num_attention_heads"]
+    assert scores["dense"] == 1 * heads * 4096 * 4096 * 4  # one row per device
+    assert scores["blockwise"] == 3 * heads * 512 * 512 * 4
+    assert live_score_bytes("pallas", 1, heads, 4096, 4096, self_causal=True) == \
+        3 * heads * 128 * 128 * 4
+    assert live_score_bytes("pallas", 1, heads, 4096, 4096) == scores["dense"]
+    assert planner.main(["--model=qwen3-0.6b", "--mesh=fsdp:4", "--program=train",
+                         "--batch=4", "--seq_len=256", "--attention=blockwise",
+                         "--no_compile"]) == 0

@@ -20,7 +20,9 @@ Implementations:
              the causal diagonal) are skipped with `lax.cond`. Works on every backend.
   cudnn      `jax.nn.dot_product_attention(implementation="cudnn")` (GPU, bf16/fp16).
   pallas     the Pallas TPU flash-attention kernel shipped with JAX
-             (`jax.experimental.pallas.ops.tpu.flash_attention`), TPU only.
+             (`jax.experimental.pallas.ops.tpu.flash_attention`), TPU only: without a
+             cache (training) the mask goes in as segment ids + the causal flag; over a
+             cache, as a dense additive bias.
   auto       `resolve()` picks: GPU cudnn (bf16/fp16); CPU dense for short inputs and
              blockwise for long ones; everything else (TPU included: see `resolve`)
              blockwise.
@@ -108,8 +110,9 @@ def resolve(impl: str, q_shape: tuple[int, ...], c: int, dtype: Any,
         return impl
     backend = backend or jax.default_backend()
     b, s, k, g, _ = q_shape
-    # TPU: blockwise, not pallas, until the Pallas path stops passing the mask as a dense
-    # [B, H, S, C] bias (see `pallas_attention`), which costs as much memory as dense.
+    # TPU: blockwise. `pallas` is a choice (training runs it with segment ids, tested in
+    # interpret mode) but not the default: it has not been run on a TPU by this project,
+    # and over a KV cache it still needs a dense [B, H, S, C] bias.
     if backend in ("gpu", "cuda", "rocm") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
         return "cudnn"
     if backend == "cpu" and b * k * g * s * c <= AUTO_DENSE_MAX_SCORES:
@@ -117,11 +120,14 @@ def resolve(impl: str, q_shape: tuple[int, ...], c: int, dtype: Any,
     return "blockwise"
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask, *,
            impl: str = "dense", block_q: int | None = None,
-           block_k: int | None = None) -> jax.Array:
+           block_k: int | None = None, self_causal: bool = False) -> jax.Array:
     """Masked GQA attention; shapes in the module docstring. `impl`: ATTENTION_IMPLS.
-    Block sizes default to DEFAULT_BLOCK_Q / DEFAULT_BLOCK_K, read at trace time."""
+    Block sizes default to DEFAULT_BLOCK_Q / DEFAULT_BLOCK_K, read at trace time.
+    `self_causal`: the caller promises that queries and keys are the same positions and
+    query s sits at slot s (a forward without a cache), so the mask is padding + causal;
+    `pallas` then uses segment ids and its causal flag instead of a dense bias."""
     impl = resolve(impl, q.shape, k.shape[1], q.dtype)
     if impl == "dense":
         return dense_attention(q, k, v, mask)
@@ -130,7 +136,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
                                    block_k=block_k or DEFAULT_BLOCK_K)
     if impl == "cudnn":
         return cudnn_attention(q, k, v, mask)
-    return pallas_attention(q, k, v, mask)
+    return pallas_attention(q, k, v, mask, self_causal=self_causal)
 
 
 # ------------------------------------------------------------------------------- dense
@@ -533,19 +539,21 @@ def _pallas_available() -> bool:
     return True
 
 
-def pallas_attention(q, k, v, mask, *, interpret: bool = False):
+def pallas_attention(q, k, v, mask, *, self_causal: bool = False, interpret: bool = False):
     """The Pallas TPU flash-attention kernel (`interpret`: run it in Pallas' TPU interpret
-    mode, e.g. on CPU in tests). The kernel has no GQA (K/V are repeated per query head)
-    and no general mask: the mask goes in as its additive bias `ab` [B, H, S, C], which
-    the kernel reads block by block but which is itself as large as dense scores (a
-    segment-ids + causal-offset form would avoid it; not done yet). Lengths are padded
-    to multiples of 128 (the kernel's block)."""
+    mode, e.g. on CPU in tests). The kernel has no GQA (K/V are repeated per query head).
+    With `self_causal` (see `attend`: a forward without a cache) the mask goes in as
+    segment ids (1 on real tokens, 0 on padding) plus the kernel's causal flag, so nothing
+    of size [S, C] exists; a real query then sees exactly the real keys up to itself (a
+    padding query sees padding, and is never read). Otherwise (chunks over a cache) the
+    kernel has no way to take the mask but its additive bias `ab` [B, H, S, C], as large
+    as dense scores. Lengths are padded to multiples of 128 (the kernel's block)."""
     if jax.default_backend() != "tpu" and not interpret:
         raise ValueError(f"model.attention='pallas' runs the Pallas TPU kernel and needs a "
                          f"TPU; the JAX backend is {jax.default_backend()!r} (use 'auto', "
                          "'blockwise' or 'dense')")
     # why: the Pallas TPU kernels are optional (a TPU jaxlib); other attentions never load them
-    from jax.experimental.pallas.ops.tpu.flash_attention import flash_attention
+    from jax.experimental.pallas.ops.tpu.flash_attention import SegmentIds, flash_attention
     b, s, kh, g, d = q.shape
     c = k.shape[1]
     ps, pc = -s % 128, -c % 128
@@ -553,26 +561,39 @@ def pallas_attention(q, k, v, mask, *, interpret: bool = False):
     qh = qh.transpose(0, 2, 1, 3)
     kv = [jnp.pad(jnp.repeat(x.astype(q.dtype), g, axis=2), ((0, 0), (0, pc), (0, 0), (0, 0)))
           .transpose(0, 2, 1, 3) for x in (k, v)]
-    dense = mask.pad(ps, pc).dense()
-    bias = jnp.broadcast_to(jnp.where(dense, 0.0, _MASK_VALUE)[:, None].astype(jnp.float32),
-                            (b, kh * g, s + ps, c + pc))
+    if self_causal:
+        if s != c:
+            raise ValueError(f"self_causal attention needs as many queries as keys, got "
+                             f"{s} queries and {c} keys")
+        ids = jnp.pad(mask.valid.astype(jnp.int32), ((0, 0), (0, pc)))
+        kwargs = dict(segment_ids=SegmentIds(q=ids, kv=ids), causal=True)
+    else:
+        dense = mask.pad(ps, pc).dense()
+        kwargs = dict(ab=jnp.broadcast_to(
+            jnp.where(dense, 0.0, _MASK_VALUE)[:, None].astype(jnp.float32),
+            (b, kh * g, s + ps, c + pc)))
     if interpret:
         from jax.experimental.pallas import tpu as pltpu  # why: as above
         with pltpu.force_tpu_interpret_mode():
-            out = flash_attention(qh, kv[0], kv[1], ab=bias, sm_scale=d ** -0.5)
+            out = flash_attention(qh, kv[0], kv[1], sm_scale=d ** -0.5, **kwargs)
     else:
-        out = flash_attention(qh, kv[0], kv[1], ab=bias, sm_scale=d ** -0.5)
+        out = flash_attention(qh, kv[0], kv[1], sm_scale=d ** -0.5, **kwargs)
     return out.transpose(0, 2, 1, 3)[:, :s].reshape(b, s, kh, g, d)
 
 
 def live_score_bytes(impl: str, rows: int, heads: int, queries: int, keys: int,
-                     backend: str = "cpu", dtype: Any = jnp.float32) -> int:
+                     backend: str = "cpu", dtype: Any = jnp.float32,
+                     self_causal: bool = False) -> int:
     """Analytic bytes of one layer's attention scores live at once (for memory plans):
-    float32 [rows, heads, queries, keys] for dense (and pallas, whose mask bias is that
-    large), three [block_q, block_k] float32 blocks per head (scores, probabilities, their
-    gradient) for blockwise, and cuDNN's [rows, 1, queries, keys] mask bias for cudnn.
-    (The mask itself is factored, `Mask`: [rows, keys] + [rows, queries].)"""
+    float32 [rows, heads, queries, keys] for dense (and pallas over a cache, whose mask
+    bias is that large), three [block_q, block_k] float32 blocks per head (scores,
+    probabilities, their gradient) for blockwise and for pallas with `self_causal` (a
+    forward without a cache: segment ids, no bias; its blocks are 128 wide), and cuDNN's
+    [rows, 1, queries, keys] mask bias for cudnn. (The mask itself is factored, `Mask`:
+    [rows, keys] + [rows, queries].)"""
     impl = resolve(impl, (rows, queries, heads, 1, 1), keys, dtype, backend=backend)
+    if impl == "pallas" and self_causal:
+        return 3 * rows * heads * min(128, queries) * min(128, keys) * 4
     if impl in ("dense", "pallas"):
         return rows * heads * queries * keys * 4
     if impl == "cudnn":

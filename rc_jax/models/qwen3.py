@@ -248,7 +248,8 @@ class Attention(nn.Module):
             if self.cached and cfg.attention in ("auto", "blockwise"):
                 out = cached_attention(qk, layer_k, layer_v, ctx["mask"])
             else:
-                out = attend(qk, layer_k, layer_v, ctx["mask"], impl=cfg.attention)
+                out = attend(qk, layer_k, layer_v, ctx["mask"], impl=cfg.attention,
+                             self_causal=not self.cached)
             out = out.reshape(b, s, h * d)
         else:  # decode form: segments of keys [B*K, D, Cj] and values [B*K, Cj, D]
             new_k = jnp.transpose(kk, (0, 2, 3, 1)).reshape(b * k, d, s)

@@ -148,14 +148,15 @@ def _target_devices(target: str, count: int | None):
 
 # ------------------------------------------------------------------------------ model
 def model_config(model: str, dtype: str = "bfloat16", remat_policy: str = "none",
-                 quantization: str = "none", param_dtype: str | None = None):
+                 quantization: str = "none", param_dtype: str | None = None,
+                 attention: str = "auto"):
     """A preset name, an HF checkpoint directory or builtin:<name> -> ModelConfig.
 
     dtype: compute dtype; param_dtype: stored weights (None: dtype; training keeps
     float32 weights and optimizer state with bfloat16 compute, `model.param_dtype`)."""
     from rc_jax.models.config import ModelConfig
     kw = dict(dtype=dtype, param_dtype=param_dtype or dtype, remat_policy=remat_policy,
-              quantization=quantization)
+              quantization=quantization, attention=attention)
     if model.lower() in PRESETS:
         return ModelConfig.from_hf_dict(PRESETS[model.lower()], source=model, **kw)
     if model.startswith("builtin:"):
@@ -238,15 +239,17 @@ def _rows_per_device(rows: int, mesh) -> int:
     return -(-rows // batch_shards(mesh))
 
 
-def _prefill_scores_bytes(config, mesh, rows: int, prompt: int, cache: int) -> int:
+def _prefill_scores_bytes(config, mesh, rows: int, prompt: int, cache: int,
+                         self_causal: bool = False) -> int:
     """Scores of one layer's prefill attention live at once for `config.attention`
     (`attention.live_score_bytes`: dense [rows, heads, prompt, cache] float32; blockwise
-    a few [block_q, block_k] blocks per head); the prompt is prefilled in one chunk."""
+    a few [block_q, block_k] blocks per head); the prompt is prefilled in one chunk.
+    `self_causal`: a forward without a cache (training)."""
     from rc_jax.models.attention import live_score_bytes
     heads = config.num_heads // _axis_split(config.num_heads, mesh, "tensor")
     return live_score_bytes(config.attention, _rows_per_device(rows, mesh), heads, prompt,
                             cache, backend=mesh.devices.flat[0].platform,
-                            dtype=config.jnp_dtype)
+                            dtype=config.jnp_dtype, self_causal=self_causal)
 
 
 def _logits_bytes(config, mesh, rows: int, positions: int = 1) -> int:
@@ -306,7 +309,8 @@ def plan(program: str, model: str, mesh: str, batch: int, *, target: str = "cpu"
          new_tokens: int = 16384, num_samples: int = 1, seq_len: int = 18432,
          remat_policy: str = "full", tokenizer: str | None = None,
          max_cache_length: int = 1 << 20, quantization: str = "none",
-         param_dtype: str | None = None, logprob_chunk: int = 0) -> Plan:
+         param_dtype: str | None = None, logprob_chunk: int = 0,
+         attention: str = "auto") -> Plan:
     """Per-device memory of `program` ('rc', 'sampler' or 'train') for `batch` rows.
 
     rc: `problem_tokens` per problem, budgets H_R / H_S; sampler: `prompt_tokens` +
@@ -326,7 +330,7 @@ def plan(program: str, model: str, mesh: str, batch: int, *, target: str = "cpu"
     count = None if tpu_topology(target) else mesh_device_count(mesh)
     the_mesh = make_mesh(mesh, devices=_target_devices(target, count))
     config = model_config(model, dtype, remat_policy if program == "train" else "none",
-                          quantization, param_dtype=param_dtype)
+                          quantization, param_dtype=param_dtype, attention=attention)
     shardings = param_shardings(config, the_mesh)
     params = _abstract_params(config, shardings)
     buckets = Buckets(max_cache_length=max_cache_length)
@@ -448,7 +452,8 @@ def _train_plan(config, mesh, shardings, params, batch, logprob_chunk, seq_len, 
         "saved_layer_inputs": rows_dev * seq_len * config.hidden_size
         * config.jnp_dtype.itemsize * config.num_layers,
         # ... and one layer's attention scores are live at a time (model.attention).
-        "attention_scores": _prefill_scores_bytes(config, mesh, rows, seq_len, seq_len),
+        "attention_scores": _prefill_scores_bytes(config, mesh, rows, seq_len, seq_len,
+                                                  self_causal=True),
         # float32 logits of the positions projected at once (rl.logprob_chunk).
         "logits": _logits_bytes(config, mesh, rows, min(seq_len, logprob_chunk or seq_len)),
     }
@@ -548,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_samples", type=_count, default=1)
     p.add_argument("--seq_len", type=_count, default=18432, help="train: tokens per sequence")
     p.add_argument("--remat", default="full", help="train: remat policy (none, full, dots, ...)")
+    p.add_argument("--attention", default=None,
+                   help="model.attention: auto, dense, blockwise, cudnn, pallas")
     p.add_argument("--hbm_gib", type=_gib_arg, default=None, help="memory per device")
     p.add_argument("--tokenizer", default=None, help="rc: tokenizer dir for prompt widths")
     p.add_argument("--no_compile", action="store_true", help="analytical numbers only")
@@ -581,6 +588,7 @@ def _from_config(path: str) -> dict[str, Any]:
                tokenizer=c.tokenizer.path if "tokenizer" in c else "",
                quantization=c.model.get("quantization", "none"),
                param_dtype=c.model.get("param_dtype", None),
+               attention=c.model.get("attention", None),
                logprob_chunk=c.rl.get("logprob_chunk", None) if "rl" in c else None)
     return {k: v for k, v in out.items() if v}
 
@@ -605,7 +613,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for name in ("model", "mesh", "batch", "dtype", "max_reasoning_tokens",
-                 "max_summary_tokens", "quantization", "param_dtype", "logprob_chunk"):
+                 "max_summary_tokens", "quantization", "param_dtype", "logprob_chunk",
+                 "attention"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     settings.setdefault("dtype", "bfloat16")
@@ -648,7 +657,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       remat_policy=args.remat, tokenizer=settings.get("tokenizer"),
                       quantization=settings.get("quantization", "none"),
                       param_dtype=settings.get("param_dtype"),
-                      logprob_chunk=settings.get("logprob_chunk", 0))
+                      logprob_chunk=settings.get("logprob_chunk", 0),
+                      attention=settings.get("attention", "auto"))
             print(format_plan(pl), flush=True)
             plans.append(pl)
         if args.json:
