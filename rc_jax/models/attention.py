@@ -70,7 +70,8 @@ class Mask(NamedTuple):
     @property
     def shape(self) -> tuple[int, int, int]:
         """(B, S, C) of the dense mask this stands for."""
-        return (*self.query_slots.shape, self.valid.shape[1])
+        b, s = self.query_slots.shape
+        return b, s, self.valid.shape[1]
 
     def block(self, q0, bq: int, k0, bk: int) -> jax.Array:
         """[B, bq, bk] bool for queries q0.. and slots k0.. (starts may be traced)."""

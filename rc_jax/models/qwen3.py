@@ -111,6 +111,7 @@ def stack_cache(cache: KVCache) -> KVCache:
         v=jnp.stack([x.reshape(b, k, c, d).transpose(0, 2, 1, 3) for x in layer_v]))
 
 
+# ----------------------------------------------------------------------------- layers
 def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str, ...],
            init: Any) -> jax.Array:
     cfg: ModelConfig = module.config
