@@ -31,6 +31,8 @@ Over a KV cache (prefill chunks and decode; `qwen3.Attention(cached=True)`), `au
 `blockwise` use `cached_attention`: the same online softmax over key blocks, but only
 from the first to the last block that some row can see, so the cost of a step follows the
 filled length, not the cache bucket. `dense` stays dense everywhere (the reference).
+The CPU decode form of the cache (`qwen3.unstack_cache`) has its own length-aware path,
+whatever `model.attention` says: `decode_attention` over cache segments.
 
 Rows whose mask is entirely False (left-padding queries) produce a uniform average in
 `dense` and zeros in `blockwise`; such rows are never read by real tokens.
