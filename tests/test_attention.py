@@ -58,6 +58,21 @@ def _sees_all(valid, s=1):
     return attn.Mask(jnp.asarray(valid), jnp.full((b, s), c - 1, jnp.int32))
 
 
+def _weighted_sum(fn, w):
+    """(q, k, v) -> sum(fn(q, k, v) * w): a scalar loss whose gradients test a kernel."""
+    return lambda q, k, v: (fn(q, k, v) * w).sum()
+
+
+def _pallas_interpret():
+    """`jax.experimental.pallas.tpu`, or skip where this JAX has no TPU interpret mode."""
+    try:
+        from jax.experimental.pallas import tpu as pltpu
+        pltpu.force_tpu_interpret_mode  # noqa: B018
+    except (ImportError, AttributeError) as e:
+        pytest.skip(f"this JAX has no Pallas TPU interpret mode ({e})")
+    return pltpu
+
+
 def test_blockwise_kernel_equals_dense_values_and_gradients():
     q, k, v, mask = _kernel_inputs()
     real = np.asarray(mask.dense().any(-1))  # fully masked query rows differ (0 vs mean)
@@ -66,14 +81,10 @@ def test_blockwise_kernel_equals_dense_values_and_gradients():
     assert _rel(dense, block, real) <= RTOL
     w = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
     w = w * real[:, :, None, None, None]
-
-    def loss(fn):
-        return lambda q, k, v: (fn(q, k, v) * w).sum()
-
-    gd = jax.grad(loss(lambda q, k, v: attn.dense_attention(q, k, v, mask)), (0, 1, 2))(q, k, v)
-    gb = jax.grad(loss(lambda q, k, v: attn.blockwise_attention(q, k, v, mask, block_q=8,
-                                                                 block_k=16)),
+    gd = jax.grad(_weighted_sum(lambda q, k, v: attn.dense_attention(q, k, v, mask), w),
                   (0, 1, 2))(q, k, v)
+    gb = jax.grad(_weighted_sum(lambda q, k, v: attn.blockwise_attention(
+        q, k, v, mask, block_q=8, block_k=16), w), (0, 1, 2))(q, k, v)
     for name, a, b in zip("qkv", gd, gb):
         assert _rel(a, b) <= RTOL, name
 
@@ -260,11 +271,7 @@ def test_fused_kernels_off_their_backend_fail_clearly():
 
 
 def test_pallas_kernel_in_interpret_mode_equals_dense():
-    try:
-        from jax.experimental.pallas import tpu as pltpu
-        pltpu.force_tpu_interpret_mode  # noqa: B018
-    except (ImportError, AttributeError) as e:
-        pytest.skip(f"this JAX has no Pallas TPU interpret mode ({e})")
+    _pallas_interpret()
     q, k, v, mask = _kernel_inputs(b=1, s=37, c=53, k=1, g=2, d=128)
     real = np.asarray(mask.dense().any(-1))
     out = attn.pallas_attention(q, k, v, mask, interpret=True)
@@ -275,11 +282,7 @@ def test_pallas_segment_ids_self_causal_equals_dense_values_and_gradients():
     """A forward without a cache (training): the Pallas kernel takes segment ids and its
     causal flag instead of a [B, H, S, C] bias; real rows equal dense, and so do the
     gradients through the kernel's own backward (interpret mode on CPU)."""
-    try:
-        from jax.experimental.pallas import tpu as pltpu
-        pltpu.force_tpu_interpret_mode  # noqa: B018
-    except (ImportError, AttributeError) as e:
-        pytest.skip(f"this JAX has no Pallas TPU interpret mode ({e})")
+    pltpu = _pallas_interpret()
     r = np.random.default_rng(7)
     b, s, kh, g, d = 2, 150, 1, 2, 128  # 150: padded to 256 inside
     q, k, v = (jnp.asarray(r.normal(size=shape), jnp.float32)
@@ -291,16 +294,14 @@ def test_pallas_segment_ids_self_causal_equals_dense_values_and_gradients():
     real = valid  # a padding query's output is never read
     w = jnp.asarray(r.normal(size=q.shape), jnp.float32) * real[:, :, None, None, None]
 
-    def loss(fn):
-        return lambda q, k, v: (fn(q, k, v) * w).sum()
-
     def pallas(q, k, v):
         return attn.pallas_attention(q, k, v, mask, self_causal=True, interpret=True)
 
     assert _rel(attn.dense_attention(q, k, v, mask), pallas(q, k, v), real) <= RTOL
-    gd = jax.grad(loss(lambda q, k, v: attn.dense_attention(q, k, v, mask)), (0, 1, 2))(q, k, v)
+    gd = jax.grad(_weighted_sum(lambda q, k, v: attn.dense_attention(q, k, v, mask), w),
+                  (0, 1, 2))(q, k, v)
     with pltpu.force_tpu_interpret_mode():  # the kernel's backward is traced here, later
-        gp = jax.grad(loss(pallas), (0, 1, 2))(q, k, v)
+        gp = jax.grad(_weighted_sum(pallas, w), (0, 1, 2))(q, k, v)
     for name, a, bb in zip("qkv", gd, gp):
         assert _rel(a, bb) <= RTOL, name
     with pytest.raises(ValueError, match="as many queries as keys"):
@@ -410,14 +411,13 @@ def test_cached_model_paths_match_dense(params, monkeypatch):
 
 
 def _decode_form(k, v):
-    """Kernel inputs k, v [B, C, K, D] in the decode form: segments of keys [B*K, D, Cj]
-    and values [B*K, Cj, D]."""
-    b, c, kh, d = k.shape
-    bounds = attn.decode_segments(c)
-    keys = k.transpose(0, 2, 3, 1).reshape(b * kh, d, c)
-    values = v.transpose(0, 2, 1, 3).reshape(b * kh, c, d)
-    return (tuple(keys[:, :, lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])),
-            tuple(values[:, lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])))
+    """Kernel inputs k, v [B, C, K, D] in the decode form (`qwen3.unstack_cache` of a
+    one-layer cache): segments of keys [B*K, D, Cj] and values [B*K, Cj, D]."""
+    b, c = k.shape[:2]
+    cache = qwen3.KVCache(k=k[None], v=v[None], valid=jnp.zeros((b, c), bool),
+                          index=jnp.zeros((), jnp.int32))
+    un = qwen3.unstack_cache(cache)
+    return un.k[0], un.v[0]
 
 
 def test_decode_segments():

@@ -39,6 +39,7 @@ Rows whose mask is entirely False (left-padding queries) produce a uniform avera
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, NamedTuple
 
@@ -446,7 +447,7 @@ def _tree_sum(x, axis: int):
     return jnp.squeeze(x, axis)
 
 
-def write_segment(keys, values, slots, new_k, new_v):
+def _write_segment(keys, values, slots, new_k, new_v):
     """One decode-form segment (keys [N, D, Cj], values [N, Cj, D]) with new_k / new_v
     [N, S, D] written at slots [N, S] (local to the segment; out-of-range slots dropped)."""
     rows = jnp.arange(keys.shape[0])[:, None]
@@ -477,7 +478,7 @@ def decode_attention(q, keys, values, mask, kv_heads: int, new=None):
     if len(keys) == 1:
         kj, vj = keys[0], values[0]
         if new is not None:
-            kj, vj = write_segment(kj, vj, *new)
+            kj, vj = _write_segment(kj, vj, *new)
         scores = _segment_scores(qg, kj, mask, kv_heads)
         probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype).reshape(n, mm, -1)
         out = jnp.einsum("nmc,ncd->nmd", probs, vj.astype(q.dtype))
@@ -492,7 +493,7 @@ def decode_attention(q, keys, values, mask, kv_heads: int, new=None):
             if new is not None:
                 local = new[0] - lo
                 local = jnp.where((local >= 0) & (local < hi - lo), local, hi - lo)  # dropped
-                kj, vj = write_segment(kj, vj, local, new[1], new[2])
+                kj, vj = _write_segment(kj, vj, local, new[1], new[2])
             return kj, vj, _segment_parts(qg, kj, vj, mj, kv_heads)
 
         def skipped(qg, kj, vj, mj):
@@ -575,11 +576,11 @@ def pallas_attention(q, k, v, mask, *, self_causal: bool = False, interpret: boo
         kwargs = dict(ab=jnp.broadcast_to(
             jnp.where(dense, 0.0, _MASK_VALUE)[:, None].astype(jnp.float32),
             (b, kh * g, s + ps, c + pc)))
+    mode: contextlib.AbstractContextManager = contextlib.nullcontext()
     if interpret:
         from jax.experimental.pallas import tpu as pltpu  # why: as above
-        with pltpu.force_tpu_interpret_mode():
-            out = flash_attention(qh, kv[0], kv[1], sm_scale=d ** -0.5, **kwargs)
-    else:
+        mode = pltpu.force_tpu_interpret_mode()
+    with mode:
         out = flash_attention(qh, kv[0], kv[1], sm_scale=d ** -0.5, **kwargs)
     return out.transpose(0, 2, 1, 3)[:, :s].reshape(b, s, kh, g, d)
 
