@@ -270,6 +270,29 @@ def test_fused_kernels_off_their_backend_fail_clearly():
         attn.attend(q, k, v, mask, impl="pallas")
 
 
+def test_choices_follow_the_mesh_platform_not_the_host():
+    """An ahead-of-time TPU plan traces on a CPU host under a mesh of TPU devices: `auto`,
+    the fused-kernel checks and the decode layout must follow the mesh's platform."""
+    # why private: jax exposes no public constructor for a device-less TPU abstract mesh
+    from jax._src.mesh import AbstractDevice
+
+    from rc_jax.sampling import core
+    tpu = jax.sharding.AbstractMesh((1,), ("data",), abstract_device=AbstractDevice(
+        device_kind="TPU v5p", num_cores=None, platform="tpu"))
+    small = ((1, 4, 1, 2, 8), 8, jnp.float32)  # CPU's auto picks dense at this size
+    host = jax.default_backend()
+    assert attn.target_platform() == host
+    with jax.sharding.use_abstract_mesh(tpu):
+        assert attn.target_platform() == "tpu"
+        assert attn.resolve("auto", *small) == "blockwise"
+        assert core.default_unroll_layers() is False
+        with pytest.raises(ValueError, match="needs a CUDA GPU; the program is compiled for 'tpu'"):
+            attn.cudnn_attention(*_kernel_inputs(s=4, c=8))
+    if host == "cpu":
+        assert attn.resolve("auto", *small) == "dense"
+        assert core.default_unroll_layers() is True
+
+
 def test_pallas_kernel_in_interpret_mode_equals_dense():
     _pallas_interpret()
     q, k, v, mask = _kernel_inputs(b=1, s=37, c=53, k=1, g=2, d=128)

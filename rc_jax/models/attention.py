@@ -104,15 +104,25 @@ class Mask(NamedTuple):
         return Mask(self.valid[:, lo:hi], self.query_slots - lo)
 
 
+def target_platform() -> str:
+    """The platform the program being traced is compiled for: that of the mesh in context
+    (`jax.set_mesh`; an ahead-of-time TPU plan traces on a CPU host under a mesh of TPU
+    devices), else JAX's default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else mesh.abstract_device
+    return device.platform if device is not None else jax.default_backend()
+
+
 def resolve(impl: str, q_shape: tuple[int, ...], c: int, dtype: Any,
             backend: str | None = None) -> str:
-    """The implementation `impl` means for these shapes on `backend` (default: jax's)."""
+    """The implementation `impl` means for these shapes on `backend` (default:
+    `target_platform()`)."""
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention implementation {impl!r} unknown; choose from "
                          f"{ATTENTION_IMPLS}")
     if impl != "auto":
         return impl
-    backend = backend or jax.default_backend()
+    backend = backend or target_platform()
     b, s, k, g, _ = q_shape
     # TPU: blockwise. `pallas` is a choice (training runs it with segment ids, tested in
     # interpret mode) but not the default: it has not been run on a TPU by this project,
@@ -522,9 +532,9 @@ def cudnn_attention(q, k, v, mask):
 
     The general mask is passed as cuDNN's mask operand (it becomes a bias of [B, 1, S, C]),
     which handles left padding, chunked prefill and per-row write indices alike."""
-    if jax.default_backend() not in ("gpu", "cuda"):
-        raise ValueError(f"model.attention='cudnn' needs a CUDA GPU; the JAX backend is "
-                         f"{jax.default_backend()!r} (use 'auto', 'blockwise' or 'dense')")
+    if target_platform() not in ("gpu", "cuda"):
+        raise ValueError(f"model.attention='cudnn' needs a CUDA GPU; the program is compiled "
+                         f"for {target_platform()!r} (use 'auto', 'blockwise' or 'dense')")
     if q.dtype not in (jnp.bfloat16, jnp.float16):
         raise ValueError(f"model.attention='cudnn' needs bfloat16 or float16 activations, "
                          f"got {q.dtype} (set model.dtype, or use 'blockwise')")
@@ -552,10 +562,10 @@ def pallas_attention(q, k, v, mask, *, self_causal: bool = False, interpret: boo
     padding query sees padding, and is never read). Otherwise (chunks over a cache) the
     kernel has no way to take the mask but its additive bias `ab` [B, H, S, C], as large
     as dense scores. Lengths are padded to multiples of 128 (the kernel's block)."""
-    if jax.default_backend() != "tpu" and not interpret:
+    if target_platform() != "tpu" and not interpret:
         raise ValueError(f"model.attention='pallas' runs the Pallas TPU kernel and needs a "
-                         f"TPU; the JAX backend is {jax.default_backend()!r} (use 'auto', "
-                         "'blockwise' or 'dense')")
+                         f"TPU; the program is compiled for {target_platform()!r} (use "
+                         "'auto', 'blockwise' or 'dense')")
     # why: the Pallas TPU kernels are optional (a TPU jaxlib); other attentions never load them
     from jax.experimental.pallas.ops.tpu.flash_attention import SegmentIds, flash_attention
     b, s, kh, g, d = q.shape

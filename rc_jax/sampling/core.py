@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from rc_jax.models import qwen3
+from rc_jax.models.attention import target_platform
 from rc_jax.models.config import ModelConfig
 from rc_jax.parallel.context import constrain_kv_cache
 
@@ -192,7 +193,7 @@ def default_unroll_layers() -> bool:
     price is one copy of the weights per call, held while decoding, so accelerators keep
     the scan, whose slices they fuse into the matmuls.
     """
-    return jax.default_backend() == "cpu"
+    return target_platform() == "cpu"
 
 
 def decode(params: Any, config: ModelConfig, cache: qwen3.KVCache, last_logits: jax.Array,
