@@ -331,6 +331,28 @@ def test_pallas_segment_ids_self_causal_equals_dense_values_and_gradients():
         attn.pallas_attention(q[:, :10], k, v, mask, self_causal=True, interpret=True)
 
 
+def test_pallas_on_a_mesh_runs_per_device_and_equals_dense():
+    """Mosaic kernels are not partitioned automatically: on a mesh of several devices the
+    kernel runs under shard_map on each device's rows and kv heads (interpret mode on 4
+    CPU devices, rows on data:2, kv heads on tensor:2)."""
+    _pallas_interpret()
+    from rc_jax.parallel import make_mesh, sharding_context
+    if jax.device_count() < 4:
+        pytest.skip("needs 4 devices (XLA_FLAGS=--xla_force_host_platform_device_count)")
+    q, k, v, mask = _kernel_inputs(b=2, s=40, c=40, k=2, g=2, d=128)
+    real = np.asarray(mask.dense().any(-1))
+    mesh = make_mesh("data:2,tensor:2", jax.devices()[:4])
+
+    def pallas(q, k, v, mask):
+        return attn.pallas_attention(q, k, v, mask, interpret=True)
+    with sharding_context(mesh):
+        jaxpr = str(jax.make_jaxpr(pallas)(q, k, v, mask))
+        out = jax.jit(pallas)(q, k, v, mask)
+    assert "shard_map" in jaxpr
+    assert _rel(attn.dense_attention(q, k, v, mask), out, real) <= RTOL
+    assert "shard_map" not in str(jax.make_jaxpr(pallas)(q, k, v, mask))  # no mesh: direct
+
+
 @pytest.mark.accelerator
 @pytest.mark.parametrize("impl", ["cudnn", "pallas"])
 def test_fused_kernel_matches_dense_on_accelerator(impl):

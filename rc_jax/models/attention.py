@@ -41,8 +41,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -566,6 +568,37 @@ def pallas_attention(q, k, v, mask, *, self_causal: bool = False, interpret: boo
         raise ValueError(f"model.attention='pallas' runs the Pallas TPU kernel and needs a "
                          f"TPU; the program is compiled for {target_platform()!r} (use "
                          "'auto', 'blockwise' or 'dense')")
+    if self_causal and q.shape[1] != k.shape[1]:
+        raise ValueError(f"self_causal attention needs as many queries as keys, got "
+                         f"{q.shape[1]} queries and {k.shape[1]} keys")
+    local = functools.partial(_pallas_local, self_causal=self_causal, interpret=interpret)
+    return _per_device(local, q, k, v, mask)
+
+
+def _per_device(fn, q, k, v, mask):
+    """fn(q, k, v, mask) run on each device's rows and kv heads under `shard_map` over the
+    mesh in context (Mosaic kernels are not partitioned automatically); rows split as
+    the `activation_batch` rule says, kv heads as `activation_kv_heads` (a dimension its
+    axes do not divide is replicated). Without a mesh of several devices: fn itself."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return fn(q, k, v, mask)
+    P = jax.sharding.PartitionSpec
+    rows, heads = nn.logical_to_mesh_axes(("activation_batch", "activation_kv_heads"))
+
+    def fits(axes, size):
+        names = axes if isinstance(axes, tuple) else (axes,) if axes else ()
+        return axes if size % math.prod(mesh.shape[a] for a in names) == 0 else None
+    rows, heads = fits(rows, q.shape[0]), fits(heads, q.shape[2])
+    q_spec = P(rows, None, heads, None, None)
+    kv_spec = P(rows, None, heads, None)
+    mask_spec = Mask(P(rows, None), P(rows, None))
+    return jax.shard_map(fn, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, mask_spec),
+                         out_specs=q_spec, check_vma=False)(q, k, v, mask)
+
+
+def _pallas_local(q, k, v, mask, *, self_causal: bool, interpret: bool):
+    """`pallas_attention` on one device's arrays."""
     # why: the Pallas TPU kernels are optional (a TPU jaxlib); other attentions never load them
     from jax.experimental.pallas.ops.tpu.flash_attention import SegmentIds, flash_attention
     b, s, kh, g, d = q.shape
@@ -576,9 +609,6 @@ def pallas_attention(q, k, v, mask, *, self_causal: bool = False, interpret: boo
     kv = [jnp.pad(jnp.repeat(x.astype(q.dtype), g, axis=2), ((0, 0), (0, pc), (0, 0), (0, 0)))
           .transpose(0, 2, 1, 3) for x in (k, v)]
     if self_causal:
-        if s != c:
-            raise ValueError(f"self_causal attention needs as many queries as keys, got "
-                             f"{s} queries and {c} keys")
         ids = jnp.pad(mask.valid.astype(jnp.int32), ((0, 0), (0, pc)))
         kwargs = dict(segment_ids=SegmentIds(q=ids, kv=ids), causal=True)
     else:

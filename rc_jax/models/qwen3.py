@@ -526,7 +526,9 @@ def _abstract_boxed_params(config: ModelConfig):
             jnp.zeros((b, s, config.head_dim // 2)),
             Mask(jnp.ones((b, s), bool), jnp.zeros((b, s), jnp.int32)),
             jnp.zeros((), jnp.int32), cache.k, cache.v)
-    return Decoder(config), args
+    # The parameters do not depend on the attention implementation, and this one-token
+    # init forward must not need a fused kernel's platform (a TPU plan on a CPU host).
+    return Decoder(config.replace(attention="dense")), args
 
 
 def _quantized(config: ModelConfig, params: Params) -> Params:
