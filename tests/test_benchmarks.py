@@ -51,6 +51,23 @@ def test_decode_length_quick(tmp_path):
 
 
 @pytest.mark.slow
+def test_decode_profile_quick(tmp_path):
+    out = tmp_path / "decode_profile_quick.json"
+    _run([str(ROOT / "benchmarks" / "decode_profile.py"), "--quick", "--trace",
+          "--out", str(out)], tmp_path)
+    res = json.loads(out.read_text())
+    assert set(res["ms_per_step_median"]) == {"step", "no_attention", "bucket_256",
+                                              "bucket_1024", "dot_floor", "one_dot"}
+    # (tiny shapes on a loaded machine: t(n) - t(1) is noise, so no sign is asserted)
+    assert all(len(ms) == 2 for ms in res["ms_per_step_rounds"].values())
+    # The trace names XLA:CPU's ops: the tied head is one [vocab, 1] dot per step.
+    ops = {r["op"]: r for r in res["ops"]}
+    vocab = res["config"]["vocab_size"]
+    (head,) = [r for name, r in ops.items() if name.startswith(f"dot -> f32[{vocab},1]")]
+    assert head["per_step"] == 1
+
+
+@pytest.mark.slow
 def test_sampler_quick(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "sampler.json"
