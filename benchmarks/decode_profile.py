@@ -2,14 +2,15 @@
 
 SmolLM2-135M's shapes (30 layers, hidden 576, 9/3 heads, MLP 1536, vocabulary 49152, tied
 embeddings; random weights, float32: 538 MB), batch 1, the CPU decode form that `generate`
-runs (packed weights, per-layer cache), 128 of a 512-slot bucket filled. Measured in one
+runs (packed weights, per-layer cache), 128 of a 384-slot cache filled (`peers.py`'s
+prompt 128 + 256 new tokens). Measured in one
 process, each compiled once and timed in interleaved rounds as ms/step = (t(n) - t(1)) /
 (n - 1) of one jitted n-step loop:
 
   step          the decode step as rc_jax runs it.
   no_attention  the same step with `attention.decode_attention` replaced by a pass-through
                 (no cache read or write): what attention over the cache costs.
-  bucket_B      the step with a B-slot bucket (256, 1024): attention cost against bucket.
+  bucket_B      the step with a B-slot cache (256, 512, 1024): attention against cache size.
   dot_floor     the step's weight matmuls alone: per layer the four `dense_t` products of
                 the packed weights (q|k|v, o, gate|up, down) with the cheapest glue that
                 keeps their order, then the tied head. XLA:CPU's floor for this model.
@@ -59,7 +60,9 @@ SMOLLM2 = dict(model_type="llama", vocab_size=49152, hidden_size=576, intermedia
                rms_norm_eps=1e-5, tie_word_embeddings=True, qk_norm=False)
 QUICK = dict(SMOLLM2, vocab_size=4096, hidden_size=128, intermediate_size=384, num_layers=4,
              num_heads=4, num_kv_heads=2, head_dim=32)
-BATCH, BUCKET, FILL = 1, 512, 128
+# peers.py's workload: prompt 128 + 256 new tokens = a 384-slot cache; its first steps.
+BATCH, BUCKET, FILL = 1, 384, 128
+OTHER_BUCKETS = (256, 512, 1024)
 
 
 def _pass_through(q, keys, values, mask, kv_heads, new=None):
@@ -120,21 +123,24 @@ def measure(config, rounds: int, steps: int) -> dict:
     # The filled slots' keys and values, read once per step (float32).
     kv_bytes = 2 * config.num_layers * config.num_kv_heads * config.head_dim * FILL * 4 * BATCH
     runners = {"step": make_runner(params, config, BATCH, BUCKET, FILL)[0]}
-    for bucket in (256, 1024):
+    for bucket in OTHER_BUCKETS:
         runners[f"bucket_{bucket}"] = make_runner(params, config, BATCH, bucket, FILL)[0]
     saved = qwen3.decode_attention
     qwen3.decode_attention = _pass_through
     try:
-        jax.clear_caches()  # the pass-through must be traced, not a cached program
+        # make_runner traces a fresh function, so this one sees the pass-through. No
+        # jax.clear_caches() here: it would drop the other runners' programs, and their
+        # next call would be traced again (after the restore) and compiled inside a timing.
         runners["no_attention"] = make_runner(params, config, BATCH, BUCKET, FILL)[0]
     finally:
         qwen3.decode_attention = saved
-        jax.clear_caches()
     runners["dot_floor"] = dot_floor_runner(packed, config)
     runners["one_dot"], one_dot_bytes = one_dot_runner(weight_bytes, config.hidden_size)
 
     times: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
+    for name in names:  # one untimed round: first calls may still fault in pages
+        runners[name](1), runners[name](steps)
     for r in range(rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
             t1, tn = runners[name](1), runners[name](steps)
@@ -192,7 +198,7 @@ def _trace_child(out_dir: str, quick: bool, steps: int) -> None:
             if not line.name.startswith("tf_XLA"):  # XLA:CPU's executor threads
                 continue
             for ev in line.events:
-                if ev.name.startswith(("ThunkExecutor", "end: ")):
+                if ev.name.startswith(("ThunkExecutor", "ThreadpoolListener", "end: ")):
                     continue
                 name = (f"dot -> {dot_shape[ev.name]}" if ev.name in dot_shape
                         else re.sub(r"\.\d+$", "", ev.name))
@@ -230,7 +236,7 @@ def main() -> None:
     derived = {
         "attention_ms": med["step"] - med["no_attention"],
         "attention_ms_by_bucket": {b: med[f"bucket_{b}"] - med["no_attention"]
-                                   for b in (256, 1024)} | {
+                                   for b in OTHER_BUCKETS} | {
             BUCKET: med["step"] - med["no_attention"]},
         "rest_ms": med["no_attention"] - med["dot_floor"],
         "dot_floor_over_one_dot": med["dot_floor"] / (med["one_dot"] * wb / res["one_dot_bytes"]),

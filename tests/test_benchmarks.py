@@ -57,7 +57,7 @@ def test_decode_profile_quick(tmp_path):
           "--out", str(out)], tmp_path)
     res = json.loads(out.read_text())
     assert set(res["ms_per_step_median"]) == {"step", "no_attention", "bucket_256",
-                                              "bucket_1024", "dot_floor", "one_dot"}
+                                              "bucket_512", "bucket_1024", "dot_floor", "one_dot"}
     # (tiny shapes on a loaded machine: t(n) - t(1) is noise, so no sign is asserted)
     assert all(len(ms) == 2 for ms in res["ms_per_step_rounds"].values())
     # The trace names XLA:CPU's ops: the tied head is one [vocab, 1] dot per step.
