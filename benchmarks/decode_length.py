@@ -49,7 +49,8 @@ OUT = ROOT / "benchmarks" / "results" / "decode_length.json"
 def make_runner(params, config, batch: int, bucket: int, fill: int):
     """(run(n) -> seconds for n decode steps, segments) on a cache with `fill` slots
     filled in every row; the decode form is built with the current
-    `attention.DECODE_FIRST_SEGMENT`."""
+    `attention.DECODE_FIRST_SEGMENT`. params: stacked or already packed (used as they are,
+    so runners given the same packed weights share them)."""
     from rc_jax.models import forward, qwen3
     packed = qwen3.pack_for_decode(params, config)
     cache = qwen3.init_cache(config, batch, bucket)
@@ -82,14 +83,37 @@ def make_runner(params, config, batch: int, bucket: int, fill: int):
 
     state = {"cache": cache}
 
+    def call(n: int) -> jax.Array:
+        state["cache"], tok = steps(packed, state["cache"], n)
+        return tok
+
+    return timer(call), segments
+
+
+def timer(call):
+    """run(n) -> seconds of call(n) (an n-step jitted loop returning an array), after
+    one call that compiles it (n is traced: one program)."""
     def run(n: int) -> float:
         t = time.perf_counter()
-        state["cache"], tok = steps(packed, state["cache"], n)
-        tok.block_until_ready()
+        call(n).block_until_ready()
         return time.perf_counter() - t
+    run(1)
+    return run
 
-    run(1)  # compile (n is traced: one program)
-    return run, segments
+
+def time_rounds(runners: dict, rounds: int, steps: int) -> dict:
+    """ms/step of every runner (run(n) -> seconds): one untimed round (a runner's first
+    calls can still be slow), then `rounds` rounds, the order reversed every other round,
+    each giving (t(steps) - t(1)) / (steps - 1), so compile, dispatch and the first step
+    drop out."""
+    for run in runners.values():
+        run(1), run(steps)
+    times: dict = {name: [] for name in runners}
+    for r in range(rounds):
+        for name in (list(runners) if r % 2 == 0 else list(runners)[::-1]):
+            t1, tn = runners[name](1), runners[name](steps)
+            times[name].append(1e3 * (tn - t1) / (steps - 1))
+    return times
 
 
 def main() -> None:
@@ -99,7 +123,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=17, help="n of the timed loop")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    from rc_jax.models import attention, init_params
+    from rc_jax.models import attention, init_params, qwen3
     from rc_jax.models.config import ModelConfig
 
     config = ModelConfig(**(QUICK if args.quick else FULL))
@@ -107,7 +131,8 @@ def main() -> None:
     big, small = (2048, 512) if args.quick else (16384, 512)
     # 480 + the timed steps stays inside the first 512 slots.
     short, long_ = (480, 2000) if args.quick else (480, 15000)
-    params = init_params(config, jax.random.PRNGKey(0))
+    # Packed once: make_runner uses packed weights as they are, so the runners share them.
+    params = qwen3.pack_for_decode(init_params(config, jax.random.PRNGKey(0)), config)
     cases = [("segmented", big, short), ("segmented", big, long_), ("segmented", small, short),
              ("one", big, short), ("one", big, long_)]
     facts = machine_facts()
@@ -121,15 +146,7 @@ def main() -> None:
             params, config, batch, bucket, fill)
     attention.DECODE_FIRST_SEGMENT = default_first
 
-    times: dict = {case: [] for case in cases}
-    for case in cases:  # one untimed round: a runner's first calls can still be slow
-        runners[case](1), runners[case](args.steps)
-    for r in range(args.rounds):
-        order = cases if r % 2 == 0 else cases[::-1]
-        for case in order:
-            run = runners[case]
-            t1, tn = run(1), run(args.steps)
-            times[case].append(1e3 * (tn - t1) / (args.steps - 1))
+    times = time_rounds(runners, args.rounds, args.steps)
     rows = []
     for (impl, bucket, fill), ms in times.items():
         rows.append({"impl": impl, "bucket": bucket, "fill": fill,

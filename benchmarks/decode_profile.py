@@ -39,7 +39,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +49,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from decode_length import make_runner  # noqa: E402
+from decode_length import make_runner, time_rounds, timer  # noqa: E402
 from sampler import copy_bandwidth, machine_facts  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "decode_profile.json"
@@ -89,13 +88,7 @@ def dot_floor_runner(packed, config):
         return jax.lax.fori_loop(0, n, body, x)
 
     x = jnp.ones((1, e), jnp.float32)
-
-    def run(n: int) -> float:
-        t = time.perf_counter()
-        steps(layers, packed["embedding"], x, n).block_until_ready()
-        return time.perf_counter() - t
-    run(1)
-    return run
+    return timer(lambda n: steps(layers, packed["embedding"], x, n))
 
 
 def one_dot_runner(nbytes: int, cols: int):
@@ -106,13 +99,7 @@ def one_dot_runner(nbytes: int, cols: int):
         return jax.lax.fori_loop(0, n, lambda _, x: x + 1e-6 * jnp.max(w @ x), x)
 
     x = jnp.ones((cols,), jnp.float32)
-
-    def run(n: int) -> float:
-        t = time.perf_counter()
-        steps(w, x, n).block_until_ready()
-        return time.perf_counter() - t
-    run(1)
-    return run, w.nbytes
+    return timer(lambda n: steps(w, x, n)), w.nbytes
 
 
 def measure(config, rounds: int, steps: int) -> dict:
@@ -122,29 +109,23 @@ def measure(config, rounds: int, steps: int) -> dict:
     weight_bytes = sum(x.nbytes for x in jax.tree.leaves(packed))
     # The filled slots' keys and values, read once per step (float32).
     kv_bytes = 2 * config.num_layers * config.num_kv_heads * config.head_dim * FILL * 4 * BATCH
-    runners = {"step": make_runner(params, config, BATCH, BUCKET, FILL)[0]}
+    # make_runner packs what it is given: packed weights are used as they are (one copy).
+    runners = {"step": make_runner(packed, config, BATCH, BUCKET, FILL)[0]}
     for bucket in OTHER_BUCKETS:
-        runners[f"bucket_{bucket}"] = make_runner(params, config, BATCH, bucket, FILL)[0]
+        runners[f"bucket_{bucket}"] = make_runner(packed, config, BATCH, bucket, FILL)[0]
     saved = qwen3.decode_attention
     qwen3.decode_attention = _pass_through
     try:
         # make_runner traces a fresh function, so this one sees the pass-through. No
         # jax.clear_caches() here: it would drop the other runners' programs, and their
         # next call would be traced again (after the restore) and compiled inside a timing.
-        runners["no_attention"] = make_runner(params, config, BATCH, BUCKET, FILL)[0]
+        runners["no_attention"] = make_runner(packed, config, BATCH, BUCKET, FILL)[0]
     finally:
         qwen3.decode_attention = saved
     runners["dot_floor"] = dot_floor_runner(packed, config)
     runners["one_dot"], one_dot_bytes = one_dot_runner(weight_bytes, config.hidden_size)
 
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    names = list(runners)
-    for name in names:  # one untimed round: first calls may still fault in pages
-        runners[name](1), runners[name](steps)
-    for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            t1, tn = runners[name](1), runners[name](steps)
-            times[name].append(1e3 * (tn - t1) / (steps - 1))
+    times = time_rounds(runners, rounds, steps)
     med = {name: statistics.median(ms) for name, ms in times.items()}
     return {"weight_bytes": weight_bytes, "kv_bytes": kv_bytes, "one_dot_bytes": one_dot_bytes,
             "ms_per_step_median": med, "ms_per_step_rounds": times}
