@@ -26,8 +26,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from rc_jax.models import int8_cpu
 from rc_jax.models.attention import (Mask, attend, cached_attention, decode_attention,
-                                     decode_segments)
+                                     decode_segments, target_platform)
 from rc_jax.models.config import ModelConfig
 from rc_jax.models.quant import (concat_out, operand, quantize_params, quantized_logical_axes,
                                  scale_output, tie, to_out_in)
@@ -171,6 +172,15 @@ def dense_t(x: jax.Array, w_t: jax.Array, preferred_element_type: Any = None) ->
     return jax.lax.optimization_barrier(y).T.reshape(*lead, w_t.shape[0])
 
 
+def project_t(x: jax.Array, w: Any, dtype: Any, preferred_element_type: Any = None) -> jax.Array:
+    """x [..., in] times a decode-layout weight [out, in] (float or `QuantizedWeight`)
+    -> [..., out]. An int8 weight in a CPU program goes through the int8 kernel
+    (`int8_cpu`: reads 1 byte per weight); otherwise `dense_t` on the weight's operand."""
+    if int8_cpu.usable(x, w, target_platform()):
+        return int8_cpu.matmul_t(x, w)
+    return scale_output(dense_t(x, operand(w, dtype), preferred_element_type), w)
+
+
 class Attention(nn.Module):
     """Grouped-query attention reading and writing an explicit per-layer cache.
 
@@ -198,7 +208,7 @@ class Attention(nn.Module):
         if self.packed:
             wqkv = _param(self, "qkv_t", ((h + 2 * k) * d, e), ("qkv", "embed"), _dense_init())
             wo = _param(self, "o_t", (e, h * d), ("embed", "qkv"), _dense_init())
-            qkv = scale_output(dense_t(x, operand(wqkv, dt)), wqkv)
+            qkv = project_t(x, wqkv, dt)
             if cfg.qkv_bias:
                 qkv += _param(self, "qkv_bias", ((h + 2 * k) * d,), ("qkv",), zeros).astype(dt)
             q = qkv[..., :h * d].reshape(b, s, h, d)
@@ -268,7 +278,7 @@ class Attention(nn.Module):
             # Length-aware on CPU without slicing the cache (see `decode_attention`).
             out, layer_k, layer_v = decode_attention(q, layer_k, layer_v, ctx["mask"], k, new)
         if self.packed:
-            y = scale_output(dense_t(out, operand(wo, dt)), wo)
+            y = project_t(out, wo, dt)
         else:
             # One contracting dim: with (h, d) XLA:CPU may relayout the weight per call.
             y = scale_output(jnp.einsum("bsf,fe->bse", out, operand(wo, dt).reshape(h * d, e)),
@@ -293,9 +303,8 @@ class MLP(nn.Module):
         if self.packed:
             gate_up = _param(self, "gate_up_t", (2 * i, e), ("mlp", "embed"), _dense_init())
             down = _param(self, "down_t", (e, i), ("embed", "mlp"), _dense_init())
-            gu = scale_output(dense_t(x, operand(gate_up, dt)), gate_up)
-            return scale_output(dense_t(nn.silu(gu[..., :i]) * gu[..., i:], operand(down, dt)),
-                                down)
+            gu = project_t(x, gate_up, dt)
+            return project_t(nn.silu(gu[..., :i]) * gu[..., i:], down, dt)
         gate = _param(self, "gate_proj", (e, i), ("embed", "mlp"), _dense_init())
         up = _param(self, "up_proj", (e, i), ("embed", "mlp"), _dense_init())
         down = _param(self, "down_proj", (i, e), ("mlp", "embed"), _dense_init())
@@ -399,8 +408,7 @@ class Decoder(nn.Module):
         elif self.packed:
             head = _param(self, "lm_head_t", (cfg.vocab_size, cfg.hidden_size),
                           ("vocab", "embed"), _dense_init())
-            logits = scale_output(dense_t(x, operand(head, dt), preferred_element_type=jnp.float32),
-                                  head)
+            logits = project_t(x, head, dt, preferred_element_type=jnp.float32)
         else:
             head = _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size),
                           ("embed", "vocab"), _dense_init())
