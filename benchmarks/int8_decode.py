@@ -1,6 +1,6 @@
 """Weight-only int8 vs float32 decode on CPU (issue 21 item 3), and why.
 
-Two parts, both written to benchmarks/results/int8_decode.json:
+Three parts, all written to benchmarks/results/int8_decode.json:
 
   * decode: rc_jax `generate` at batch 1 (greedy, no stop tokens), fp32 weights vs the same
     weights quantized at load (`model.quantization = int8`), on SmolLM2-135M-Instruct (the
@@ -15,12 +15,15 @@ Two parts, both written to benchmarks/results/int8_decode.json:
     layers of projections (qkv 960x576, o 576x576, gate|up 3072x576, down 576x1536) as a
     16-step `fori_loop` at batch 1, fp32 against int8 written as convert + dot (weights
     [out, in] and [in, out]), a mixed s8 x f32 dot, a W8A8 s8 x s8 -> s32 dot with per-token
-    activation scales, and multiply + reduce. Each variant also runs with an
+    activation scales, multiply + reduce, and rc_jax's int8 CPU kernel (`int8_cpu`, an XLA
+    custom call: what decode runs since the kernel landed). Each variant also runs with an
     `optimization_barrier` that ties the weights to the loop-carried activations, which keeps
     XLA from hoisting the int8 -> float conversion out of the loop; the compiled HLO says
     whether the loop body reads int8 (s8) weights at all.
+  * rows: the kernel against the fp32 dot by activation rows (1 to 64), which is where
+    `int8_cpu.MAX_ROWS` comes from.
 
-    python benchmarks/int8_decode.py               # both parts, ~10 minutes on 2 cores
+    python benchmarks/int8_decode.py               # all parts, ~6 minutes on 2 cores
     python benchmarks/int8_decode.py --quick       # tiny sizes (smoke run)
     python benchmarks/sampler.py --int8            # the same
 """
@@ -191,7 +194,7 @@ def teacher_forced(config, params, prompts, continuations) -> dict:
 SMOLLM2_LAYER = dict(E=576, I=1536, QKV=960, L=30)
 QUICK_LAYER = dict(E=128, I=256, QKV=256, L=4)
 VARIANTS = ("fp32", "convert_dot", "convert_dot_in_out", "mixed_dot", "w8a8_s32",
-            "mul_reduce")
+            "mul_reduce", "kernel")
 
 
 def _layout_worker(variant: str, barrier: bool, dims: dict, reps: int) -> dict:
@@ -228,6 +231,10 @@ def _layout_worker(variant: str, barrier: bool, dims: dict, reps: int) -> dict:
             return y.astype(jnp.float32) * sx * s
         if variant == "mul_reduce":
             return jnp.sum(q.astype(jnp.float32)[None] * x[:, None, :], axis=-1) * s
+        if variant == "kernel":  # rc_jax's int8 CPU kernel (custom call), what decode runs
+            from rc_jax.models.int8_cpu import matmul_t
+            from rc_jax.models.quant import QuantizedWeight
+            return matmul_t(x, QuantizedWeight(values=q, scale=s))
         raise ValueError(variant)
 
     ws = [[weight(*sh) for sh in shapes] for _ in range(n_layers)]
@@ -325,6 +332,41 @@ def summarize_layouts(runs: list[dict]) -> dict:
             for k, v in sorted(best.items(), key=lambda kv: kv[1])}
 
 
+# --------------------------------------------------------------------------- rows part
+def rows_part(dims: dict, row_counts: list[int], reps: int = 3) -> list[dict]:
+    """The int8 kernel vs the fp32 `dense_t` dot by activation rows: 60 distinct
+    weights of SmolLM2's gate|up shape (so they stream from memory, as in decode), 5 loop
+    steps per call; microseconds per matmul, best of `reps`. Says up to how many rows the
+    kernel pays (`int8_cpu.MAX_ROWS`)."""
+    from rc_jax.models.int8_cpu import matmul_t
+    from rc_jax.models.qwen3 import dense_t
+    from rc_jax.models.quant import quantize_weight
+    n_out, n_in, count = 2 * dims["I"], dims["E"], 2 * dims["L"]
+    rng = np.random.default_rng(0)
+    ws = [jnp.asarray(rng.standard_normal((n_out, n_in)) * 0.02, jnp.float32)
+          for _ in range(count)]
+    qs = [quantize_weight(w, (1,)) for w in ws]
+
+    def per_matmul_us(fn, weights, rows: int) -> float:
+        def body(_, x):
+            for w in weights:
+                x = x + fn(x, w)[:, :n_in] * 1e-3
+            return x
+        steps = jax.jit(lambda x, p: jax.lax.fori_loop(0, 5, body, x))
+        x = jnp.ones((rows, n_in), jnp.float32)
+        steps(x, weights).block_until_ready()
+        return min(_timed(lambda: steps(x, weights).block_until_ready())
+                   for _ in range(reps)) / (5 * count) * 1e6
+
+    out = []
+    for rows in row_counts:
+        k, f = per_matmul_us(matmul_t, qs, rows), per_matmul_us(dense_t, ws, rows)
+        out.append({"rows": rows, "kernel_us": k, "fp32_us": f, "fp32_over_kernel": f / k})
+        print(f"  [rows] {rows:3d} rows: int8 kernel {k:7.1f} us, fp32 dot {f:7.1f} us, "
+              f"x{f / k:.2f}", flush=True)
+    return out
+
+
 # ---------------------------------------------------------------------------- main
 def run(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -334,6 +376,7 @@ def run(argv: list[str] | None = None) -> dict:
     ap.add_argument("--skip-layouts", action="store_true")
     ap.add_argument("--layout-rounds", type=int, default=1, help="interleaved layout passes")
     ap.add_argument("--skip-decode", action="store_true")
+    ap.add_argument("--skip-rows", action="store_true")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--keep-layouts", action="store_true",
                     help="with --skip-layouts: keep the layouts part of the existing --out file")
@@ -378,6 +421,11 @@ def run(argv: list[str] | None = None) -> dict:
         report["layouts"] = {"dims": dims, "runs": runs, "summary": summarize_layouts(runs)}
     elif args.keep_layouts and Path(args.out).exists():
         report["layouts"] = json.loads(Path(args.out).read_text()).get("layouts")
+    if not args.skip_rows:
+        dims = QUICK_LAYER if args.quick else SMOLLM2_LAYER
+        print(f"rows: the int8 kernel vs the fp32 dot by activation rows, gate|up "
+              f"{2 * dims['I']}x{dims['E']}", flush=True)
+        report["rows"] = rows_part(dims, [1, 4] if args.quick else [1, 4, 8, 16, 32, 64])
     report["machine"]["loadavg_end"] = _loadavg()
     report["total_wall_s"] = time.perf_counter() - wall
     out = Path(args.out)

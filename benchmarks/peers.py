@@ -6,9 +6,14 @@ tied embeddings): `ensure_demo_model()` gives its float32 Hugging Face checkpoin
 Peers, all fed the same prompt token ids, greedy, no stop tokens:
 
   * rc_jax        `rc_jax.sampling.generate`, fp32 (batch 1 and 8);
+  * rc_jax int8   the same with `model.quantization = int8` (weight-only, per channel; on
+                  CPU the int8 matmuls run in rc_jax's int8 kernel, `rc_jax.models.int8_cpu`);
   * transformers  `LlamaForCausalLM.generate`, PyTorch CPU, fp32 (batch 1 and 8);
   * llama.cpp F32 llama-cpp-python on a float32 GGUF written from the same checkpoint by
                   `rc_jax.tools.export_gguf` (the very weights rc_jax runs), batch 1;
+  * llama.cpp Q8_0 a Q8_0 GGUF written from the same checkpoint (`export_gguf(...,
+                  file_type="q8_0")`: every matrix, embeddings included, int8 in blocks of 32
+                  with a float16 scale, as llama.cpp's converter writes), batch 1;
   * llama.cpp Q4_1 the shipped file itself (4.5 bits per weight, embeddings Q8_0), batch 1.
 
 llama-cpp-python's `Llama` holds one sequence per context, so its peers run batch 1 only.
@@ -52,7 +57,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # other jobs that collapses transformers' decode (SmolLM2, batch 1, load 13 on 2 cores:
 # 2.2-3.5 tok/s spinning vs 9.9-10.6 passive, the same as 1 thread). Set before torch
 # loads libgomp; OMP_WAIT_POLICY=ACTIVE in the environment restores the default.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# (Not in the llama.cpp worker child: see LlamaCppWorker.)
+if "--llama-worker" not in sys.argv:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import jax  # noqa: E402
 
@@ -61,7 +68,8 @@ from sampler import (CompileTimer, _loadavg, _summary, _time, compare_tokens,  #
                      copy_bandwidth, decode_bytes_per_step, hf_caller, machine_facts,
                      rc_caller)
 
-PEERS = ("rc_jax", "transformers", "llama_cpp_f32", "llama_cpp_q4_1")
+PEERS = ("rc_jax", "rc_jax_int8", "transformers", "llama_cpp_f32", "llama_cpp_q8_0",
+         "llama_cpp_q4_1")
 # The quick model: Llama-shaped, random, with the tiny in-process tokenizer (vocab 512).
 QUICK = dict(model_type="llama", vocab_size=512, hidden_size=64, intermediate_size=128,
              num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, qk_norm=False,
@@ -77,24 +85,73 @@ def _installed(module: str) -> bool:
         return False
 
 
-def llama_cpp_caller(llm: Any, prompt: list[int]) -> Callable[[int], list[list[int]]]:
-    """Greedy tokens from llama-cpp-python, from an empty KV cache every call.
+class LlamaCppWorker:
+    """llama-cpp-python in a child process, one GGUF model held loaded.
+
+    A child, because llama.cpp's CPU backend synchronizes its threads with OpenMP between
+    every op: under OMP_WAIT_POLICY=PASSIVE (which this process sets for PyTorch) each of
+    those waits sleeps and wakes, and SmolLM2's Q4_1 decode drops from ~109 to ~29 tok/s
+    (measured on the 2-core Xeon). The child runs with the environment llama.cpp users
+    have (OMP_WAIT_POLICY unset, llama.cpp's default) unless --llama-omp-wait-policy says
+    otherwise. Requests and replies are JSON lines on the child's stdin / stdout.
+    """
+
+    def __init__(self, path: Path, n_ctx: int, threads: int, omp_wait_policy: str | None):
+        import subprocess
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if omp_wait_policy:
+            env["OMP_WAIT_POLICY"] = omp_wait_policy
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--llama-worker", str(path), "--llama-ctx", str(n_ctx),
+             "--threads", str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True, env=env)
+        self.info = self._reply()  # version, system_info (after the model loaded)
+        self.info["omp_wait_policy"] = omp_wait_policy
+
+    def _reply(self) -> dict:
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line:
+            raise RuntimeError(f"llama.cpp worker exited (code {self.proc.wait()}); its "
+                               f"stderr is above")
+        return json.loads(line)
+
+    def generate(self, prompt: list[int], n: int) -> list[int]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"prompt": prompt, "n": n}) + "\n")
+        self.proc.stdin.flush()
+        return self._reply()["tokens"]
+
+    def caller(self, prompt: list[int]) -> Callable[[int], list[list[int]]]:
+        return lambda n: [self.generate(prompt, n)]
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def llama_worker_main(path: str, n_ctx: int, threads: int) -> None:
+    """The child of `LlamaCppWorker`: greedy tokens from an empty KV cache per request.
 
     `Llama.generate` evaluates the prompt, then alternates sample / evaluate; stopping
     after n yielded tokens costs the prefill + n - 1 decode steps, as the other peers.
     It never stops on EOS itself.
     """
-    def call(n: int) -> list[list[int]]:
+    import llama_cpp
+    llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_batch=512, n_threads=threads,
+                          n_threads_batch=threads, seed=0, verbose=False)
+    print(json.dumps({"version": llama_cpp.__version__, "system_info":
+                      llama_cpp.llama_print_system_info().decode(errors="replace")}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
         llm.reset()  # no prefix reuse from the previous call
         out: list[int] = []
-        for token in llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0,
+        for token in llm.generate(req["prompt"], top_k=1, top_p=1.0, min_p=0.0, temp=0.0,
                                   repeat_penalty=1.0, reset=True):
             out.append(int(token))
-            if len(out) == n:
+            if len(out) == req["n"]:
                 break
-        return [out]
-
-    return call
+        print(json.dumps({"tokens": out}), flush=True)
 
 
 def gguf_weight_bytes(path: Path) -> int:
@@ -153,7 +210,7 @@ def measure(callers: dict[str, Callable], batch: int, new: int,
             batch * (new - 1) / max(f - o, 1e-9) for f, o in zip(full[name], one[name])]
         # t_N <= t_1: N - 1 decode steps hid in the timing noise (tiny --quick models)
         res["decode_below_noise"] = min(full[name]) <= min(one[name])
-        if name == "rc_jax":
+        if name.startswith("rc_jax"):
             res["jax_compile_events_s"] = compile_s[name]
         else:
             res.pop("compile_s")
@@ -174,6 +231,9 @@ def main() -> None:
     ap.add_argument("--model-dir", default=None, help="HF-format Llama dir (default: demo)")
     ap.add_argument("--q4-gguf", default=None, help="quantized GGUF (default: the demo's Q4_1)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "peers.json"))
+    ap.add_argument("--llama-omp-wait-policy", default=None,
+                    help="OMP_WAIT_POLICY for the llama.cpp worker (default: unset, "
+                         "llama.cpp's default)")
     args = ap.parse_args()
 
     # One thread count for every engine: pin the process (XLA sizes its pool from the
@@ -232,11 +292,16 @@ def main() -> None:
         peers[name] = info
 
     # The F32 GGUF is written whether or not llama.cpp is here: it checks the writer.
-    f32_path = tmp / "model-f32.gguf"
+    f32_path, q8_path = tmp / "model-f32.gguf", tmp / "model-q8_0.gguf"
+    if "llama_cpp_q8_0" in wanted and "skipped" not in peers["llama_cpp_q8_0"]:
+        from rc_jax.tools.export_gguf import write_gguf
+        write_gguf(q8_path, config, params, model_dir, pre="gpt-2" if args.quick else None,
+                   file_type="q8_0")
+        peers["llama_cpp_q8_0"]["gguf"] = {"bytes": q8_path.stat().st_size}
     if "llama_cpp_f32" in wanted:
         from rc_jax.tools.export_gguf import gguf_layout, write_gguf
         t = time.perf_counter()
-        write_gguf(f32_path, config, params, model_dir, pre="gpt2" if args.quick else None)
+        write_gguf(f32_path, config, params, model_dir, pre="gpt-2" if args.quick else None)
         gguf_info: dict[str, Any] = {"bytes": f32_path.stat().st_size,
                                      "write_s": time.perf_counter() - t}
         if q4_path is not None:  # same tensors and llama.* metadata as the shipped file?
@@ -253,7 +318,7 @@ def main() -> None:
               flush=True)
 
     # ---- engines
-    hf_model = llms = None
+    hf_model = None
     if "skipped" not in peers["transformers"]:
         import torch
         from transformers import AutoModelForCausalLM
@@ -261,19 +326,28 @@ def main() -> None:
         hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         peers["transformers"].update(version=facts["transformers"], torch=facts["torch"],
                                      torch_threads=torch.get_num_threads())
-    llms = {}
-    for name, path in (("llama_cpp_f32", f32_path), ("llama_cpp_q4_1", q4_path)):
+    llms: dict[str, LlamaCppWorker] = {}
+    for name, path in (("llama_cpp_f32", f32_path), ("llama_cpp_q8_0", q8_path),
+                       ("llama_cpp_q4_1", q4_path)):
         if "skipped" in peers[name]:
             continue
-        import llama_cpp
-        llms[name] = llama_cpp.Llama(model_path=str(path), n_ctx=prompt_len + new + 16,
-                                     n_batch=512, n_threads=args.threads,
-                                     n_threads_batch=args.threads, seed=0, verbose=False)
-        peers[name].update(version=llama_cpp.__version__, model_path=str(path),
-                           system_info=llama_cpp.llama_print_system_info().decode(errors="replace"),
+        llms[name] = LlamaCppWorker(path, prompt_len + new + 16, args.threads,
+                                    args.llama_omp_wait_policy)
+        peers[name].update(version=llms[name].info["version"], model_path=str(path),
+                           system_info=llms[name].info["system_info"],
+                           omp_wait_policy=args.llama_omp_wait_policy,
                            weight_bytes=gguf_weight_bytes(path), batches=[1],
                            kv_cache_dtype="f16 (llama.cpp default)")
-    peers["rc_jax"]["batches"] = batches
+    q8_params = None
+    for name in ("rc_jax", "rc_jax_int8"):
+        peers[name]["batches"] = batches
+    if "skipped" not in peers["rc_jax_int8"]:
+        from rc_jax.models import int8_cpu
+        from rc_jax.models.quant import quantize_params, weight_bytes
+        q8_config = config.replace(quantization="int8")
+        q8_params = jax.block_until_ready(jax.jit(quantize_params)(params))
+        peers["rc_jax_int8"].update(weight_bytes=weight_bytes(q8_params),
+                                    int8_kernel=int8_cpu.unavailable_reason() or "used")
     for name, info in peers.items():
         print(f"peer {name:15s}: " + (f"skipped: {info['skipped']}" if "skipped" in info
                                       else "runs"), flush=True)
@@ -312,11 +386,13 @@ def main() -> None:
         callers: dict[str, Callable] = {}
         if "skipped" not in peers["rc_jax"]:
             callers["rc_jax"] = rc_caller(params, config, prompts, new)
+        if q8_params is not None:
+            callers["rc_jax_int8"] = rc_caller(q8_params, q8_config, prompts, new)
         if hf_model is not None:
             callers["transformers"] = hf_caller(hf_model, prompts)
         for name, llm in llms.items():
             if batch == 1:
-                callers[name] = llama_cpp_caller(llm, prompts[0])
+                callers[name] = llm.caller(prompts[0])
         row["not_run"] = {n: (peers[n]["skipped"] if "skipped" in peers[n] else
                               "llama-cpp-python's Llama decodes one sequence per context")
                           for n in PEERS if n not in callers}
@@ -370,7 +446,8 @@ def main() -> None:
         print(f"wrote {out.with_suffix('.png')}")
     except Exception as e:  # matplotlib is optional
         print(f"no plot: {e}")
-    llms.clear()
+    for llm in llms.values():
+        llm.close()
     tmp_ctx.cleanup()
 
 
@@ -403,4 +480,12 @@ def plot(report: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if "--llama-worker" in sys.argv:
+        wp = argparse.ArgumentParser()
+        wp.add_argument("--llama-worker")
+        wp.add_argument("--llama-ctx", type=int)
+        wp.add_argument("--threads", type=int)
+        w = wp.parse_args()
+        llama_worker_main(w.llama_worker, w.llama_ctx, w.threads)
+    else:
+        main()

@@ -112,14 +112,39 @@ def test_peers_quick_without_torch_or_llama_cpp(tmp_path):
     res = _peers_quick(tmp_path, ("torch", "llama_cpp"))
     peers = res["peers"]
     assert "not installed" in peers["transformers"]["skipped"]
-    for name in ("llama_cpp_f32", "llama_cpp_q4_1"):
+    for name in ("llama_cpp_f32", "llama_cpp_q8_0", "llama_cpp_q4_1"):
         assert "llama-cpp-python not installed" in peers[name]["skipped"]
         assert f"{name:15s}: skipped: llama-cpp-python not installed" in res["stdout"]
     assert peers["llama_cpp_f32"]["gguf"]["bytes"] > 0   # the F32 GGUF is written anyway
+    assert peers["rc_jax_int8"]["int8_kernel"] == "used"
     assert [r["batch"] for r in res["results"]] == [1, 2]
     for row in res["results"]:
-        assert row["rc_jax"]["decode_tokens_per_s"] > 0 and row["rc_jax"]["roofline"]["fraction"] > 0
-        assert set(row["not_run"]) == {"transformers", "llama_cpp_f32", "llama_cpp_q4_1"}
+        for name in ("rc_jax", "rc_jax_int8"):
+            assert row[name]["decode_tokens_per_s"] > 0 and row[name]["roofline"]["fraction"] > 0
+        assert (row["rc_jax_int8"]["roofline"]["weight_bytes"]
+                < row["rc_jax"]["roofline"]["weight_bytes"])
+        assert set(row["not_run"]) == {"transformers", "llama_cpp_f32", "llama_cpp_q8_0",
+                                       "llama_cpp_q4_1"}
+
+
+@pytest.mark.slow
+def test_peers_quick_with_llama_cpp(tmp_path):
+    """Where llama-cpp-python is installed: its peers run in the worker child (without
+    this process's OMP_WAIT_POLICY=PASSIVE), at batch 1 only, from GGUF files written by
+    rc_jax.tools.export_gguf. The F32 file holds rc_jax's own weights, so greedy tokens
+    are identical (16 tokens of the seeded quick model; llama.cpp's f16 KV cache has not
+    flipped one here)."""
+    pytest.importorskip("llama_cpp")
+    res = _peers_quick(tmp_path, ("torch",))
+    for name in ("llama_cpp_f32", "llama_cpp_q8_0"):
+        assert res["peers"][name]["omp_wait_policy"] is None
+        assert res["peers"][name]["system_info"]  # reported by the worker
+    assert res["peers"]["llama_cpp_q8_0"]["weight_bytes"] < res["peers"]["llama_cpp_f32"]["weight_bytes"]
+    one, two = res["results"]
+    assert one["llama_cpp_f32"]["decode_tokens_per_s"] > 0
+    m = one["greedy_match_vs_rc_jax"]["llama_cpp_f32"]
+    assert m["rows_identical"] == m["rows"] == 1
+    assert "llama_cpp_f32" not in two and "one sequence" in two["not_run"]["llama_cpp_f32"]
 
 
 @pytest.mark.slow

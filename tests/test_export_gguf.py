@@ -45,14 +45,14 @@ def test_round_trip_through_rc_jax_gguf_loader(tmp_path: Path, tiny_tokenizer_di
     # The tiny tokenizer's own split has no llama.cpp name: an explicit `pre` is needed.
     with pytest.raises(GGUFExportError, match="pre="):
         export_gguf(src, tmp_path / "m.gguf")
-    path = export_gguf(src, tmp_path / "m.gguf", pre="gpt2")
+    path = export_gguf(src, tmp_path / "m.gguf", pre="gpt-2")
     layout = gguf_layout(path)
     meta = layout["metadata"]
     assert meta["general.architecture"] == "llama" and meta["general.file_type"] == 0
     assert meta["llama.block_count"] == 2 and meta["llama.attention.head_count_kv"] == 2
     # head_dim 8 != hidden / heads = 16, so llama.cpp needs key_length / value_length
     assert meta["llama.rope.dimension_count"] == 8 and meta["llama.attention.key_length"] == 8
-    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt2"
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt-2"
     assert ("output.weight" in layout["tensors"]) is not tied
     assert layout["tensors"]["blk.1.attn_k.weight"] == [64, 16]   # GGUF order: (in, out)
 
@@ -113,3 +113,35 @@ def test_demo_model_matches_the_shipped_gguf(tmp_path: Path) -> None:
     for t in GGUFReader(str(shipped)).tensors[:12]:
         np.testing.assert_array_equal(np.asarray(written[t.name].data).reshape(-1),
                                       dequantize(t.data, t.tensor_type).reshape(-1), t.name)
+
+
+def test_q8_0_file_reads_back_within_a_quantization_step(tmp_path: Path,
+                                                         tiny_tokenizer_dir: str) -> None:
+    """`file_type="q8_0"` (benchmarks/peers.py's llama.cpp int8 peer): every matrix is
+    stored Q8_0 (blocks of 32 int8 values with a float16 scale), norms stay F32, and each
+    weight reads back within half a quantization step of its block (absmax / 254) plus
+    the float16 rounding of the scale."""
+    from gguf import GGMLQuantizationType, GGUFReader
+    config = _llama(512, tied=True)
+    params = init_params(config, jax.random.PRNGKey(2))
+    src = save_hf_checkpoint(tmp_path / "src", config, params, tokenizer_dir=tiny_tokenizer_dir)
+    with pytest.raises(GGUFExportError, match="file_type 'q4'"):
+        export_gguf(src, tmp_path / "bad.gguf", pre="gpt-2", file_type="q4")
+    path = export_gguf(src, tmp_path / "q8.gguf", pre="gpt-2", file_type="q8_0")
+    types = {t.name: t.tensor_type for t in GGUFReader(str(path)).tensors}
+    assert {n for n, t in types.items() if t == GGMLQuantizationType.Q8_0} == {
+        n for n in types if not n.endswith("norm.weight")}
+    assert all(types[n] == GGMLQuantizationType.F32 for n in types if n.endswith("norm.weight"))
+    assert gguf_layout(path)["metadata"]["general.file_type"] == 7  # MOSTLY_Q8_0
+    assert gguf_layout(path)["tensors"] == gguf_layout(export_gguf(
+        src, tmp_path / "f32.gguf", pre="gpt-2"))["tensors"]
+    ours, back = _tensors(src), _tensors(convert_gguf_to_hf(path, tmp_path / "back"))
+    for name, value in ours.items():
+        if value.ndim == 1:
+            np.testing.assert_array_equal(back[name], value, err_msg=name)
+            continue
+        blocks = np.abs(value.reshape(value.shape[0], -1, 32)).max(-1, keepdims=True)
+        bound = np.broadcast_to(blocks * (1 / 254 + 1e-3), blocks.shape[:-1] + (32,))
+        err = np.abs(back[name] - value).reshape(bound.shape)
+        assert np.all(err <= bound), name
+        assert not np.array_equal(back[name], value), name  # really quantized

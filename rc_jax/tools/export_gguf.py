@@ -12,15 +12,16 @@ llama.cpp's own ``convert_hf_to_gguf.py``:
 * q/k rows permuted per head into llama.cpp's interleaved-RoPE order (the inverse of
   :func:`rc_jax.models.gguf.unpermute_rope_rows`);
 * ``llama.*`` hyperparameters (``block_count``, ``embedding_length``, ``attention.*``,
-  ``rope.*``, ``vocab_size``, ...), ``general.file_type = ALL_F32``;
+  ``rope.*``, ``vocab_size``, ...), ``general.file_type = ALL_F32`` (or ``MOSTLY_Q8_0``
+  with ``file_type="q8_0"``: every matrix whose rows are whole blocks of 32 stored Q8_0);
 * the byte-level BPE vocabulary as ``tokenizer.ggml.*`` (``model = gpt2``, a ``pre`` name
   llama.cpp knows, tokens with their types, merges, special ids, chat template).
 
-Only float32, Llama architecture. Public API: :func:`write_gguf` (from a config + params),
+Float32 or Q8_0, Llama architecture. Public API: :func:`write_gguf` (from a config + params),
 :func:`export_gguf` (from an HF-format directory) and :func:`gguf_layout` (what a GGUF file
 declares, to compare two files). CLI::
 
-    python -m rc_jax.tools.export_gguf --model_dir DIR --out FILE.gguf
+    python -m rc_jax.tools.export_gguf --model_dir DIR --out FILE.gguf [--type q8_0]
 """
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ __all__ = ["GGUFExportError", "export_gguf", "gguf_layout", "permute_rope_rows",
 _NORMAL, _CONTROL, _USER_DEFINED, _UNUSED = 1, 3, 4, 5
 
 
+FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+
+
 class GGUFExportError(ValueError):
     """The checkpoint or tokenizer cannot be written as a llama.cpp GGUF file."""
 
@@ -67,19 +71,20 @@ def _detect_pre(tok: dict[str, Any], source: Path) -> str:
     """llama.cpp ``tokenizer.ggml.pre`` name of a byte-level BPE ``tokenizer.json``.
 
     Recognizes the two splits :mod:`rc_jax.models.gguf` reads back: Digits(individual) +
-    ByteLevel(regex) ("smollm") and plain ByteLevel(regex) ("gpt2"); anything else needs
+    ByteLevel(regex) ("smollm") and plain ByteLevel(regex) ("gpt-2", llama.cpp's spelling:
+    it refuses "gpt2"); anything else needs
     an explicit ``pre`` (llama.cpp identifies it by hashing a test encoding).
     """
     pre = tok.get("pre_tokenizer") or {}
     parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     kinds = [p.get("type") for p in parts]
     if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     if (kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits")
             and parts[1].get("use_regex", True)):
         return "smollm"
     raise GGUFExportError(f"{source}: pre-tokenizer {kinds} has no known llama.cpp name; pass "
-                          "pre= (e.g. 'gpt2', 'smollm', 'qwen2') explicitly")
+                          "pre= (e.g. 'gpt-2', 'smollm', 'qwen2') explicitly")
 
 
 def _read_tokenizer(tokenizer_dir: Path, vocab_size: int, pre: str | None) -> dict[str, Any]:
@@ -138,10 +143,21 @@ def _check_config(config: ModelConfig) -> None:
         raise GGUFExportError("export float32 parameters, not quantized ones")
 
 
+def _quantized(array: np.ndarray, file_type: str) -> tuple[np.ndarray, Any]:
+    """(data, GGML type) to store a float32 (out, in) tensor as in a ``file_type`` file:
+    Q8_0 (blocks of 32 int8 values with one float16 scale) for matrices whose rows are
+    whole blocks, as llama.cpp's own converter does; norms and other tensors stay F32."""
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    block = gguf.GGML_QUANT_SIZES[q8][0]
+    if file_type == "q8_0" and array.ndim == 2 and array.shape[-1] % block == 0:
+        return gguf.quants.quantize(array, q8), q8
+    return array, None
+
+
 def write_gguf(out: str | os.PathLike, config: ModelConfig, params: Any,
                tokenizer_dir: str | os.PathLike, *, pre: str | None = None,
-               name: str | None = None) -> Path:
-    """Writes ``params`` (rc_jax layout, any float dtype) as a float32 llama GGUF file.
+               name: str | None = None, file_type: str = "f32") -> Path:
+    """Writes ``params`` (rc_jax layout, any float dtype) as a llama GGUF file.
 
     Args:
       out: the ``.gguf`` file to write (its directory must exist); written atomically.
@@ -151,9 +167,14 @@ def write_gguf(out: str | os.PathLike, config: ModelConfig, params: Any,
         ``tokenizer_config.json`` (special tokens, ``add_bos_token``, chat template).
       pre: llama.cpp pre-tokenizer name; detected from ``tokenizer.json`` when None.
       name: ``general.name``; defaults to the tokenizer directory's name.
+      file_type: ``f32`` (every tensor float32) or ``q8_0`` (matrices Q8_0, including the
+        token embeddings, as llama.cpp's converter writes ``--outtype q8_0``).
     Raises:
-      GGUFExportError: not a plain Llama model, or a tokenizer GGUF cannot describe.
+      GGUFExportError: not a plain Llama model, a tokenizer GGUF cannot describe, or an
+        unknown ``file_type``.
     """
+    if file_type not in FILE_TYPES:
+        raise GGUFExportError(f"file_type {file_type!r} unknown; choose from {sorted(FILE_TYPES)}")
     _check_config(config)
     tok = _read_tokenizer(Path(tokenizer_dir), config.vocab_size, pre)
     out = Path(out)
@@ -172,7 +193,7 @@ def write_gguf(out: str | os.PathLike, config: ModelConfig, params: Any,
         writer.add_head_count_kv(config.num_kv_heads)
         writer.add_rope_freq_base(float(config.rope_theta))
         writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-        writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+        writer.add_file_type(FILE_TYPES[file_type])
         writer.add_vocab_size(config.vocab_size)
         writer.add_rope_dimension_count(config.head_dim)
         if config.head_dim != config.hidden_size // config.num_heads:
@@ -205,7 +226,10 @@ def write_gguf(out: str | os.PathLike, config: ModelConfig, params: Any,
                 array = permute_rope_rows(array, config.num_heads)
             elif hf_name.endswith("k_proj.weight"):
                 array = permute_rope_rows(array, config.num_kv_heads)
-            writer.add_tensor(gguf_name, array)  # numpy (out, in) -> GGUF dims (in, out)
+            data, raw_dtype = _quantized(array, file_type)
+            # numpy (out, in) -> GGUF dims (in, out); for Q8_0 bytes the writer derives the
+            # tensor's shape from the byte shape
+            writer.add_tensor(gguf_name, data, raw_dtype=raw_dtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -219,10 +243,13 @@ def write_gguf(out: str | os.PathLike, config: ModelConfig, params: Any,
 
 
 def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, *,
-                pre: str | None = None, name: str | None = None) -> Path:
-    """HF-format Llama directory (config.json + safetensors + tokenizer) -> float32 GGUF."""
+                pre: str | None = None, name: str | None = None,
+                file_type: str = "f32") -> Path:
+    """HF-format Llama directory (config.json + safetensors + tokenizer) -> GGUF file
+    (float32, or Q8_0 matrices with ``file_type="q8_0"``)."""
     config, params = load_hf_checkpoint(Path(model_dir), dtype="float32")
-    return write_gguf(out, config, params, model_dir, pre=pre, name=name or Path(model_dir).name)
+    return write_gguf(out, config, params, model_dir, pre=pre, name=name or Path(model_dir).name,
+                      file_type=file_type)
 
 
 def gguf_layout(path: str | os.PathLike) -> dict[str, Any]:
@@ -248,13 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model_dir", required=True, help="HF-format Llama directory")
     ap.add_argument("--out", required=True, help="the .gguf file to write")
     ap.add_argument("--pre", default=None, help="llama.cpp pre-tokenizer name (default: detect)")
+    ap.add_argument("--type", default="f32", choices=sorted(FILE_TYPES),
+                    help="f32, or q8_0 (matrices int8 in blocks of 32, as llama.cpp writes)")
     args = ap.parse_args(argv)
     try:
-        path = export_gguf(args.model_dir, args.out, pre=args.pre)
+        path = export_gguf(args.model_dir, args.out, pre=args.pre, file_type=args.type)
     except (GGUFExportError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB, float32)")
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB, {args.type})")
     return 0
 
 
