@@ -26,7 +26,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from rc_jax.models import int8_cpu
+from rc_jax.models import cpu_matmul
 from rc_jax.models.attention import (Mask, attend, cached_attention, decode_attention,
                                      decode_segments, target_platform)
 from rc_jax.models.config import ModelConfig
@@ -174,10 +174,11 @@ def dense_t(x: jax.Array, w_t: jax.Array, preferred_element_type: Any = None) ->
 
 def project_t(x: jax.Array, w: Any, dtype: Any, preferred_element_type: Any = None) -> jax.Array:
     """x [..., in] times a decode-layout weight [out, in] (float or `QuantizedWeight`)
-    -> [..., out]. An int8 weight in a CPU program goes through the int8 kernel
-    (`int8_cpu`: reads 1 byte per weight); otherwise `dense_t` on the weight's operand."""
-    if int8_cpu.usable(x, w, target_platform()):
-        return int8_cpu.matmul_t(x, w)
+    -> [..., out]. Decode-sized calls in a CPU program go through rc_jax's CPU kernels
+    (`cpu_matmul`: software-prefetched weight streaming; int8 read at 1 byte per weight);
+    otherwise `dense_t` on the weight's operand."""
+    if cpu_matmul.usable(x, w, target_platform()):
+        return cpu_matmul.matmul_t(x, w)
     return scale_output(dense_t(x, operand(w, dtype), preferred_element_type), w)
 
 
@@ -401,7 +402,7 @@ class Decoder(nn.Module):
         x = RMSNorm(cfg, cfg.hidden_size, "embed", name="final_norm")(x)
         dt = cfg.jnp_dtype
         if cfg.tie_word_embeddings and self.packed:
-            logits = dense_t(x, embedding.astype(dt), preferred_element_type=jnp.float32)
+            logits = project_t(x, embedding, dt, preferred_element_type=jnp.float32)
         elif cfg.tie_word_embeddings:
             logits = jnp.einsum("bse,ve->bsv", x, embedding.astype(dt),
                                 preferred_element_type=jnp.float32)

@@ -1,0 +1,172 @@
+"""Decode-sized matmuls on XLA:CPU through small C++ kernels (XLA FFI custom calls).
+
+A decode step on CPU is a stream of weight bytes through matmuls of a few activation
+rows. Two kernels in `cpu_matmul.cc` stream them better than XLA:CPU's own ops:
+
+* `rc_jax_f32_matmul` (float32 weights): XLA's dot starts every matrix cold and leaves
+  the stream to the hardware prefetcher; the kernel prefetches the next channels in
+  software while it computes the current ones (SmolLM2's projections at batch 1 on the
+  2-core Xeon: 1.46x faster than XLA's dots, benchmarks/README.md).
+* `rc_jax_int8_matmul` (`QuantizedWeight`): XLA:CPU has no dot that reads int8: the
+  int8 -> float conversion is either hoisted out of the decode loop (a float copy of every
+  weight, read at 4 bytes per weight each step) or paid as a separate pass per step. The
+  kernel widens each int8 weight in registers as it streams it (1 byte per weight).
+
+`qwen3.project_t` calls them for the decode layout's matmuls of at most `MAX_ROWS` rows
+in a program compiled for the CPU. They are compiled on first use with the system C++
+compiler (`$CXX`, else `c++`) against the XLA FFI headers that jaxlib ships, for this
+machine's CPU (`-march=native`), into the rc_jax cache (`$RC_JAX_CACHE/kernels`, else
+`~/.cache/rc_jax/kernels`), keyed by the source, jaxlib's version and the CPU, then loaded
+and registered with JAX once per process. Where they cannot be built (no compiler, an
+unsupported platform) or `RC_JAX_CPU_KERNELS=0` is set, `usable` says no, the reason is
+logged once, and decode uses XLA's ops (the same numbers up to float summation order;
+int8 then decodes at fp32 speed).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from rc_jax.models.quant import QuantizedWeight
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("cpu_matmul.cc")
+# FFI target name -> the handler's symbol in the library.
+TARGETS = {"rc_jax_f32_matmul": "RcJaxF32Matmul", "rc_jax_int8_matmul": "RcJaxInt8Matmul"}
+DISABLE_ENV = "RC_JAX_CPU_KERNELS"
+# Above this many activation rows XLA's GEMM is as fast or faster (SmolLM2's gate|up on
+# the 2-core Xeon, 60 weights streamed: int8 kernel vs fp32 dot 3.6x at 1 row, 1.45x at
+# 16, 0.9x at 32; f32 kernel vs XLA 1.22x at 1 row, 1.06x at 16; benchmarks/README.md).
+MAX_ROWS = 16
+
+
+def _cpu_identity() -> str:
+    """The CPU's model name and feature flags (a -march=native library is only valid on
+    a CPU with the same features)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {}
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return f"{fields.get('model name', '')}|{fields.get('flags', fields.get('Features', ''))}"
+
+
+def _compile_flags() -> list[str]:
+    return ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC",
+            f"-I{jax.ffi.include_dir()}"]
+
+
+def library_path() -> Path:
+    """Where the compiled kernel for this source, jaxlib and CPU lives in the cache."""
+    from rc_jax.tools.cache import cache_root
+    import jaxlib
+
+    key = hashlib.sha256("\n".join([
+        SOURCE.read_text(), jaxlib.__version__, platform.machine(), _cpu_identity(),
+        " ".join(_compile_flags()[:-1])]).encode()).hexdigest()[:16]
+    return cache_root() / "kernels" / f"cpu_matmul-{key}.so"
+
+
+def build(path: Path) -> None:
+    """Compile `cpu_matmul.cc` into `path` (atomically: a half-written library is never
+    loaded). Raises RuntimeError naming the compiler and its output on failure."""
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (set $CXX or install g++)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([compiler, *_compile_flags(), str(SOURCE), "-o", tmp],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{compiler} failed to compile {SOURCE}:\n{proc.stderr[-4000:]}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def _load() -> str | None:
+    """Build (if needed), load and register the kernel once per process. Returns None
+    when it is ready, else the reason it is not."""
+    if os.environ.get(DISABLE_ENV, "1") == "0":
+        return f"disabled by {DISABLE_ENV}=0"
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "aarch64"):
+        return f"not built for {platform.system()} {platform.machine()}"
+    try:
+        path = library_path()
+        if not path.exists():
+            from rc_jax.tools.cache import file_lock
+            with file_lock(path.with_suffix(".lock")):  # parallel workers build once
+                if not path.exists():
+                    build(path)
+        lib = ctypes.cdll.LoadLibrary(str(path))
+        for target, symbol in TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                        platform="cpu")
+    except Exception as e:  # noqa: BLE001 - any failure means: use XLA's ops instead
+        reason = f"{type(e).__name__}: {e}"
+        log.warning("rc_jax CPU matmul kernels unavailable, decode uses XLA's ops (slower; "
+                    "int8 at fp32 speed): %s", reason)
+        return reason
+    return None
+
+
+def unavailable_reason() -> str | None:
+    """None if the kernels can be used in this process, else why not."""
+    return _load()
+
+
+def usable(x: jax.Array, w: Any, platform_name: str) -> bool:
+    """Whether `matmul_t(x, w)` applies: a float32 [out, in] weight or an int8 one, at most
+    `MAX_ROWS` float32 activation rows (decode), a program compiled for the CPU, and the
+    kernels built."""
+    values = w.values if isinstance(w, QuantizedWeight) else w
+    if isinstance(w, QuantizedWeight):
+        if values.dtype != jnp.int8:
+            return False
+    elif getattr(values, "dtype", None) != jnp.float32:
+        return False
+    return (platform_name == "cpu" and x.dtype == jnp.float32 and values.ndim == 2
+            and math.prod(x.shape[:-1]) <= MAX_ROWS and _load() is None)
+
+
+def matmul_t(x: jax.Array, w: Any) -> jax.Array:
+    """x [..., in] float32 times a weight in the decode layout -> [..., out] float32:
+    x @ w.T for a float32 w [out, in], (x @ values.T) * scale for a `QuantizedWeight`.
+    Raises RuntimeError if the kernels are unavailable (`unavailable_reason`)."""
+    reason = _load()
+    if reason is not None:
+        raise RuntimeError(f"rc_jax CPU matmul kernels unavailable: {reason}")
+    lead, n_in = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, n_in)
+    if isinstance(w, QuantizedWeight):
+        n_out = w.values.shape[0]
+        call = jax.ffi.ffi_call("rc_jax_int8_matmul",
+                                jax.ShapeDtypeStruct((x2.shape[0], n_out), jnp.float32))
+        y = call(x2, w.values, w.scale.astype(jnp.float32))
+    else:
+        n_out = w.shape[0]
+        call = jax.ffi.ffi_call("rc_jax_f32_matmul",
+                                jax.ShapeDtypeStruct((x2.shape[0], n_out), jnp.float32))
+        y = call(x2, w)
+    return y.reshape(*lead, n_out)
