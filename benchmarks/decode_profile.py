@@ -11,9 +11,12 @@ process, each compiled once and timed in interleaved rounds as ms/step = (t(n) -
   no_attention  the same step with `attention.decode_attention` replaced by a pass-through
                 (no cache read or write): what attention over the cache costs.
   bucket_B      the step with a B-slot cache (256, 512, 1024): attention against cache size.
-  dot_floor     the step's weight matmuls alone: per layer the four `dense_t` products of
-                the packed weights (q|k|v, o, gate|up, down) with the cheapest glue that
-                keeps their order, then the tied head. XLA:CPU's floor for this model.
+  dot_floor     the step's weight matmuls alone, as the step computes them
+                (`qwen3.project_t`: rc_jax's CPU kernel, `cpu_matmul`): per layer the
+                four products of the packed weights (q|k|v, o, gate|up, down) with the
+                cheapest glue that keeps their order, then the tied head.
+  xla_dot_floor the same with XLA:CPU's own dot (`dense_t`), as decode ran before the
+                kernel.
   one_dot       one matrix-vector product over a matrix of the model's total weight
                 bytes: the read bandwidth one large XLA:CPU dot reaches.
 
@@ -69,9 +72,9 @@ def _pass_through(q, keys, values, mask, kv_heads, new=None):
     return q.reshape(b, s, h * d), keys, values
 
 
-def dot_floor_runner(packed, config):
-    """run(n) for n steps of the packed weights' matmuls alone (batch 1)."""
-    from rc_jax.models.qwen3 import dense_t
+def dot_floor_runner(packed, config, matmul):
+    """run(n) for n steps of the packed weights' matmuls alone (batch 1), each computed by
+    `matmul(x, w_t)`."""
     e, i, h, d = config.hidden_size, config.intermediate_size, config.num_heads, config.head_dim
     layers = [packed["layers"][str(j)] for j in range(config.num_layers)]
 
@@ -79,11 +82,11 @@ def dot_floor_runner(packed, config):
     def steps(layers, embedding, x, n):
         def body(_, x):
             for p in layers:
-                qkv = dense_t(x, p["attn"]["qkv_t"])
-                x = x + dense_t(qkv[..., :h * d] * qkv[..., -1:], p["attn"]["o_t"])
-                gu = dense_t(x, p["mlp"]["gate_up_t"])
-                x = x + dense_t(gu[..., :i] * gu[..., i:], p["mlp"]["down_t"])
-            logits = dense_t(x, embedding)
+                qkv = matmul(x, p["attn"]["qkv_t"])
+                x = x + matmul(qkv[..., :h * d] * qkv[..., -1:], p["attn"]["o_t"])
+                gu = matmul(x, p["mlp"]["gate_up_t"])
+                x = x + matmul(gu[..., :i] * gu[..., i:], p["mlp"]["down_t"])
+            logits = matmul(x, embedding)
             return x + 1e-6 * jnp.max(logits)  # the head feeds the next step
         return jax.lax.fori_loop(0, n, body, x)
 
@@ -122,7 +125,9 @@ def measure(config, rounds: int, steps: int) -> dict:
         runners["no_attention"] = make_runner(packed, config, BATCH, BUCKET, FILL)[0]
     finally:
         qwen3.decode_attention = saved
-    runners["dot_floor"] = dot_floor_runner(packed, config)
+    runners["dot_floor"] = dot_floor_runner(
+        packed, config, lambda x, w: qwen3.project_t(x, w, jnp.float32))
+    runners["xla_dot_floor"] = dot_floor_runner(packed, config, qwen3.dense_t)
     runners["one_dot"], one_dot_bytes = one_dot_runner(weight_bytes, config.hidden_size)
 
     times = time_rounds(runners, rounds, steps)
@@ -224,6 +229,7 @@ def main() -> None:
         "one_dot_gb_per_s": one_dot_gbs,
         "step_gb_per_s": wb / med["step"] / 1e6,
         "dot_floor_gb_per_s": wb / med["dot_floor"] / 1e6,
+        "xla_dot_floor_gb_per_s": wb / med["xla_dot_floor"] / 1e6,
     }
     roofline_ms = (wb + res["kv_bytes"]) / copy_gbs / 1e6
     derived |= {"roofline_ms_copy_bandwidth": roofline_ms,

@@ -20,8 +20,8 @@ Three parts, all written to benchmarks/results/int8_decode.json:
     `optimization_barrier` that ties the weights to the loop-carried activations, which keeps
     XLA from hoisting the int8 -> float conversion out of the loop; the compiled HLO says
     whether the loop body reads int8 (s8) weights at all.
-  * rows: the kernel against the fp32 dot by activation rows (1 to 64), which is where
-    `cpu_matmul.MAX_ROWS` comes from.
+  * rows: rc_jax's CPU kernels (int8 and float32) against XLA's float32 dot by activation
+    rows (1 to 64), which is where `cpu_matmul.MAX_ROWS` comes from.
 
     python benchmarks/int8_decode.py               # all parts, ~6 minutes on 2 cores
     python benchmarks/int8_decode.py --quick       # tiny sizes (smoke run)
@@ -334,10 +334,10 @@ def summarize_layouts(runs: list[dict]) -> dict:
 
 # --------------------------------------------------------------------------- rows part
 def rows_part(dims: dict, row_counts: list[int], reps: int = 3) -> list[dict]:
-    """The int8 kernel vs the fp32 `dense_t` dot by activation rows: 60 distinct
-    weights of SmolLM2's gate|up shape (so they stream from memory, as in decode), 5 loop
-    steps per call; microseconds per matmul, best of `reps`. Says up to how many rows the
-    kernel pays (`cpu_matmul.MAX_ROWS`)."""
+    """rc_jax's CPU kernels (int8 and float32) vs XLA's float32 dot (`dense_t`) by
+    activation rows: 60 distinct weights of SmolLM2's gate|up shape (so they stream from
+    memory, as in decode), 5 loop steps per call; microseconds per matmul, best of
+    `reps`. Says up to how many rows the kernels pay (`cpu_matmul.MAX_ROWS`)."""
     from rc_jax.models.cpu_matmul import matmul_t
     from rc_jax.models.qwen3 import dense_t
     from rc_jax.models.quant import quantize_weight
@@ -360,10 +360,12 @@ def rows_part(dims: dict, row_counts: list[int], reps: int = 3) -> list[dict]:
 
     out = []
     for rows in row_counts:
-        k, f = per_matmul_us(matmul_t, qs, rows), per_matmul_us(dense_t, ws, rows)
-        out.append({"rows": rows, "kernel_us": k, "fp32_us": f, "fp32_over_kernel": f / k})
-        print(f"  [rows] {rows:3d} rows: int8 kernel {k:7.1f} us, fp32 dot {f:7.1f} us, "
-              f"x{f / k:.2f}", flush=True)
+        i8, f32 = per_matmul_us(matmul_t, qs, rows), per_matmul_us(matmul_t, ws, rows)
+        xla = per_matmul_us(dense_t, ws, rows)
+        out.append({"rows": rows, "int8_kernel_us": i8, "f32_kernel_us": f32, "xla_f32_us": xla,
+                    "xla_over_int8_kernel": xla / i8, "xla_over_f32_kernel": xla / f32})
+        print(f"  [rows] {rows:3d} rows: int8 kernel {i8:7.1f} us, f32 kernel {f32:7.1f} us, "
+              f"XLA f32 dot {xla:7.1f} us (x{xla / i8:.2f}, x{xla / f32:.2f})", flush=True)
     return out
 
 
