@@ -425,7 +425,7 @@ def run(argv: list[str] | None = None) -> dict:
         report["layouts"] = json.loads(Path(args.out).read_text()).get("layouts")
     if not args.skip_rows:
         dims = QUICK_LAYER if args.quick else SMOLLM2_LAYER
-        print(f"rows: the int8 kernel vs the fp32 dot by activation rows, gate|up "
+        print(f"rows: rc_jax's CPU kernels vs XLA's fp32 dot by activation rows, gate|up "
               f"{2 * dims['I']}x{dims['E']}", flush=True)
         report["rows"] = rows_part(dims, [1, 4] if args.quick else [1, 4, 8, 16, 32, 64])
     report["machine"]["loadavg_end"] = _loadavg()

@@ -39,7 +39,7 @@ namespace {
 // stretches of the weight (what the hardware prefetcher follows best), with enough
 // blocks that a thread starting late still finds work.
 constexpr int64_t kBlocksPerThread = 2;
-// Software prefetch distance, in register blocks of channels (measured: 1-2 best; the
+// Software prefetch distance, in tiles of 4 channels (measured: 1-2 best; the
 // hardware prefetcher alone left int8 at ~11 GB/s from DRAM on the 2-core Xeon, 19-21
 // with it).
 constexpr int64_t kPrefetchBlocks = 1;
@@ -75,12 +75,12 @@ inline void Block(const float* x, const W* w, const float* scale, int64_t in, fl
   __m256 acc[R][O];
   for (int64_t r = 0; r < R; ++r)
     for (int64_t o = 0; o < O; ++o) acc[r][o] = _mm256_setzero_ps();
-  // The next channels' weights follow these O rows in memory: prefetch them as this
-  // block is swept (the O x 8 weights of a step, plus one line, per 8 columns).
-  const char* ahead = reinterpret_cast<const char*>(w + kPrefetchBlocks * O * in);
-  constexpr int64_t span = O * 8 * static_cast<int64_t>(sizeof(W));
+  // The next tile's 4 channels follow in memory: prefetch them as this block is swept
+  // (their 4 x 8 weights of a step, plus one line, per 8 columns).
+  const char* ahead = reinterpret_cast<const char*>(w + kPrefetchBlocks * 4 * in);
+  constexpr int64_t span = 4 * 8 * static_cast<int64_t>(sizeof(W));
   for (; i + 8 <= in; i += 8) {
-    const char* at = ahead + O * i * static_cast<int64_t>(sizeof(W));
+    const char* at = ahead + 4 * i * static_cast<int64_t>(sizeof(W));
     for (int64_t p = 0; p < span + 64; p += 64) _mm_prefetch(at + p, _MM_HINT_T0);
     __m256 wf[O];
     for (int64_t o = 0; o < O; ++o) wf[o] = Load8(w + o * in + i);
@@ -101,14 +101,18 @@ inline void Block(const float* x, const W* w, const float* scale, int64_t in, fl
       y[r * ldy + o] = scale == nullptr ? acc_s[r][o] : acc_s[r][o] * scale[o];
 }
 
-// Rows [0, R) of x against output channels [o0, o1): blocks of O channels, then one by one.
-template <int64_t R, int64_t O, typename W>
-inline void Channels(const float* x, const W* w, const float* scale, int64_t in, int64_t out,
-                     int64_t o0, int64_t o1, float* y) {
-  int64_t o = o0;
-  for (; o + O <= o1; o += O)
-    Block<R, O>(x, w + o * in, scale ? scale + o : nullptr, in, y + o, out);
-  for (; o < o1; ++o) Block<R, 1>(x, w + o * in, scale ? scale + o : nullptr, in, y + o, out);
+// Rows [0, R) of x against the `oc` <= 4 output channels from o: one register block of
+// 4 channels (1-2 rows) or two of 2 (3-4 rows), or channel by channel at the end.
+template <int64_t R, typename W>
+inline void Tile(const float* x, const W* w, const float* scale, int64_t in, int64_t out,
+                 int64_t o, int64_t oc, float* y) {
+  constexpr int64_t O = R <= 2 ? 4 : 2;
+  int64_t c = 0;
+  if (oc == 4)
+    for (; c < 4; c += O)
+      Block<R, O>(x, w + (o + c) * in, scale ? scale + o + c : nullptr, in, y + o + c, out);
+  for (; c < oc; ++c)
+    Block<R, 1>(x, w + (o + c) * in, scale ? scale + o + c : nullptr, in, y + o + c, out);
 }
 
 template <typename W>
@@ -121,19 +125,23 @@ struct Job {
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
 
-  // Take blocks of output channels until none are left; each block runs every row of x,
-  // four at a time (register blocks of 1x4, 2x4, 3x2 or 4x2 rows x channels).
+  // Take blocks of output channels until none are left. Within a block, 4 channels at a
+  // time against every row of x, four rows at a time: the 4 channels' weights stay in
+  // L1 while all row tiles use them, so each weight comes from memory once.
   void Work() {
     for (int64_t b = next.fetch_add(1); b < num_blocks; b = next.fetch_add(1)) {
-      const int64_t o0 = b * block, o1 = std::min(out, o0 + block);
-      for (int64_t r0 = 0; r0 < n; r0 += 4) {
-        const float* xr = x + r0 * in;
-        float* yr = y + r0 * out;
-        switch (std::min<int64_t>(4, n - r0)) {
-          case 1: Channels<1, 4>(xr, w, scale, in, out, o0, o1, yr); break;
-          case 2: Channels<2, 4>(xr, w, scale, in, out, o0, o1, yr); break;
-          case 3: Channels<3, 2>(xr, w, scale, in, out, o0, o1, yr); break;
-          default: Channels<4, 2>(xr, w, scale, in, out, o0, o1, yr); break;
+      const int64_t o1 = std::min(out, (b + 1) * block);
+      for (int64_t o = b * block; o < o1; o += 4) {
+        const int64_t oc = std::min<int64_t>(4, o1 - o);
+        for (int64_t r0 = 0; r0 < n; r0 += 4) {
+          const float* xr = x + r0 * in;
+          float* yr = y + r0 * out;
+          switch (std::min<int64_t>(4, n - r0)) {
+            case 1: Tile<1>(xr, w, scale, in, out, o, oc, yr); break;
+            case 2: Tile<2>(xr, w, scale, in, out, o, oc, yr); break;
+            case 3: Tile<3>(xr, w, scale, in, out, o, oc, yr); break;
+            default: Tile<4>(xr, w, scale, in, out, o, oc, yr); break;
+          }
         }
       }
       done.fetch_add(1, std::memory_order_release);

@@ -48,10 +48,10 @@ SOURCE = Path(__file__).with_name("cpu_matmul.cc")
 # FFI target name -> the handler's symbol in the library.
 TARGETS = {"rc_jax_f32_matmul": "RcJaxF32Matmul", "rc_jax_int8_matmul": "RcJaxInt8Matmul"}
 DISABLE_ENV = "RC_JAX_CPU_KERNELS"
-# Above this many activation rows XLA's GEMM is as fast or faster (SmolLM2's gate|up on
-# the 2-core Xeon, 60 weights streamed: int8 kernel vs fp32 dot 3.6x at 1 row, 1.45x at
-# 16, 0.9x at 32; f32 kernel vs XLA 1.22x at 1 row, 1.06x at 16; benchmarks/README.md).
-MAX_ROWS = 16
+# Above this many activation rows XLA's GEMM can be faster (2-core Xeon, weights streamed,
+# f32 kernel vs XLA's dot: SmolLM2's gate|up 1.16x / 1.68x / 1.09x at 1 / 8 / 16 rows,
+# the sampler model's 4096 x 768 1.14x / 1.18x / 0.85x; benchmarks/README.md).
+MAX_ROWS = 8
 
 
 def _cpu_identity() -> str:
