@@ -6,7 +6,7 @@ rows. Two kernels in `cpu_matmul.cc` stream them better than XLA:CPU's own ops:
 * `rc_jax_f32_matmul` (float32 weights): XLA's dot starts every matrix cold and leaves
   the stream to the hardware prefetcher; the kernel prefetches the next channels in
   software while it computes the current ones (SmolLM2's projections at batch 1 on the
-  2-core Xeon: 1.46x faster than XLA's dots, benchmarks/README.md).
+  2-core Xeon: 1.22x faster than XLA's dots, benchmarks/README.md).
 * `rc_jax_int8_matmul` (`QuantizedWeight`): XLA:CPU has no dot that reads int8: the
   int8 -> float conversion is either hoisted out of the decode loop (a float copy of every
   weight, read at 4 bytes per weight each step) or paid as a separate pass per step. The
@@ -49,8 +49,8 @@ SOURCE = Path(__file__).with_name("cpu_matmul.cc")
 TARGETS = {"rc_jax_f32_matmul": "RcJaxF32Matmul", "rc_jax_int8_matmul": "RcJaxInt8Matmul"}
 DISABLE_ENV = "RC_JAX_CPU_KERNELS"
 # Above this many activation rows XLA's GEMM can be faster (2-core Xeon, weights streamed,
-# f32 kernel vs XLA's dot: SmolLM2's gate|up 1.16x / 1.68x / 1.09x at 1 / 8 / 16 rows,
-# the sampler model's 4096 x 768 1.14x / 1.18x / 0.85x; benchmarks/README.md).
+# f32 kernel vs XLA's dot: SmolLM2's gate|up 1.22x / 1.68x / 1.11x at 1 / 8 / 16 rows,
+# benchmarks/README.md; the sampler model's 4096 x 768, one-off: 1.14x / 1.18x / 0.85x).
 MAX_ROWS = 8
 
 
