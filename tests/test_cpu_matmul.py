@@ -35,7 +35,9 @@ def test_kernel_equals_the_matmul(rows, n_in, n_out, int8):
     w = jnp.asarray(rng.standard_normal((n_out, n_in)), jnp.float32)
     if int8:
         w = quantize_weight(w, (1,))
-    assert cpu_matmul.usable(jnp.zeros((rows, n_in), jnp.float32), w, "cpu")
+    # Decode uses the kernels up to MAX_ROWS rows; they compute any number of rows.
+    usable = cpu_matmul.usable(jnp.zeros((rows, n_in), jnp.float32), w, "cpu")
+    assert usable == (rows <= cpu_matmul.MAX_ROWS)
     x = jnp.asarray(rng.standard_normal((rows, n_in)), jnp.float32)
     got = np.asarray(jax.jit(cpu_matmul.matmul_t)(x, w))
     dense = dequantize_weight(w, (1,)) if int8 else w
@@ -99,6 +101,13 @@ def test_same_logits_with_and_without_the_kernels(packed, monkeypatch):
     monkeypatch.setattr(cpu_matmul, "usable", lambda *a: False)
     without = logits()
     np.testing.assert_allclose(with_kernels, without, rtol=1e-5, atol=1e-5)
+
+
+def test_empty_shapes():
+    w = quantize_weight(jnp.ones((0, 8), jnp.float32), (1,))
+    assert jax.jit(cpu_matmul.matmul_t)(jnp.ones((2, 8), jnp.float32), w).shape == (2, 0)
+    got = jax.jit(cpu_matmul.matmul_t)(jnp.ones((0, 8), jnp.float32), jnp.ones((3, 8)))
+    assert got.shape == (0, 3)
 
 
 def test_failed_build_names_the_compiler(tmp_path, monkeypatch):

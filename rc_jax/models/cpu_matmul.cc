@@ -152,6 +152,7 @@ struct Job {
 template <typename W>
 void Run(ffi::ThreadPool& pool, const float* x, const W* w, const float* scale, float* y,
          int64_t n, int64_t in, int64_t out) {
+  if (n == 0 || out == 0) return;  // nothing to write (and no blocks to split)
   auto job = std::make_shared<Job<W>>();
   job->x = x;
   job->w = w;
