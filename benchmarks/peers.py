@@ -292,16 +292,16 @@ def main() -> None:
         peers[name] = info
 
     # The F32 GGUF is written whether or not llama.cpp is here: it checks the writer.
+    from rc_jax.tools.export_gguf import gguf_layout, write_gguf
+    # The quick model's tiny tokenizer has no llama.cpp pre-tokenizer name of its own.
+    pre = "gpt-2" if args.quick else None
     f32_path, q8_path = tmp / "model-f32.gguf", tmp / "model-q8_0.gguf"
     if "llama_cpp_q8_0" in wanted and "skipped" not in peers["llama_cpp_q8_0"]:
-        from rc_jax.tools.export_gguf import write_gguf
-        write_gguf(q8_path, config, params, model_dir, pre="gpt-2" if args.quick else None,
-                   file_type="q8_0")
+        write_gguf(q8_path, config, params, model_dir, pre=pre, file_type="q8_0")
         peers["llama_cpp_q8_0"]["gguf"] = {"bytes": q8_path.stat().st_size}
     if "llama_cpp_f32" in wanted:
-        from rc_jax.tools.export_gguf import gguf_layout, write_gguf
         t = time.perf_counter()
-        write_gguf(f32_path, config, params, model_dir, pre="gpt-2" if args.quick else None)
+        write_gguf(f32_path, config, params, model_dir, pre=pre)
         gguf_info: dict[str, Any] = {"bytes": f32_path.stat().st_size,
                                      "write_s": time.perf_counter() - t}
         if q4_path is not None:  # same tensors and llama.* metadata as the shipped file?

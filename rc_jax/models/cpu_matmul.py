@@ -140,13 +140,10 @@ def usable(x: jax.Array, w: Any, platform_name: str) -> bool:
     """Whether `matmul_t(x, w)` applies: a float32 [out, in] weight or an int8 one, at most
     `MAX_ROWS` float32 activation rows (decode), a program compiled for the CPU, and the
     kernels built."""
-    values = w.values if isinstance(w, QuantizedWeight) else w
-    if isinstance(w, QuantizedWeight):
-        if values.dtype != jnp.int8:
-            return False
-    elif getattr(values, "dtype", None) != jnp.float32:
-        return False
-    return (platform_name == "cpu" and x.dtype == jnp.float32 and values.ndim == 2
+    quantized = isinstance(w, QuantizedWeight)
+    values = w.values if quantized else w
+    return (getattr(values, "dtype", None) == (jnp.int8 if quantized else jnp.float32)
+            and platform_name == "cpu" and x.dtype == jnp.float32 and values.ndim == 2
             and math.prod(x.shape[:-1]) <= MAX_ROWS and _load() is None)
 
 
@@ -159,14 +156,12 @@ def matmul_t(x: jax.Array, w: Any) -> jax.Array:
         raise RuntimeError(f"rc_jax CPU matmul kernels unavailable: {reason}")
     lead, n_in = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, n_in)
+    weight_args: tuple[jax.Array, ...]
     if isinstance(w, QuantizedWeight):
-        n_out = w.values.shape[0]
-        call = jax.ffi.ffi_call("rc_jax_int8_matmul",
-                                jax.ShapeDtypeStruct((x2.shape[0], n_out), jnp.float32))
-        y = call(x2, w.values, w.scale.astype(jnp.float32))
+        target, weight_args = "rc_jax_int8_matmul", (w.values, w.scale.astype(jnp.float32))
     else:
-        n_out = w.shape[0]
-        call = jax.ffi.ffi_call("rc_jax_f32_matmul",
-                                jax.ShapeDtypeStruct((x2.shape[0], n_out), jnp.float32))
-        y = call(x2, w)
+        target, weight_args = "rc_jax_f32_matmul", (w,)
+    n_out = weight_args[0].shape[0]
+    y = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((x2.shape[0], n_out), jnp.float32))(
+        x2, *weight_args)
     return y.reshape(*lead, n_out)

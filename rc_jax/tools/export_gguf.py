@@ -72,8 +72,8 @@ def _detect_pre(tok: dict[str, Any], source: Path) -> str:
 
     Recognizes the two splits :mod:`rc_jax.models.gguf` reads back: Digits(individual) +
     ByteLevel(regex) ("smollm") and plain ByteLevel(regex) ("gpt-2", llama.cpp's spelling:
-    it refuses "gpt2"); anything else needs
-    an explicit ``pre`` (llama.cpp identifies it by hashing a test encoding).
+    it refuses "gpt2"); anything else needs an explicit ``pre`` (llama.cpp identifies it
+    by hashing a test encoding).
     """
     pre = tok.get("pre_tokenizer") or {}
     parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
