@@ -331,6 +331,48 @@ def test_pallas_segment_ids_self_causal_equals_dense_values_and_gradients():
         attn.pallas_attention(q[:, :10], k, v, mask, self_causal=True, interpret=True)
 
 
+def _ragged_small_blocks(monkeypatch):
+    """The ragged kernel's module with 16-slot key blocks and 8-query-row blocks, so the
+    tests cross block boundaries (and a partial last block: 53 % 16 != 0)."""
+    _pallas_interpret()
+    from rc_jax.models import ragged_attention as ragged
+    monkeypatch.setattr(ragged, "BLOCK_K", 16)
+    monkeypatch.setattr(ragged, "BLOCK_ROWS", 8)
+    return ragged
+
+
+@pytest.mark.parametrize("s", [1, 5, 20])  # decode, a short chunk, a chunk of 3 query blocks
+def test_ragged_kernel_equals_dense_and_skips_dead_blocks(monkeypatch, s):
+    """The Pallas kernel over a cache (`pallas` in decode and prefill chunks, interpret
+    mode): real rows equal dense; a row's output is bit-identical to the row run alone
+    (what the RC engine's continuous == lockstep identity needs); and key blocks outside
+    a row's live range are never read: NaN written there changes nothing."""
+    ragged = _ragged_small_blocks(monkeypatch)
+    q, k, v, mask = _kernel_inputs(b=3, s=s, c=53, k=2, g=3, d=16)
+    valid = np.ones((3, 53), bool)
+    valid[1, :21] = False  # left padding over a whole block (16-31 is live from 21)
+    valid[2] = False  # a row that sees nothing (an idle slot)
+    index = np.array([6, 53 - s, 30])  # row 0 ends in block 0 (decode) / 1 (chunk of 20)
+    mask = attn.Mask(jnp.asarray(valid), jnp.asarray(index[:, None] + np.arange(s), jnp.int32))
+    first, end = ragged.live_blocks(mask, ragged.query_block(s, 3), 16)
+    last_slot = index + s - 1
+    want_end = [-(-(last_slot[0] + 1) // 16), 4, 0]
+    assert first.reshape(3, -1)[:, -1].tolist() == [0, 1, 0]
+    assert end.reshape(3, -1)[:, -1].tolist() == want_end
+    dead = np.zeros((3, 53), bool)  # slots in blocks the kernel must skip
+    dead[0, want_end[0] * 16:] = True
+    dead[1, :16] = True
+    dead[2] = True
+    poisoned = [jnp.where(jnp.asarray(dead)[:, :, None, None], jnp.nan, x) for x in (k, v)]
+    real = np.asarray(mask.dense().any(-1))
+    out = ragged.ragged_attention(q, *poisoned, mask, interpret=True)
+    assert _rel(attn.dense_attention(q, k, v, mask), out, real) <= RTOL
+    assert np.all(np.asarray(out)[2] == 0)  # nothing to see: zeros, as blockwise gives
+    alone = ragged.ragged_attention(q[:1], k[:1], v[:1], attn.Mask(mask.valid[:1],
+                                    mask.query_slots[:1]), interpret=True)
+    assert np.array_equal(np.asarray(alone), np.asarray(out)[:1])
+
+
 def test_pallas_on_a_mesh_runs_per_device_and_equals_dense():
     """Mosaic kernels are not partitioned automatically: on a mesh of several devices the
     kernel runs under shard_map on each device's rows and kv heads (interpret mode on 4

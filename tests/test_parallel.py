@@ -72,7 +72,8 @@ def test_param_and_cache_shardings(model):
     assert sh["layers"]["attn"]["q_proj"].spec == P(None, "fsdp", "tensor", None)
     assert sh["layers"]["mlp"]["down_proj"].spec == P(None, "tensor", "fsdp")
     cache = kv_cache_shardings(config, mesh, batch=8, length=32)
-    assert cache["k"].spec == P(None, ("data", "fsdp"), "tensor", None, None)
+    # [L, B, C, K, D]: rows over data x fsdp, kv heads (not slots) over tensor
+    assert cache["k"].spec == cache["v"].spec == P(None, ("data", "fsdp"), None, "tensor", None)
     assert cache["valid"].spec == P(("data", "fsdp"), None)
 
 

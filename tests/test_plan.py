@@ -129,7 +129,7 @@ def test_train_plan_param_dtype_and_logprob_chunk():
 def test_train_plan_attention_terms():
     """--attention reaches the model: dense keeps [rows, heads, S, S] float32 scores,
     blockwise a few blocks; the Pallas kernel without a cache (segment ids, no bias)
-    counts 128-wide blocks, over a cache its dense bias."""
+    counts 128-wide blocks, over a cache (the ragged kernel) 128 x 512 blocks."""
     from rc_jax.models.attention import live_score_bytes
     kw = dict(compile=False, seq_len=4096)
     scores = {impl: plan("train", "qwen3-0.6b", "fsdp:4", 4, attention=impl, **kw)
@@ -139,7 +139,7 @@ def test_train_plan_attention_terms():
     assert scores["blockwise"] == 3 * heads * 512 * 512 * 4
     assert live_score_bytes("pallas", 1, heads, 4096, 4096, self_causal=True) == \
         3 * heads * 128 * 128 * 4
-    assert live_score_bytes("pallas", 1, heads, 4096, 4096) == scores["dense"]
+    assert live_score_bytes("pallas", 1, heads, 4096, 4096) == 2 * heads * 128 * 512 * 4
     assert planner.main(["--model=qwen3-0.6b", "--mesh=fsdp:4", "--program=train",
                          "--batch=4", "--seq_len=256", "--attention=blockwise",
                          "--no_compile"]) == 0

@@ -19,10 +19,12 @@ Implementations:
              [block_q, block_k] scores per head. Blocks whose mask is all False (e.g. above
              the causal diagonal) are skipped with `lax.cond`. Works on every backend.
   cudnn      `jax.nn.dot_product_attention(implementation="cudnn")` (GPU, bf16/fp16).
-  pallas     the Pallas TPU flash-attention kernel shipped with JAX
-             (`jax.experimental.pallas.ops.tpu.flash_attention`), TPU only: without a
-             cache (training) the mask goes in as segment ids + the causal flag; over a
-             cache, as a dense additive bias.
+  pallas     Pallas TPU kernels, TPU only: without a cache (training) the flash-attention
+             kernel shipped with JAX (`jax.experimental.pallas.ops.tpu.flash_attention`),
+             the mask going in as segment ids + the causal flag; over a cache (prefill
+             chunks, decode) rc_jax's own length-aware kernel,
+             `rc_jax.models.ragged_attention`, which reads only each row's live key
+             blocks.
   auto       `resolve()` picks: GPU cudnn (bf16/fp16); CPU dense for short inputs and
              blockwise for long ones; everything else (TPU included: see `resolve`)
              blockwise.
@@ -126,9 +128,8 @@ def resolve(impl: str, q_shape: tuple[int, ...], c: int, dtype: Any,
         return impl
     backend = backend or target_platform()
     b, s, k, g, _ = q_shape
-    # TPU: blockwise. `pallas` is a choice (training runs it with segment ids, tested in
-    # interpret mode) but not the default: it has not been run on a TPU by this project,
-    # and over a KV cache it still needs a dense [B, H, S, C] bias.
+    # TPU: blockwise. `pallas` is a choice (tested in interpret mode, compiled for TPU
+    # ahead of time) but not the default: no TPU has run it for this project yet.
     if backend in ("gpu", "cuda", "rocm") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
         return "cudnn"
     if backend == "cpu" and b * k * g * s * c <= AUTO_DENSE_MAX_SCORES:
@@ -556,14 +557,15 @@ def _pallas_available() -> bool:
 
 
 def pallas_attention(q, k, v, mask, *, self_causal: bool = False, interpret: bool = False):
-    """The Pallas TPU flash-attention kernel (`interpret`: run it in Pallas' TPU interpret
-    mode, e.g. on CPU in tests). The kernel has no GQA (K/V are repeated per query head).
-    With `self_causal` (see `attend`: a forward without a cache) the mask goes in as
-    segment ids (1 on real tokens, 0 on padding) plus the kernel's causal flag, so nothing
-    of size [S, C] exists; a real query then sees exactly the real keys up to itself (a
-    padding query sees padding, and is never read). Otherwise (chunks over a cache) the
-    kernel has no way to take the mask but its additive bias `ab` [B, H, S, C], as large
-    as dense scores. Lengths are padded to multiples of 128 (the kernel's block)."""
+    """Pallas TPU kernels (`interpret`: run them in Pallas' TPU interpret mode, e.g. on
+    CPU in tests). With `self_causal` (see `attend`: a forward without a cache, i.e.
+    training) JAX's flash-attention kernel, which has no GQA (K/V are repeated per query
+    head): the mask goes in as segment ids (1 on real tokens, 0 on padding) plus the
+    kernel's causal flag, so nothing of size [S, C] exists; a real query then sees exactly
+    the real keys up to itself (a padding query sees padding, and is never read); lengths
+    are padded to multiples of 128 (its block). Otherwise (prefill chunks and decode over
+    a cache) `ragged_attention.ragged_attention`: GQA without repeats, the factored mask
+    read block by block, only each row's live key blocks read."""
     if target_platform() != "tpu" and not interpret:
         raise ValueError(f"model.attention='pallas' runs the Pallas TPU kernel and needs a "
                          f"TPU; the program is compiled for {target_platform()!r} (use "
@@ -600,28 +602,22 @@ def _per_device(fn, q, k, v, mask):
 def _pallas_local(q, k, v, mask, *, self_causal: bool, interpret: bool):
     """`pallas_attention` on one device's arrays."""
     # why: the Pallas TPU kernels are optional (a TPU jaxlib); other attentions never load them
+    from jax.experimental.pallas import tpu as pltpu
+    if not self_causal:
+        from rc_jax.models.ragged_attention import ragged_attention
+        return ragged_attention(q, k, v, mask, interpret=interpret)
     from jax.experimental.pallas.ops.tpu.flash_attention import SegmentIds, flash_attention
     b, s, kh, g, d = q.shape
-    c = k.shape[1]
-    ps, pc = -s % 128, -c % 128
-    qh = jnp.pad(q.reshape(b, s, kh * g, d), ((0, 0), (0, ps), (0, 0), (0, 0)))
-    qh = qh.transpose(0, 2, 1, 3)
-    kv = [jnp.pad(jnp.repeat(x.astype(q.dtype), g, axis=2), ((0, 0), (0, pc), (0, 0), (0, 0)))
+    pad = -s % 128
+    qh = jnp.pad(q.reshape(b, s, kh * g, d), ((0, 0), (0, pad), (0, 0), (0, 0)))
+    kv = [jnp.pad(jnp.repeat(x.astype(q.dtype), g, axis=2), ((0, 0), (0, pad), (0, 0), (0, 0)))
           .transpose(0, 2, 1, 3) for x in (k, v)]
-    if self_causal:
-        ids = jnp.pad(mask.valid.astype(jnp.int32), ((0, 0), (0, pc)))
-        kwargs = dict(segment_ids=SegmentIds(q=ids, kv=ids), causal=True)
-    else:
-        dense = mask.pad(ps, pc).dense()
-        kwargs = dict(ab=jnp.broadcast_to(
-            jnp.where(dense, 0.0, _MASK_VALUE)[:, None].astype(jnp.float32),
-            (b, kh * g, s + ps, c + pc)))
-    mode: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if interpret:
-        from jax.experimental.pallas import tpu as pltpu  # why: as above
-        mode = pltpu.force_tpu_interpret_mode()
+    ids = jnp.pad(mask.valid.astype(jnp.int32), ((0, 0), (0, pad)))
+    mode: contextlib.AbstractContextManager = (
+        pltpu.force_tpu_interpret_mode() if interpret else contextlib.nullcontext())
     with mode:
-        out = flash_attention(qh, kv[0], kv[1], sm_scale=d ** -0.5, **kwargs)
+        out = flash_attention(qh.transpose(0, 2, 1, 3), kv[0], kv[1], sm_scale=d ** -0.5,
+                              segment_ids=SegmentIds(q=ids, kv=ids), causal=True)
     return out.transpose(0, 2, 1, 3)[:, :s].reshape(b, s, kh, g, d)
 
 
@@ -629,16 +625,18 @@ def live_score_bytes(impl: str, rows: int, heads: int, queries: int, keys: int,
                      backend: str = "cpu", dtype: Any = jnp.float32,
                      self_causal: bool = False) -> int:
     """Analytic bytes of one layer's attention scores live at once (for memory plans):
-    float32 [rows, heads, queries, keys] for dense (and pallas over a cache, whose mask
-    bias is that large), three [block_q, block_k] float32 blocks per head (scores,
-    probabilities, their gradient) for blockwise and for pallas with `self_causal` (a
-    forward without a cache: segment ids, no bias; its blocks are 128 wide), and cuDNN's
-    [rows, 1, queries, keys] mask bias for cudnn. (The mask itself is factored, `Mask`:
-    [rows, keys] + [rows, queries].)"""
+    float32 [rows, heads, queries, keys] for dense, three [block_q, block_k] float32
+    blocks per head (scores, probabilities, their gradient) for blockwise and for pallas
+    with `self_causal` (a forward without a cache: segment ids, no bias; its blocks are
+    128 wide), two (scores, probabilities) of 128 x 512 for pallas over a cache (the
+    ragged kernel; no gradient), and cuDNN's [rows, 1, queries, keys] mask bias for cudnn.
+    (The mask itself is factored, `Mask`: [rows, keys] + [rows, queries].)"""
     impl = resolve(impl, (rows, queries, heads, 1, 1), keys, dtype, backend=backend)
-    if impl == "pallas" and self_causal:
-        return 3 * rows * heads * min(128, queries) * min(128, keys) * 4
-    if impl in ("dense", "pallas"):
+    if impl == "pallas":
+        if self_causal:
+            return 3 * rows * heads * min(128, queries) * min(128, keys) * 4
+        return 2 * rows * heads * min(128, queries) * min(512, keys) * 4
+    if impl == "dense":
         return rows * heads * queries * keys * 4
     if impl == "cudnn":
         return rows * queries * keys * jnp.dtype(dtype).itemsize

@@ -39,13 +39,7 @@ def sharding_context(mesh: Mesh | None, rules=LOGICAL_AXIS_RULES) -> Iterator[No
 
 
 def constrain_kv_cache(cache):
-    """`with_logical_constraint` on every field of a (stacked) `KVCache`; a no-op outside
+    """`with_logical_constraint` on every field of a stacked `KVCache`; a no-op outside
     `sharding_context`. Meant for code that builds a cache inside a jitted program."""
-    if isinstance(cache.k, (tuple, list)):  # unstacked: per-layer segments, no layer axis
-        k_axes, v_axes = (KV_CACHE_LOGICAL_AXES[n][1:] for n in ("k", "v"))
-        return cache.replace(
-            k=jax.tree.map(lambda x: nn.with_logical_constraint(x, k_axes), cache.k),
-            v=jax.tree.map(lambda x: nn.with_logical_constraint(x, v_axes), cache.v),
-            valid=nn.with_logical_constraint(cache.valid, KV_CACHE_LOGICAL_AXES["valid"]))
     return cache.replace(**{name: nn.with_logical_constraint(getattr(cache, name), axes)
                             for name, axes in KV_CACHE_LOGICAL_AXES.items() if axes})

@@ -132,10 +132,11 @@ def batch_shards_of(shape: str | Mapping[str, int] | None, device_count: int,
     return int(np.prod([sizes[a] for a in axes if a is not None]))
 
 
-# KV cache layout of `rc_jax.models.qwen3.KVCache` (stacked form), in logical names.
+# KV cache layout of `rc_jax.models.qwen3.KVCache` (stacked form, k and v [L, B, C, K, D]),
+# in logical names.
 KV_CACHE_LOGICAL_AXES = {
-    "k": ("cache_layers", "cache_batch", "cache_kv_heads", "cache_head_dim", "cache_length"),
-    "v": ("cache_layers", "cache_batch", "cache_kv_heads", "cache_length", "cache_head_dim"),
+    "k": ("cache_layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim"),
+    "v": ("cache_layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim"),
     "valid": ("cache_batch", "cache_length"),
     "index": (),
 }
