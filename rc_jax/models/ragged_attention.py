@@ -95,8 +95,8 @@ def _kernel(first_ref, end_ref, q_ref, k_ref, v_ref, valid_ref, slot_ref, o_ref,
             in_cache = jax.lax.broadcasted_iota(jnp.int32, (bk, 1), 0) + j * bk < c
         for h in range(kv_heads):
             q = q_ref[h]  # [R, D]
-            kh = k_ref[:, h, :]  # [bk, D]
-            vh = v_ref[:, h, :]
+            kh = k_ref[h]  # [bk, D]
+            vh = v_ref[h]
             if c % bk:  # keep what lies past the cache out of p @ v (0 * NaN is NaN)
                 vh = jnp.where(in_cache, vh, jnp.zeros_like(vh))
             sc = jax.lax.dot_general(q, kh, (((1,), (1,)), ((), ())),
@@ -141,13 +141,13 @@ def ragged_attention(q, k, v, mask, *, interpret: bool = False) -> jax.Array:
     def kv_index(bi, i, j, first_ref, end_ref):
         n = bi * nq + i
         live = jnp.minimum(jnp.maximum(j, first_ref[n]), jnp.maximum(end_ref[n] - 1, 0))
-        return bi, live, 0, 0
+        return bi, 0, live, 0
 
     def valid_index(bi, i, j, first_ref, end_ref):
-        return bi, 0, kv_index(bi, i, j, first_ref, end_ref)[1]
+        return bi, 0, kv_index(bi, i, j, first_ref, end_ref)[2]
 
     q_spec = pl.BlockSpec((None, kh, r, d), lambda bi, i, j, *_: (bi, 0, i, 0))
-    kv_spec = pl.BlockSpec((None, bk, kh, d), kv_index)
+    kv_spec = pl.BlockSpec((None, kh, bk, d), kv_index)
     grid_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=2,
         grid=(b, nq, nk),
@@ -167,7 +167,7 @@ def ragged_attention(q, k, v, mask, *, interpret: bool = False) -> jax.Array:
             out_shape=jax.ShapeDtypeStruct((b, kh, s_pad * g, d), q.dtype),
             compiler_params=pltpu.CompilerParams(
                 dimension_semantics=("parallel", "parallel", "arbitrary")),
-        )(first, end, qt, k, v, valid, slots)
+        )(first, end, qt, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), valid, slots)
     out = out.reshape(b, kh, s_pad, g, d).transpose(0, 2, 1, 3, 4)
     return out[:, :s]
 
