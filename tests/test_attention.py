@@ -203,7 +203,10 @@ def test_per_row_cache_index_matches_dense(params):
         assert _rel(a, b) <= RTOL
 
 
-def test_greedy_matches_transformers_with_blockwise(tmp_path, params):
+@pytest.mark.parametrize("unroll", [True, False], ids=["packed", "scanned"])
+def test_greedy_matches_transformers_with_blockwise(tmp_path, params, unroll):
+    """Both decode layouts: the packed one CPU runs and the scanned one accelerators run
+    (stacked cache, `cached_attention` over its live key blocks), executed here on CPU."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from helpers import hf_model_from_dir
@@ -220,7 +223,7 @@ def test_greedy_matches_transformers_with_blockwise(tmp_path, params):
         ref = hf.generate(input_ids=ids, attention_mask=am, do_sample=False,
                           max_new_tokens=40, eos_token_id=eos, pad_token_id=0)[:, width:].tolist()
     ours = generate(params, cfg, prompts, SamplingParams(temperature=0.0),
-                    jax.random.PRNGKey(0), 40, [eos])
+                    jax.random.PRNGKey(0), 40, [eos], unroll_layers=unroll)
     for row, (r, o) in enumerate(zip(ref, ours.tokens)):
         if eos in r:
             r = r[:r.index(eos) + 1]

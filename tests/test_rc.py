@@ -15,7 +15,7 @@ import pytest
 
 from helpers import qwen3_tokenizer_dir, randomize, tiny_config
 from rc_jax.compile_counter import count_compiles
-from rc_jax.models import init_params
+from rc_jax.models import init_params, qwen3
 from rc_jax.progress import StepLog
 from rc_jax.rc.engine import Job, RCEngine, RCSettings
 from rc_jax.sampling.keys import row_key
@@ -124,6 +124,26 @@ def test_continuous_equals_lockstep_for_any_slot_count(model, tiny_tokenizer, sa
             assert a.record == b.record, (slots, scheduling)
     # Continuous batching keeps slots busier than lockstep on uneven phase lengths.
     assert runs[3, "continuous"][1].utilization > runs[3, "lockstep"][1].utilization
+
+
+def test_scanned_layers_path_keeps_the_engine_exact(model, tiny_tokenizer, monkeypatch):
+    """The layout accelerators decode on (scanned layers, stacked cache, per-row write
+    index, `cached_attention`), executed on CPU: continuous equals lockstep for any slot
+    count, as on the packed layout, and no weight is packed."""
+    config, params = model
+
+    def no_packing(*args):
+        raise AssertionError("the scanned path must not pack weights")
+    monkeypatch.setattr(qwen3, "pack_for_decode", no_packing)
+    stops = _stops(tiny_tokenizer)
+    runs = [RCEngine(config, tiny_tokenizer, SETTINGS, SAMPLED, slots=slots,
+                     scheduling=scheduling, stop_ids=stops, unroll_layers=False)
+            .run(params, _jobs(PROBLEMS))[0]
+            for slots, scheduling in ((3, "continuous"), (1, "lockstep"), (8, "lockstep"))]
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert a.record == b.record
+    assert {n for r in runs[0] for n in r.record.reasoning_tokens} != {SETTINGS.max_reasoning_tokens}
 
 
 def test_segmented_decode_cache_keeps_rows_independent(model, tiny_tokenizer, monkeypatch):

@@ -320,7 +320,7 @@ class RCEngine:
                  summarizer_tokenizer: Tokenizer | None = None,
                  summarizer_sampling: SamplingParams | None = None,
                  summarizer_shardings: Any = None,
-                 stop_ids: Sequence[int] | None = None):
+                 stop_ids: Sequence[int] | None = None, unroll_layers: bool | None = None):
         """slots: rows decoded together (rounded up to the mesh's batch shards).
         scheduling: 'continuous' (refill a slot as soon as its phase ends) or 'lockstep'.
         refill_rows: slots prefilled per prefill call (0: min(slots, 4)).
@@ -328,7 +328,10 @@ class RCEngine:
         summarizer_*: a second model that writes the summaries, with its own tokenizer
           (default: the reasoner's), sampling (default: the reasoner's) and shardings.
         stop_ids: ids that end a phase (default: each tokenizer's eos ids; an empty list
-          makes every phase spend its whole budget, as benchmarks want)."""
+          makes every phase spend its whole budget, as benchmarks want).
+        unroll_layers: decode on the packed per-layer layout (True) or the scanned stacked
+          one (False); None: `core.default_unroll_layers()` (the packed one on CPU only).
+          The planner and the tests pass False to run the accelerators' path on CPU."""
         if scheduling not in SCHEDULES:
             raise ValueError(f"rc.scheduling must be one of {SCHEDULES}, got {scheduling!r}")
         s_tok = summarizer_tokenizer or tokenizer
@@ -346,6 +349,7 @@ class RCEngine:
             batch_axes(mesh) if data_axes is None else data_axes)
         self.slots = buckets.batch(slots, multiple=batch_shards(mesh, self.data_axes))
         self.refill_rows = min(self.slots, refill_rows or 4)
+        self.unroll_layers = unroll_layers
         if not prompt_margin >= 0:
             raise ValueError(f"rc.prompt_margin must be >= 0, got {prompt_margin!r}")
         self.prompt_margin = float(prompt_margin)
@@ -406,11 +410,15 @@ class RCEngine:
     def _program(self, shapes: tuple[Shapes, ...]):
         """The jitted loop, shared by every engine with the same static description (the
         host half is found through the traced `host_id`, the schedule is traced too), so
-        a continuous and a lockstep engine, or the engines RL rebuilds, compile once."""
+        a continuous and a lockstep engine, or the engines RL rebuilds, compile once.
+        Called under `sharding_context(self.mesh)` (the default layout follows its
+        platform)."""
+        unroll = (core.default_unroll_layers() if self.unroll_layers is None
+                  else self.unroll_layers)
         key = (tuple((p.config, p.sampling.static_key()) for p in self.pools), self.pad_ids,
-               shapes, self.mesh, self.data_axes, tuple(id(x) for x in self.shardings))
+               shapes, self.mesh, self.data_axes, tuple(id(x) for x in self.shardings), unroll)
         if key not in _PROGRAMS:
-            loop = functools.partial(self._loop, shapes)
+            loop = functools.partial(self._loop, shapes, unroll)
             fn = jax.jit(loop) if self.mesh is None else jax.jit(
                 loop, in_shardings=self._input_shardings(),
                 out_shardings=NamedSharding(self.mesh, P()))
@@ -437,11 +445,11 @@ class RCEngine:
                     stopped=jnp.zeros((b,), bool),
                     decode_steps=jnp.int32(0), useful=jnp.int32(0))
 
-    def _loop(self, shapes, params, values, stops, host_id, lockstep):
+    def _loop(self, shapes, unroll, params, values, stops, host_id, lockstep):
         """The whole run as one while_loop; returns scheduling counters.
 
-        host_id: [] int32, the `_Host` serving this run's callbacks; lockstep: [] bool."""
-        unroll = core.default_unroll_layers()
+        unroll: decode on the packed layout (static); host_id: [] int32, the `_Host`
+        serving this run's callbacks; lockstep: [] bool."""
         decode_params = tuple(qwen3.pack_for_decode(p, pool.config) if unroll else p
                               for p, pool in zip(params, self.pools))
         state = dict(pools=tuple(self._init_pool(pool, s, unroll)

@@ -248,12 +248,11 @@ class RCTRollout:
     def generate(self, params: Any, prompts: Sequence[Sequence[int]], budget: int,
                  keys: np.ndarray, num_samples: int = 1) -> GenerationResult:
         """One batched sampler call; keys: [len(prompts) * num_samples, 2]."""
-        kwargs = {} if self.data_axes is None else {"data_axes": self.data_axes}
         return generate(params, self.config, prompts, self.sampling,
                         jax.random.PRNGKey(0), budget, self.stop_ids,
                         num_samples=num_samples, pad_id=self.tokenizer.pad_id,
-                        buckets=self.buckets, mesh=self.mesh,
-                        param_shardings=self.param_shardings, row_keys=keys, **kwargs)
+                        buckets=self.buckets, mesh=self.mesh, data_axes=self.data_axes,
+                        param_shardings=self.param_shardings, row_keys=keys)
 
     def generate_chunked(self, params: Any, prompts: Sequence[Sequence[int]], budget: int,
                          keys: np.ndarray, num_samples: int = 1) -> list[list[int]]:

@@ -111,11 +111,11 @@ def stop_array(stop_ids: Sequence[int], size: int = 8) -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def _program(config: ModelConfig, buffer_length: int, greedy: bool, truncates: bool,
              num_samples: int, pad_id: int, mesh: Mesh | None, data_axes: tuple[str, ...],
-             param_shardings_key: Any):
+             param_shardings_key: Any, unroll_layers: bool):
     """One jitted sampler per static signature (array shapes add jit's own cache keys)."""
     fn = functools.partial(core.sample, config=config, buffer_length=buffer_length,
                            greedy=greedy, truncates=truncates, num_samples=num_samples,
-                           pad_id=pad_id)
+                           pad_id=pad_id, unroll_layers=unroll_layers)
 
     def run(params, tokens, mask, active, row_keys, max_new, stops, values):
         return fn(params, tokens=tokens, mask=mask, row_keys=row_keys, max_new_tokens=max_new,
@@ -128,6 +128,14 @@ def _program(config: ModelConfig, buffer_length: int, greedy: bool, truncates: b
     return jax.jit(run, in_shardings=_input_shardings(
         mesh, data_axes, None if param_shardings_key is None else param_shardings_key.value),
         out_shardings=out)
+
+
+def _unroll(unroll_layers: bool | None, mesh: Mesh | None) -> bool:
+    """`unroll_layers` (see `core.decode`), or the default for the mesh's platform."""
+    if unroll_layers is not None:
+        return unroll_layers
+    with sharding_context(mesh):
+        return core.default_unroll_layers()
 
 
 def _input_shardings(mesh: Mesh, data_axes: tuple[str, ...], param_shardings: Any) -> tuple:
@@ -156,7 +164,8 @@ def generate(params: Any, config: ModelConfig, prompts: Sequence[Sequence[int]],
              stop_ids: Sequence[int], *, num_samples: int = 1, pad_id: int = 0,
              buckets: Buckets = Buckets(), mesh: Mesh | None = None,
              data_axes: tuple[str, ...] | None = None, param_shardings: Any = None,
-             row_keys: np.ndarray | None = None) -> GenerationResult:
+             row_keys: np.ndarray | None = None,
+             unroll_layers: bool | None = None) -> GenerationResult:
     """Samples up to `max_new_tokens` tokens for each prompt, `num_samples` times each.
 
     Args:
@@ -174,6 +183,8 @@ def generate(params: Any, config: ModelConfig, prompts: Sequence[Sequence[int]],
         The program is traced under `sharding_context(mesh)`, so the model's activation
         constraints apply. On a multi-process mesh every process passes the same
         prompts and gets the full result.
+      unroll_layers: decode on the packed per-layer layout (True) or the scanned one
+        (False); None: the default for the mesh's platform (`core.default_unroll_layers`).
 
     Returns:
       A `GenerationResult` with len(prompts) * num_samples rows.
@@ -189,7 +200,8 @@ def generate(params: Any, config: ModelConfig, prompts: Sequence[Sequence[int]],
     mask[~active, -1] = True  # padding rows hold one dummy token so nothing is all-masked
     program = _program(config, buckets.new_tokens(max_new_tokens), sampling.greedy,
                        sampling.truncates, num_samples, pad_id, mesh, tuple(data_axes),
-                       None if param_shardings is None else _Hashable(param_shardings))
+                       None if param_shardings is None else _Hashable(param_shardings),
+                       _unroll(unroll_layers, mesh))
     total = batch * num_samples
     keys = np.array(jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(total)))
     if row_keys is not None:
@@ -218,7 +230,8 @@ def generate(params: Any, config: ModelConfig, prompts: Sequence[Sequence[int]],
 def lower_generate(params: Any, config: ModelConfig, batch: int, prompt_length: int,
                    max_new_tokens: int, sampling: SamplingParams, *, num_samples: int = 1,
                    pad_id: int = 0, buckets: Buckets = Buckets(), mesh: Mesh | None = None,
-                   data_axes: tuple[str, ...] | None = None, param_shardings: Any = None):
+                   data_axes: tuple[str, ...] | None = None, param_shardings: Any = None,
+                   unroll_layers: bool | None = None):
     """The program `generate` would run for `batch` prompts of up to `prompt_length`
     tokens, lowered from abstract inputs (`params` may be `jax.ShapeDtypeStruct`s).
 
@@ -231,7 +244,8 @@ def lower_generate(params: Any, config: ModelConfig, batch: int, prompt_length: 
     width = buckets.prompt(prompt_length)
     program = _program(config, buckets.new_tokens(max_new_tokens), sampling.greedy,
                        sampling.truncates, num_samples, pad_id, mesh, data_axes,
-                       None if param_shardings is None else _Hashable(param_shardings))
+                       None if param_shardings is None else _Hashable(param_shardings),
+                       _unroll(unroll_layers, mesh))
     sds = jax.ShapeDtypeStruct
     values = jax.tree.map(lambda v: sds(v.shape, v.dtype), sampling.values())
     args = (params, sds((rows, width), jnp.int32), sds((rows, width), jnp.bool_),

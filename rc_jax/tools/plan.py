@@ -289,19 +289,6 @@ def _abstract_params(config, shardings):
                         param_shapes(config), shardings)
 
 
-class _ScannedLayers:
-    """Plans the layer loop as accelerators run it (scanned), whatever the host is."""
-
-    def __enter__(self):
-        from rc_jax.sampling import core
-        self._saved = core.default_unroll_layers
-        core.default_unroll_layers = lambda: False
-
-    def __exit__(self, *exc):
-        from rc_jax.sampling import core
-        core.default_unroll_layers = self._saved
-
-
 def plan(program: str, model: str, mesh: str, batch: int, *, target: str = "cpu",
          dtype: str = "bfloat16", compile: bool = True, hbm_gib: float | None = None,
          problem_tokens: int = 512, max_reasoning_tokens: int = 16384,
@@ -340,62 +327,63 @@ def plan(program: str, model: str, mesh: str, batch: int, *, target: str = "cpu"
     lowered: list = []
     sampling = SamplingParams(temperature=1.0)
 
-    with _ScannedLayers():
-        if program == "sampler":
-            from rc_jax.sampling.generate import lower_generate
-            from rc_jax.parallel import batch_shards
-            rows = buckets.batch(batch, multiple=batch_shards(the_mesh))
-            p, n = buckets.prompt(prompt_tokens), buckets.new_tokens(new_tokens)
-            shapes.update(prompt=p, new_tokens=n, cache=p + n, rows=rows * num_samples)
-            analytic["kv_cache"] = _kv_bytes(config, the_mesh, rows * num_samples, p + n)
-            if num_samples > 1:  # the prefill cache and its n-fold copy are both live
-                analytic["kv_cache"] += _kv_bytes(config, the_mesh, rows, p + n)
-            analytic["prefill_scores"] = _prefill_scores_bytes(config, the_mesh, rows, p, p + n)
-            analytic["logits"] = _logits_bytes(config, the_mesh, rows * num_samples)
-            if compile:
-                lowered.append(lower_generate(
-                    params, config, batch, prompt_tokens, new_tokens, sampling,
-                    num_samples=num_samples, buckets=buckets, mesh=the_mesh,
-                    param_shardings=shardings))
-            batch_rows = rows
-        elif program == "rc":
-            from rc_jax.rc.engine import RCEngine, RCSettings
-            from rc_jax.tokenizer import load_tokenizer
-            tok_dir = tokenizer or _default_tokenizer_dir()
-            engine = RCEngine(config, load_tokenizer(tok_dir),
-                              RCSettings(num_steps=1, max_reasoning_tokens=max_reasoning_tokens,
-                                         max_summary_tokens=max_summary_tokens),
-                              sampling, slots=batch, buckets=buckets, mesh=the_mesh,
-                              param_shardings=shardings)
-            rows = engine.slots
-            width = buckets.prompt(problem_tokens)
-            (shape,) = engine.shapes(width)
-            shapes.update(problem=width, prompt_width=shape.prompt_width,
-                          cache=shape.cache_length, refill_rows=shape.refill_rows, rows=rows,
-                          tokenizer=os.path.basename(tok_dir.rstrip("/")))
-            # One cache for every slot (a slot holds either phase). A refill prefills
-            # refill_rows prompts of the widest bucket at a time on one device, every slot
-            # (rows where they live) on a batch-sharded mesh; its prefill cache and that
-            # cache moved to slot = position order are live together (RCEngine._refill).
-            from rc_jax.parallel import batch_shards
-            refill = rows if batch_shards(the_mesh) > 1 else shape.refill_rows
-            analytic["kv_cache"] = _kv_bytes(config, the_mesh, rows, shape.cache_length)
-            analytic["refill_kv"] = (_kv_bytes(config, the_mesh, refill, shape.prompt_width)
-                                     + _kv_bytes(config, the_mesh, refill, shape.cache_length))
-            analytic["prefill_scores"] = _prefill_scores_bytes(
-                config, the_mesh, refill, shape.prompt_width, shape.prompt_width)
-            analytic["logits"] = _logits_bytes(config, the_mesh, rows)
-            if compile:
-                lowered.append(engine.lower(params, batch, problem_tokens))
-            batch_rows = rows
-        else:
-            lowered_train, extra = _train_plan(config, the_mesh, shardings, params, batch,
-                                               logprob_chunk, seq_len, compile)
-            analytic.update(extra["analytic"])
-            shapes.update(extra["shapes"])
-            notes += extra["notes"]
-            lowered += lowered_train
-            batch_rows = extra["shapes"]["rows"]
+    # Decode is planned on the scanned layer layout (unroll_layers=False), as
+    # accelerators run it, whatever the host is.
+    if program == "sampler":
+        from rc_jax.sampling.generate import lower_generate
+        from rc_jax.parallel import batch_shards
+        rows = buckets.batch(batch, multiple=batch_shards(the_mesh))
+        p, n = buckets.prompt(prompt_tokens), buckets.new_tokens(new_tokens)
+        shapes.update(prompt=p, new_tokens=n, cache=p + n, rows=rows * num_samples)
+        analytic["kv_cache"] = _kv_bytes(config, the_mesh, rows * num_samples, p + n)
+        if num_samples > 1:  # the prefill cache and its n-fold copy are both live
+            analytic["kv_cache"] += _kv_bytes(config, the_mesh, rows, p + n)
+        analytic["prefill_scores"] = _prefill_scores_bytes(config, the_mesh, rows, p, p + n)
+        analytic["logits"] = _logits_bytes(config, the_mesh, rows * num_samples)
+        if compile:
+            lowered.append(lower_generate(
+                params, config, batch, prompt_tokens, new_tokens, sampling,
+                num_samples=num_samples, buckets=buckets, mesh=the_mesh,
+                param_shardings=shardings, unroll_layers=False))
+        batch_rows = rows
+    elif program == "rc":
+        from rc_jax.rc.engine import RCEngine, RCSettings
+        from rc_jax.tokenizer import load_tokenizer
+        tok_dir = tokenizer or _default_tokenizer_dir()
+        engine = RCEngine(config, load_tokenizer(tok_dir),
+                          RCSettings(num_steps=1, max_reasoning_tokens=max_reasoning_tokens,
+                                     max_summary_tokens=max_summary_tokens),
+                          sampling, slots=batch, buckets=buckets, mesh=the_mesh,
+                          param_shardings=shardings, unroll_layers=False)
+        rows = engine.slots
+        width = buckets.prompt(problem_tokens)
+        (shape,) = engine.shapes(width)
+        shapes.update(problem=width, prompt_width=shape.prompt_width,
+                      cache=shape.cache_length, refill_rows=shape.refill_rows, rows=rows,
+                      tokenizer=os.path.basename(tok_dir.rstrip("/")))
+        # One cache for every slot (a slot holds either phase). A refill prefills
+        # refill_rows prompts of the widest bucket at a time on one device, every slot
+        # (rows where they live) on a batch-sharded mesh; its prefill cache and that
+        # cache moved to slot = position order are live together (RCEngine._refill).
+        from rc_jax.parallel import batch_shards
+        refill = rows if batch_shards(the_mesh) > 1 else shape.refill_rows
+        analytic["kv_cache"] = _kv_bytes(config, the_mesh, rows, shape.cache_length)
+        analytic["refill_kv"] = (_kv_bytes(config, the_mesh, refill, shape.prompt_width)
+                                 + _kv_bytes(config, the_mesh, refill, shape.cache_length))
+        analytic["prefill_scores"] = _prefill_scores_bytes(
+            config, the_mesh, refill, shape.prompt_width, shape.prompt_width)
+        analytic["logits"] = _logits_bytes(config, the_mesh, rows)
+        if compile:
+            lowered.append(engine.lower(params, batch, problem_tokens))
+        batch_rows = rows
+    else:
+        lowered_train, extra = _train_plan(config, the_mesh, shardings, params, batch,
+                                           logprob_chunk, seq_len, compile)
+        analytic.update(extra["analytic"])
+        shapes.update(extra["shapes"])
+        notes += extra["notes"]
+        lowered += lowered_train
+        batch_rows = extra["shapes"]["rows"]
 
     analytic["peak"] = sum(v for k, v in analytic.items() if k != "peak")
     compiled = None
