@@ -15,8 +15,8 @@ setup(
     version="0.1.0",
     description="Reasoning Cache: iterative summary-conditioned decoding and short-horizon RL in JAX",
     packages=find_packages(include=["rc_jax", "rc_jax.*"]),
-    # cpu_matmul.cc: the CPU decode matmul kernels, compiled on first use (cpu_matmul.py)
-    package_data={"rc_jax.data": ["demo_problems.jsonl"], "rc_jax.models": ["cpu_matmul.cc"]},
+    # cpu_*.cc: the CPU decode kernels, compiled on first use (cpu_kernels.py)
+    package_data={"rc_jax.data": ["demo_problems.jsonl"], "rc_jax.models": ["cpu_matmul.cc", "cpu_attention.cc"]},
     python_requires=">=3.10",
     install_requires=_requirements("requirements.txt"),
     extras_require={"test": _requirements("requirements-test.txt"),

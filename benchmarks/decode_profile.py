@@ -1,7 +1,7 @@
-"""Where a batch-1 CPU decode step of a deep, narrow model spends its time (issue 21, item 2).
+"""Where a CPU decode step of a deep, narrow model spends its time (issue 21, item 2).
 
 SmolLM2-135M's shapes (30 layers, hidden 576, 9/3 heads, MLP 1536, vocabulary 49152, tied
-embeddings; random weights, float32: 538 MB), batch 1, the CPU decode form that `generate`
+embeddings; random weights, float32: 538 MB), batch 1 (`--batch`), the CPU decode form that `generate`
 runs (packed weights, per-layer cache), 128 of a 384-slot cache filled (`peers.py`'s
 prompt 128 + 256 new tokens). Measured in one
 process, each compiled once and timed in interleaved rounds as ms/step = (t(n) - t(1)) /
@@ -12,7 +12,7 @@ process, each compiled once and timed in interleaved rounds as ms/step = (t(n) -
                 (no cache read or write): what attention over the cache costs.
   bucket_B      the step with a B-slot cache (256, 512, 1024): attention against cache size.
   dot_floor     the step's weight matmuls alone, as the step computes them
-                (`qwen3.project_t`: rc_jax's CPU kernel, `cpu_matmul`): per layer the
+                (`qwen3.project_t`: rc_jax's CPU kernel, `cpu_kernels`): per layer the
                 four products of the packed weights (q|k|v, o, gate|up, down) with the
                 cheapest glue that keeps their order, then the tied head.
   xla_dot_floor the same with XLA:CPU's own dot (`dense_t`), as decode ran before the
@@ -63,7 +63,7 @@ SMOLLM2 = dict(model_type="llama", vocab_size=49152, hidden_size=576, intermedia
 QUICK = dict(SMOLLM2, vocab_size=4096, hidden_size=128, intermediate_size=384, num_layers=4,
              num_heads=4, num_kv_heads=2, head_dim=32)
 # peers.py's workload: prompt 128 + 256 new tokens = a 384-slot cache; its first steps.
-BATCH, BUCKET, FILL = 1, 384, 128
+BUCKET, FILL = 384, 128
 OTHER_BUCKETS = (256, 512, 1024)
 
 
@@ -72,9 +72,9 @@ def _pass_through(q, keys, values, mask, kv_heads, new=None):
     return q.reshape(b, s, h * d), keys, values
 
 
-def dot_floor_runner(packed, config, matmul):
-    """run(n) for n steps of the packed weights' matmuls alone (batch 1), each computed by
-    `matmul(x, w_t)`."""
+def dot_floor_runner(packed, config, matmul, batch: int):
+    """run(n) for n steps of the packed weights' matmuls alone (`batch` rows), each computed
+    by `matmul(x, w_t)`."""
     e, i, h, d = config.hidden_size, config.intermediate_size, config.num_heads, config.head_dim
     layers = [packed["layers"][str(j)] for j in range(config.num_layers)]
 
@@ -90,7 +90,7 @@ def dot_floor_runner(packed, config, matmul):
             return x + 1e-6 * jnp.max(logits)  # the head feeds the next step
         return jax.lax.fori_loop(0, n, body, x)
 
-    x = jnp.ones((1, e), jnp.float32)
+    x = jnp.ones((batch, e), jnp.float32)
     return timer(lambda n: steps(layers, packed["embedding"], x, n))
 
 
@@ -105,29 +105,29 @@ def one_dot_runner(nbytes: int, cols: int):
     return timer(lambda n: steps(w, x, n)), w.nbytes
 
 
-def measure(config, rounds: int, steps: int) -> dict:
+def measure(config, rounds: int, steps: int, batch: int) -> dict:
     from rc_jax.models import init_params, qwen3
     params = init_params(config, jax.random.PRNGKey(0))
     packed = qwen3.pack_for_decode(params, config)
     weight_bytes = sum(x.nbytes for x in jax.tree.leaves(packed))
     # The filled slots' keys and values, read once per step (float32).
-    kv_bytes = 2 * config.num_layers * config.num_kv_heads * config.head_dim * FILL * 4 * BATCH
+    kv_bytes = 2 * config.num_layers * config.num_kv_heads * config.head_dim * FILL * 4 * batch
     # make_runner packs what it is given: packed weights are used as they are (one copy).
-    runners = {"step": make_runner(packed, config, BATCH, BUCKET, FILL)[0]}
+    runners = {"step": make_runner(packed, config, batch, BUCKET, FILL)[0]}
     for bucket in OTHER_BUCKETS:
-        runners[f"bucket_{bucket}"] = make_runner(packed, config, BATCH, bucket, FILL)[0]
+        runners[f"bucket_{bucket}"] = make_runner(packed, config, batch, bucket, FILL)[0]
     saved = qwen3.decode_attention
     qwen3.decode_attention = _pass_through
     try:
         # make_runner traces a fresh function, so this one sees the pass-through. No
         # jax.clear_caches() here: it would drop the other runners' programs, and their
         # next call would be traced again (after the restore) and compiled inside a timing.
-        runners["no_attention"] = make_runner(packed, config, BATCH, BUCKET, FILL)[0]
+        runners["no_attention"] = make_runner(packed, config, batch, BUCKET, FILL)[0]
     finally:
         qwen3.decode_attention = saved
     runners["dot_floor"] = dot_floor_runner(
-        packed, config, lambda x, w: qwen3.project_t(x, w, jnp.float32))
-    runners["xla_dot_floor"] = dot_floor_runner(packed, config, qwen3.dense_t)
+        packed, config, lambda x, w: qwen3.project_t(x, w, jnp.float32), batch)
+    runners["xla_dot_floor"] = dot_floor_runner(packed, config, qwen3.dense_t, batch)
     runners["one_dot"], one_dot_bytes = one_dot_runner(weight_bytes, config.hidden_size)
 
     times = time_rounds(runners, rounds, steps)
@@ -136,19 +136,20 @@ def measure(config, rounds: int, steps: int) -> dict:
             "ms_per_step_median": med, "ms_per_step_rounds": times}
 
 
-def trace_profile(quick: bool, steps: int = 20) -> dict:
+def trace_profile(quick: bool, batch: int, steps: int = 20) -> dict:
     """Per-op microseconds per step of `step`, from XLA:CPU's trace events (subprocess)."""
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
                                           + " --xla_cpu_enable_xprof_traceme=true").strip())
-        cmd = [sys.executable, __file__, "--_trace_child", tmp, "--steps", str(steps)]
+        cmd = [sys.executable, __file__, "--_trace_child", tmp, "--steps", str(steps),
+               "--batch", str(batch)]
         if quick:
             cmd.append("--quick")
         subprocess.run(cmd, check=True, env=env)
         return json.loads((Path(tmp) / "ops.json").read_text())
 
 
-def _trace_child(out_dir: str, quick: bool, steps: int) -> None:
+def _trace_child(out_dir: str, quick: bool, steps: int, batch: int) -> None:
     from jax.profiler import ProfileData
 
     from rc_jax.models import forward, init_params, qwen3
@@ -156,17 +157,18 @@ def _trace_child(out_dir: str, quick: bool, steps: int) -> None:
     config = ModelConfig(**(QUICK if quick else SMOLLM2))
     params = init_params(config, jax.random.PRNGKey(0))
     packed = qwen3.pack_for_decode(params, config)
-    cache = qwen3.init_cache(config, BATCH, BUCKET)
-    cache = cache.replace(valid=jnp.arange(BUCKET)[None] < FILL, index=jnp.int32(FILL))
+    cache = qwen3.init_cache(config, batch, BUCKET)
+    cache = cache.replace(valid=jnp.broadcast_to(jnp.arange(BUCKET) < FILL, (batch, BUCKET)),
+                          index=jnp.int32(FILL))
     cache = qwen3.unstack_cache(cache)
 
     @functools.partial(jax.jit, donate_argnums=1)
     def step(packed, cache, tok):
-        logits, cache = forward(packed, config, tok, jnp.broadcast_to(cache.index, (BATCH, 1)),
+        logits, cache = forward(packed, config, tok, jnp.broadcast_to(cache.index, (batch, 1)),
                                 cache)
         return cache, jnp.argmax(logits[:, -1], -1).astype(jnp.int32)[:, None]
 
-    tok = jnp.ones((BATCH, 1), jnp.int32)
+    tok = jnp.ones((batch, 1), jnp.int32)
     hlo = step.lower(packed, cache, tok).compile().as_text()
     for _ in range(3):
         cache, tok = step(packed, cache, tok)
@@ -202,19 +204,22 @@ def main() -> None:
     ap.add_argument("--trace", action="store_true", help="add the per-op profile")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=33, help="n of the timed loop")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--out", default=None, help="default: results/decode_profile.json "
+                    "(batch 1) or decode_profile_b<batch>.json")
     ap.add_argument("--_trace_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._trace_child:
-        return _trace_child(args._trace_child, args.quick, args.steps)
+        return _trace_child(args._trace_child, args.quick, args.steps, args.batch)
     from rc_jax.models.config import ModelConfig
 
     config = ModelConfig(**(QUICK if args.quick else SMOLLM2))
     facts = machine_facts()
     bandwidth = copy_bandwidth(1 << 28 if args.quick else 1 << 30)
-    print(f"{config.num_params / 1e6:.1f}M params, batch {BATCH}, bucket {BUCKET}, fill {FILL}; "
+    print(f"{config.num_params / 1e6:.1f}M params, batch {args.batch}, bucket {BUCKET}, fill {FILL}; "
           f"{facts['cpu_model']}, {facts['cpu_affinity']} cores")
-    res = measure(config, args.rounds if not args.quick else 2, args.steps if not args.quick else 5)
+    res = measure(config, args.rounds if not args.quick else 2,
+                  args.steps if not args.quick else 5, args.batch)
     med = res["ms_per_step_median"]
     copy_gbs = bandwidth["copy_GBps"]
     wb = res["weight_bytes"]
@@ -241,17 +246,18 @@ def main() -> None:
     for key, value in derived.items():
         print(f"{key}: {value}")
     report = {"benchmark": "decode_profile", "quick": args.quick, "config": dict(
-        QUICK if args.quick else SMOLLM2), "batch": BATCH, "bucket": BUCKET, "fill": FILL,
+        QUICK if args.quick else SMOLLM2), "batch": args.batch, "bucket": BUCKET, "fill": FILL,
         "machine": facts, "bandwidth": bandwidth, **res, "derived": derived,
         "loadavg_end": os.getloadavg()}
     if args.trace:
-        ops = trace_profile(args.quick)
+        ops = trace_profile(args.quick, args.batch)
         report["ops"] = ops
         print("per-op (XLA:CPU trace events, us per step):")
         for row in ops[:16]:
             print(f"  {row['us_per_step']:9.1f}  x{row['per_step']:5.1f}  "
                   f"{row['us_each']:8.1f} each  {row['op']}")
-    out = Path(args.out) if args.out else OUT
+    out = Path(args.out) if args.out else (
+        OUT if args.batch == 1 else OUT.with_name(f"decode_profile_b{args.batch}.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str))
     print(f"wrote {out}")

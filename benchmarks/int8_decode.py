@@ -15,13 +15,13 @@ Three parts, all written to benchmarks/results/int8_decode.json:
     layers of projections (qkv 960x576, o 576x576, gate|up 3072x576, down 576x1536) as a
     16-step `fori_loop` at batch 1, fp32 against int8 written as convert + dot (weights
     [out, in] and [in, out]), a mixed s8 x f32 dot, a W8A8 s8 x s8 -> s32 dot with per-token
-    activation scales, multiply + reduce, and rc_jax's int8 CPU kernel (`cpu_matmul`, an XLA
+    activation scales, multiply + reduce, and rc_jax's int8 CPU kernel (`cpu_kernels`, an XLA
     custom call: what decode runs since the kernel landed). Each variant also runs with an
     `optimization_barrier` that ties the weights to the loop-carried activations, which keeps
     XLA from hoisting the int8 -> float conversion out of the loop; the compiled HLO says
     whether the loop body reads int8 (s8) weights at all.
   * rows: rc_jax's CPU kernels (int8 and float32) against XLA's float32 dot by activation
-    rows (1 to 64), which is where `cpu_matmul.MAX_ROWS` comes from.
+    rows (1 to 64), which is where `cpu_kernels.MAX_ROWS` comes from.
 
     python benchmarks/int8_decode.py               # all parts, ~6 minutes on 2 cores
     python benchmarks/int8_decode.py --quick       # tiny sizes (smoke run)
@@ -232,7 +232,7 @@ def _layout_worker(variant: str, barrier: bool, dims: dict, reps: int) -> dict:
         if variant == "mul_reduce":
             return jnp.sum(q.astype(jnp.float32)[None] * x[:, None, :], axis=-1) * s
         if variant == "kernel":  # rc_jax's int8 CPU kernel (custom call), what decode runs
-            from rc_jax.models.cpu_matmul import matmul_t
+            from rc_jax.models.cpu_kernels import matmul_t
             from rc_jax.models.quant import QuantizedWeight
             return matmul_t(x, QuantizedWeight(values=q, scale=s))
         raise ValueError(variant)
@@ -337,8 +337,8 @@ def rows_part(dims: dict, row_counts: list[int], reps: int = 3) -> list[dict]:
     """rc_jax's CPU kernels (int8 and float32) vs XLA's float32 dot (`dense_t`) by
     activation rows: 60 distinct weights of SmolLM2's gate|up shape (so they stream from
     memory, as in decode), 5 loop steps per call; microseconds per matmul, best of
-    `reps`. Says up to how many rows the kernels pay (`cpu_matmul.MAX_ROWS`)."""
-    from rc_jax.models.cpu_matmul import matmul_t
+    `reps`. Says up to how many rows the kernels pay (`cpu_kernels.MAX_ROWS`)."""
+    from rc_jax.models.cpu_kernels import matmul_t
     from rc_jax.models.qwen3 import dense_t
     from rc_jax.models.quant import quantize_weight
     n_out, n_in, count = 2 * dims["I"], dims["E"], 2 * dims["L"]

@@ -7,7 +7,7 @@ Peers, all fed the same prompt token ids, greedy, no stop tokens:
 
   * rc_jax        `rc_jax.sampling.generate`, fp32 (batch 1 and 8);
   * rc_jax int8   the same with `model.quantization = int8` (weight-only, per channel; on
-                  CPU the int8 matmuls run in rc_jax's int8 kernel, `rc_jax.models.cpu_matmul`);
+                  CPU the int8 matmuls run in rc_jax's int8 kernel, `rc_jax.models.cpu_kernels`);
   * transformers  `LlamaForCausalLM.generate`, PyTorch CPU, fp32 (batch 1 and 8);
   * llama.cpp F32 llama-cpp-python on a float32 GGUF written from the same checkpoint by
                   `rc_jax.tools.export_gguf` (the very weights rc_jax runs), batch 1;
@@ -342,12 +342,12 @@ def main() -> None:
     for name in ("rc_jax", "rc_jax_int8"):
         peers[name]["batches"] = batches
     if "skipped" not in peers["rc_jax_int8"]:
-        from rc_jax.models import cpu_matmul
+        from rc_jax.models import cpu_kernels
         from rc_jax.models.quant import quantize_params, weight_bytes
         q8_config = config.replace(quantization="int8")
         q8_params = jax.block_until_ready(jax.jit(quantize_params)(params))
         peers["rc_jax_int8"].update(weight_bytes=weight_bytes(q8_params),
-                                    int8_kernel=cpu_matmul.unavailable_reason() or "used")
+                                    int8_kernel=cpu_kernels.unavailable_reason() or "used")
     for name, info in peers.items():
         print(f"peer {name:15s}: " + (f"skipped: {info['skipped']}" if "skipped" in info
                                       else "runs"), flush=True)

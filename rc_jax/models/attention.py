@@ -50,6 +50,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rc_jax.models import cpu_kernels
 from rc_jax.models.config import ATTENTION_IMPLS
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully-masked rows stay NaN-free
 # `auto` on CPU: dense while its float32 scores per layer stay below this many elements
@@ -433,7 +434,12 @@ def _segment_scores(qg, keys, mask: Mask, kv_heads: int):
 
 def _segment_parts(qg, keys, values, mask, kv_heads: int):
     """One segment's softmax parts: max m [N, M], sum l [N, M] of exp(score - m), and
-    sum_c exp(score - m) v [N, M, D] (N = B*K, M = G*S)."""
+    sum_c exp(score - m) v [N, M, D] (N = B*K, M = G*S). On CPU (float32), rc_jax's
+    kernel (`cpu_kernels.decode_attention_parts`: each cache row read once, up to its last
+    visible slot); else XLA's ops over the whole segment."""
+    if cpu_kernels.attention_usable(qg, keys, values, target_platform()):
+        return cpu_kernels.decode_attention_parts(qg, keys, values, mask.valid,
+                                                  mask.query_slots)
     n, mm, _ = qg.shape
     scores = _segment_scores(qg, keys, mask, kv_heads)
     m = jnp.max(scores, axis=-1, keepdims=True)
@@ -477,7 +483,8 @@ def decode_attention(q, keys, values, mask, kv_heads: int, new=None):
     slots of the chunk's tokens), new_k [B*K, S, D], new_v [B*K, S, D]) to write first.
     Returns (out [B, S, H*D], keys, values).
 
-    One segment: dense (softmax, then one batched matmul each way). Several: each segment
+    One segment: its softmax parts (`_segment_parts`: on CPU rc_jax's kernel, which reads
+    each row only up to its last visible slot), normalized. Several: each segment
     past the first is written and read under one `lax.cond` on whether any query may see
     it (a real token always sees its own slot), so the cost of a step follows the longest
     row's length, not the bucket; the segments' softmax parts are merged with one shared
@@ -492,9 +499,14 @@ def decode_attention(q, keys, values, mask, kv_heads: int, new=None):
         kj, vj = keys[0], values[0]
         if new is not None:
             kj, vj = _write_segment(kj, vj, *new)
-        scores = _segment_scores(qg, kj, mask, kv_heads)
-        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype).reshape(n, mm, -1)
-        out = jnp.einsum("nmc,ncd->nmd", probs, vj.astype(q.dtype))
+        if cpu_kernels.attention_usable(qg, kj, vj, target_platform()):
+            _, l, o = cpu_kernels.decode_attention_parts(qg, kj, vj, mask.valid,
+                                                         mask.query_slots)
+            out = (o / jnp.where(l == 0, 1.0, l)[..., None]).astype(q.dtype)
+        else:
+            scores = _segment_scores(qg, kj, mask, kv_heads)
+            probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype).reshape(n, mm, -1)
+            out = jnp.einsum("nmc,ncd->nmd", probs, vj.astype(q.dtype))
         return _ungroup(out, b, s, kv_heads), (kj,), (vj,)
 
     seen = mask.seen()  # [C]

@@ -171,7 +171,7 @@ def tie(x: jax.Array, *ws: Any) -> tuple[Any, ...]:
     int8 saves is spent again (TPU AOT plan, Qwen3-4B RC on a v5e-4: +1.5 GiB of
     temporaries). The scanned layout (accelerators) ties; the CPU decode layout does not:
     XLA:CPU cannot fuse the conversion into its dot, so its decode-sized int8 matmuls run
-    in rc_jax's int8 kernel instead (`cpu_matmul`, which reads the int8 values directly) and
+    in rc_jax's int8 kernel instead (`cpu_kernels`, which reads the int8 values directly) and
     larger ones convert once, hoisted (benchmarks/int8_decode.py). Float weights pass
     unchanged."""
     if not any(is_quantized(w) for w in ws):

@@ -26,7 +26,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from rc_jax.models import cpu_matmul
+from rc_jax.models import cpu_kernels
 from rc_jax.models.attention import (Mask, attend, cached_attention, decode_attention,
                                      decode_segments, target_platform)
 from rc_jax.models.config import ModelConfig
@@ -175,10 +175,10 @@ def dense_t(x: jax.Array, w_t: jax.Array, preferred_element_type: Any = None) ->
 def project_t(x: jax.Array, w: Any, dtype: Any, preferred_element_type: Any = None) -> jax.Array:
     """x [..., in] times a decode-layout weight [out, in] (float or `QuantizedWeight`)
     -> [..., out]. Decode-sized calls in a CPU program go through rc_jax's CPU kernels
-    (`cpu_matmul`: software-prefetched weight streaming; int8 read at 1 byte per weight);
+    (`cpu_kernels`: software-prefetched weight streaming; int8 read at 1 byte per weight);
     otherwise `dense_t` on the weight's operand."""
-    if cpu_matmul.usable(x, w, target_platform()):
-        return cpu_matmul.matmul_t(x, w)
+    if cpu_kernels.usable(x, w, target_platform()):
+        return cpu_kernels.matmul_t(x, w)
     return scale_output(dense_t(x, operand(w, dtype), preferred_element_type), w)
 
 

@@ -1,7 +1,8 @@
-"""Decode-sized matmuls on XLA:CPU through small C++ kernels (XLA FFI custom calls).
+"""The CPU decode step's matmuls and attention through small C++ kernels (XLA FFI calls).
 
 A decode step on CPU is a stream of weight bytes through matmuls of a few activation
-rows. Two kernels in `cpu_matmul.cc` stream them better than XLA:CPU's own ops:
+rows, plus a read of the KV cache. Two kernels in `cpu_matmul.cc` stream the weights
+better than XLA:CPU's own ops:
 
 * `rc_jax_f32_matmul` (float32 weights): XLA's dot starts every matrix cold and leaves
   the stream to the hardware prefetcher; the kernel prefetches the next channels in
@@ -12,7 +13,14 @@ rows. Two kernels in `cpu_matmul.cc` stream them better than XLA:CPU's own ops:
   weight, read at 4 bytes per weight each step) or paid as a separate pass per step. The
   kernel widens each int8 weight in registers as it streams it (1 byte per weight).
 
-`qwen3.project_t` calls them for the decode layout's matmuls of at most `MAX_ROWS` rows
+and one in `cpu_attention.cc` reads the cache:
+
+* `rc_jax_decode_attention`: one segment of the decode-form cache, each cache row read
+  once and only up to its last visible slot, returning the softmax parts that
+  `attention.decode_attention` merges (XLA:CPU's ~10 ops per layer for this cost 3x a
+  read of the cache at batch 8 on SmolLM2, benchmarks/README.md).
+
+`qwen3.project_t` calls the matmuls for the decode layout's matmuls of at most `MAX_ROWS` rows
 in a program compiled for the CPU. They are compiled on first use with the system C++
 compiler (`$CXX`, else `c++`) against the XLA FFI headers that jaxlib ships, for this
 machine's CPU (`-march=native`), into the rc_jax cache (`$RC_JAX_CACHE/kernels`, else
@@ -44,9 +52,10 @@ from rc_jax.models.quant import QuantizedWeight
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("cpu_matmul.cc")
+SOURCES = tuple(Path(__file__).with_name(f) for f in ("cpu_matmul.cc", "cpu_attention.cc"))
 # FFI target name -> the handler's symbol in the library.
-TARGETS = {"rc_jax_f32_matmul": "RcJaxF32Matmul", "rc_jax_int8_matmul": "RcJaxInt8Matmul"}
+TARGETS = {"rc_jax_f32_matmul": "RcJaxF32Matmul", "rc_jax_int8_matmul": "RcJaxInt8Matmul",
+           "rc_jax_decode_attention": "RcJaxDecodeAttention"}
 DISABLE_ENV = "RC_JAX_CPU_KERNELS"
 # Above this many activation rows XLA's GEMM can be faster (2-core Xeon, weights streamed,
 # f32 kernel vs XLA's dot: SmolLM2's gate|up 1.22x / 1.68x / 1.11x at 1 / 8 / 16 rows,
@@ -74,18 +83,18 @@ def _compile_flags() -> list[str]:
 
 
 def library_path() -> Path:
-    """Where the compiled kernel for this source, jaxlib and CPU lives in the cache."""
+    """Where the compiled kernels for these sources, jaxlib and CPU live in the cache."""
     from rc_jax.tools.cache import cache_root
     import jaxlib
 
     key = hashlib.sha256("\n".join([
-        SOURCE.read_text(), jaxlib.__version__, platform.machine(), _cpu_identity(),
+        *(src.read_text() for src in SOURCES), jaxlib.__version__, platform.machine(), _cpu_identity(),
         " ".join(_compile_flags()[:-1])]).encode()).hexdigest()[:16]
-    return cache_root() / "kernels" / f"cpu_matmul-{key}.so"
+    return cache_root() / "kernels" / f"cpu_kernels-{key}.so"
 
 
 def build(path: Path) -> None:
-    """Compile `cpu_matmul.cc` into `path` (atomically: a half-written library is never
+    """Compile the kernel sources into one library at `path` (atomically: a half-written library is never
     loaded). Raises RuntimeError naming the compiler and its output on failure."""
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if compiler is None:
@@ -94,10 +103,11 @@ def build(path: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([compiler, *_compile_flags(), str(SOURCE), "-o", tmp],
+        proc = subprocess.run([compiler, *_compile_flags(), *map(str, SOURCES), "-o", tmp],
                               capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"{compiler} failed to compile {SOURCE}:\n{proc.stderr[-4000:]}")
+            raise RuntimeError(f"{compiler} failed to compile "
+                               f"{', '.join(map(str, SOURCES))}:\n{proc.stderr[-4000:]}")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -125,7 +135,7 @@ def _load() -> str | None:
                                         platform="cpu")
     except Exception as e:  # noqa: BLE001 - any failure means: use XLA's ops instead
         reason = f"{type(e).__name__}: {e}"
-        log.warning("rc_jax CPU matmul kernels unavailable, decode uses XLA's ops (slower; "
+        log.warning("rc_jax CPU kernels unavailable, decode uses XLA's ops (slower; "
                     "int8 at fp32 speed): %s", reason)
         return reason
     return None
@@ -153,7 +163,7 @@ def matmul_t(x: jax.Array, w: Any) -> jax.Array:
     Raises RuntimeError if the kernels are unavailable (`unavailable_reason`)."""
     reason = _load()
     if reason is not None:
-        raise RuntimeError(f"rc_jax CPU matmul kernels unavailable: {reason}")
+        raise RuntimeError(f"rc_jax CPU kernels unavailable: {reason}")
     lead, n_in = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, n_in)
     weight_args: tuple[jax.Array, ...]
@@ -165,3 +175,33 @@ def matmul_t(x: jax.Array, w: Any) -> jax.Array:
     y = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((x2.shape[0], n_out), jnp.float32))(
         x2, *weight_args)
     return y.reshape(*lead, n_out)
+
+
+def attention_usable(q: jax.Array, keys: jax.Array, values: jax.Array,
+                     platform_name: str) -> bool:
+    """Whether `decode_attention_parts` applies: float32 queries and cache, a program
+    compiled for the CPU, and the kernels built."""
+    return (platform_name == "cpu" and q.dtype == keys.dtype == values.dtype == jnp.float32
+            and _load() is None)
+
+
+def decode_attention_parts(qg: jax.Array, keys: jax.Array, values: jax.Array,
+                           valid: jax.Array, query_slots: jax.Array
+                           ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Softmax parts of grouped queries over one decode-form cache segment.
+
+    qg [N, M, D] (N = B*K cache rows, query m = g*S + s), keys [N, D, C], values
+    [N, C, D], valid [B, C] bool, query_slots [B, S] int32 (slots local to the segment).
+    Returns (max [N, M], sum [N, M], weighted values [N, M, D]), float32, as
+    `attention._segment_parts`, but (kMaskValue, 0, 0) for a query that sees nothing.
+    Raises RuntimeError if the kernels are unavailable (`unavailable_reason`)."""
+    reason = _load()
+    if reason is not None:
+        raise RuntimeError(f"rc_jax CPU kernels unavailable: {reason}")
+    n, m, d = qg.shape
+    f32 = jnp.float32
+    out = (jax.ShapeDtypeStruct((n, m), f32), jax.ShapeDtypeStruct((n, m), f32),
+           jax.ShapeDtypeStruct((n, m, d), f32))
+    top, total, weighted = jax.ffi.ffi_call("rc_jax_decode_attention", out)(
+        qg, keys, values, valid.astype(bool), query_slots.astype(jnp.int32))
+    return top, total, weighted
