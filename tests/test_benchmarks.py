@@ -62,10 +62,11 @@ def test_decode_profile_quick(tmp_path):
                                               "xla_dot_floor", "one_dot"}
     # (tiny shapes on a loaded machine: t(n) - t(1) is noise, so no sign is asserted)
     assert all(len(ms) == 2 for ms in res["ms_per_step_rounds"].values())
-    # The trace names XLA:CPU's ops: the step's weight matmuls are rc_jax's CPU kernels,
-    # four custom calls per layer and one for the tied head, and no XLA dot is left.
+    # The trace names XLA:CPU's ops: the step's weight matmuls and attention are rc_jax's
+    # CPU kernels, four matmuls and one attention call per layer and one matmul for the
+    # tied head, and no XLA dot is left.
     ops = {r["op"]: r for r in res["ops"]}
-    assert ops["ffi_call"]["per_step"] == 4 * res["config"]["num_layers"] + 1
+    assert ops["ffi_call"]["per_step"] == 5 * res["config"]["num_layers"] + 1
     assert not [name for name in ops if name.startswith("dot ")]
 
 
