@@ -11,10 +11,12 @@ rows hold, and no [S, C] mask or bias exists anywhere.
 
 Shapes (one device's part; `attention._per_device` splits rows and kv heads on a mesh):
   q: [B, S, K, G, D]; k, v: [B, C, K, D]; mask: `attention.Mask`; returns [B, S, K, G, D].
-Inside, keys and values are viewed as [B, C, K*D] (a free reshape), so a key block is a
-[block_k, K*D] tile whose last two dimensions are whole or 128-aligned (Mosaic's rule),
-and head h is the lane range h*D:(h+1)*D of it. Queries are regrouped (a small copy) as
-[B, K, S*G, D]: one kv head's queries are the rows of one matrix.
+Inside, keys and values are read head-major, [B, K, C, D]: a transpose that XLA:TPU turns
+into a layout choice (its own attention ops store the cache head-major too; a kernel
+reading [B, C, K, D] blocks made XLA keep the cache in that layout and copy it, 5.5 GiB
+more per chip in the RC plan of docs/scaling.md). A key block is then [K, block_k, D],
+and kv head h's keys are the [block_k, D] tile k_ref[h]. Queries are regrouped (a small
+copy) as [B, K, S*G, D]: one kv head's queries are the rows of one matrix.
 
 Exactness: a row's output depends only on its own queries, keys and mask (each grid row
 runs its own online softmax; a masked key adds an exact 0 and a rescale by exactly 1), so
@@ -32,7 +34,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from rc_jax.models.attention import _MASK_VALUE as MASK_VALUE
 
-BLOCK_K = 512  # key slots per block: [512, K*D] bf16 keys + values, double-buffered, ~4 MiB
+BLOCK_K = 512  # key slots per block: [K, 512, D] bf16 keys + values, double-buffered, ~4 MiB
 # Query rows (queries x G) per block when a prefill chunk has more (decode: one block);
 # with K = 8 kv heads and D = 128, a block's queries, output and float32 softmax state
 # take ~6 MiB of VMEM, the key/value blocks ~4 MiB: inside the 16 MiB default.
@@ -74,7 +76,7 @@ def live_blocks(mask, bq: int, bk: int) -> tuple[jax.Array, jax.Array]:
 def _kernel(first_ref, end_ref, q_ref, k_ref, v_ref, valid_ref, slot_ref, o_ref,
             m_ref, l_ref, acc_ref, *, kv_heads: int, head_dim: int, bk: int, c: int):
     """One (row, query block, key block) step. q_ref/o_ref: [K, R, D] (R = queries x G);
-    k_ref/v_ref: [bk, K*D]; valid_ref: [1, bk] int32; slot_ref: [R, 1] int32 (each query
+    k_ref/v_ref: [K, bk, D]; valid_ref: [1, bk] int32; slot_ref: [R, 1] int32 (each query
     row's cache slot); scratch m/l: [K, R, LANES], acc: [K, R, D] float32."""
     b, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     n = b * pl.num_programs(1) + i
