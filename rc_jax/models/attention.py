@@ -449,6 +449,11 @@ def _segment_parts(qg, keys, values, mask, kv_heads: int):
     return m.reshape(n, mm), jnp.sum(p, axis=-1).reshape(n, mm), o
 
 
+def _normalized(o, l, dtype):
+    """Softmax output o / l from its parts ([N, M, D], [N, M]); 0 where nothing is seen."""
+    return (o / jnp.where(l == 0, 1.0, l)[..., None]).astype(dtype)
+
+
 def _tree_sum(x, axis: int):
     """Sum over `axis` as a balanced binary tree over a power-of-two length (zero padded):
     appending zero terms leaves the result bit-identical, which is what keeps a row's
@@ -500,10 +505,9 @@ def decode_attention(q, keys, values, mask, kv_heads: int, new=None):
         if new is not None:
             kj, vj = _write_segment(kj, vj, *new)
         if cpu_kernels.attention_usable(qg, kj, vj, target_platform()):
-            _, l, o = cpu_kernels.decode_attention_parts(qg, kj, vj, mask.valid,
-                                                         mask.query_slots)
-            out = (o / jnp.where(l == 0, 1.0, l)[..., None]).astype(q.dtype)
-        else:
+            _, l, o = _segment_parts(qg, kj, vj, mask, kv_heads)
+            out = _normalized(o, l, q.dtype)
+        else:  # XLA: the plain softmax (short caches keep its numerics)
             scores = _segment_scores(qg, kj, mask, kv_heads)
             probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype).reshape(n, mm, -1)
             out = jnp.einsum("nmc,ncd->nmd", probs, vj.astype(q.dtype))
@@ -537,8 +541,7 @@ def decode_attention(q, keys, values, mask, kv_heads: int, new=None):
     w = jnp.exp(ms - top)  # 0 for segments a row cannot see (their max is _MASK_VALUE)
     l = _tree_sum(w * jnp.stack([l for _, l, _ in parts], axis=-1), -1)
     o = _tree_sum(w[:, :, None] * jnp.stack([o for _, _, o in parts], axis=-1), -1)
-    out = (o / jnp.where(l == 0, 1.0, l)[..., None]).astype(q.dtype)
-    return _ungroup(out, b, s, kv_heads), tuple(out_k), tuple(out_v)
+    return _ungroup(_normalized(o, l, q.dtype), b, s, kv_heads), tuple(out_k), tuple(out_v)
 
 
 # ------------------------------------------------------------------------------ fused
@@ -614,10 +617,10 @@ def _per_device(fn, q, k, v, mask):
 def _pallas_local(q, k, v, mask, *, self_causal: bool, interpret: bool):
     """`pallas_attention` on one device's arrays."""
     # why: the Pallas TPU kernels are optional (a TPU jaxlib); other attentions never load them
-    from jax.experimental.pallas import tpu as pltpu
     if not self_causal:
         from rc_jax.models.ragged_attention import ragged_attention
         return ragged_attention(q, k, v, mask, interpret=interpret)
+    from jax.experimental.pallas import tpu as pltpu
     from jax.experimental.pallas.ops.tpu.flash_attention import SegmentIds, flash_attention
     b, s, kh, g, d = q.shape
     pad = -s % 128

@@ -20,8 +20,9 @@ and one in `cpu_attention.cc` reads the cache:
   `attention.decode_attention` merges (XLA:CPU's ~10 ops per layer for this cost 3x a
   read of the cache at batch 8 on SmolLM2, benchmarks/README.md).
 
-`qwen3.project_t` calls the matmuls for the decode layout's matmuls of at most `MAX_ROWS` rows
-in a program compiled for the CPU. They are compiled on first use with the system C++
+`qwen3.project_t` calls the matmul kernels for the decode layout's matmuls of at most
+`MAX_ROWS` rows in a program compiled for the CPU, `attention.decode_attention` the
+attention kernel for float32 caches. They are compiled on first use with the system C++
 compiler (`$CXX`, else `c++`) against the XLA FFI headers that jaxlib ships, for this
 machine's CPU (`-march=native`), into the rc_jax cache (`$RC_JAX_CACHE/kernels`, else
 `~/.cache/rc_jax/kernels`), keyed by the source, jaxlib's version and the CPU, then loaded
@@ -88,14 +89,15 @@ def library_path() -> Path:
     import jaxlib
 
     key = hashlib.sha256("\n".join([
-        *(src.read_text() for src in SOURCES), jaxlib.__version__, platform.machine(), _cpu_identity(),
-        " ".join(_compile_flags()[:-1])]).encode()).hexdigest()[:16]
+        *(src.read_text() for src in SOURCES), jaxlib.__version__, platform.machine(),
+        _cpu_identity(), " ".join(_compile_flags()[:-1])]).encode()).hexdigest()[:16]
     return cache_root() / "kernels" / f"cpu_kernels-{key}.so"
 
 
 def build(path: Path) -> None:
-    """Compile the kernel sources into one library at `path` (atomically: a half-written library is never
-    loaded). Raises RuntimeError naming the compiler and its output on failure."""
+    """Compile the kernel sources into one library at `path` (atomically: a half-written
+    library is never loaded). Raises RuntimeError naming the compiler and its output on
+    failure."""
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if compiler is None:
         raise RuntimeError("no C++ compiler found (set $CXX or install g++)")
@@ -146,6 +148,13 @@ def unavailable_reason() -> str | None:
     return _load()
 
 
+def _require() -> None:
+    """Raises RuntimeError (with the reason) unless the kernels are loaded."""
+    reason = _load()
+    if reason is not None:
+        raise RuntimeError(f"rc_jax CPU kernels unavailable: {reason}")
+
+
 def usable(x: jax.Array, w: Any, platform_name: str) -> bool:
     """Whether `matmul_t(x, w)` applies: a float32 [out, in] weight or an int8 one, at most
     `MAX_ROWS` float32 activation rows (decode), a program compiled for the CPU, and the
@@ -161,9 +170,7 @@ def matmul_t(x: jax.Array, w: Any) -> jax.Array:
     """x [..., in] float32 times a weight in the decode layout -> [..., out] float32:
     x @ w.T for a float32 w [out, in], (x @ values.T) * scale for a `QuantizedWeight`.
     Raises RuntimeError if the kernels are unavailable (`unavailable_reason`)."""
-    reason = _load()
-    if reason is not None:
-        raise RuntimeError(f"rc_jax CPU kernels unavailable: {reason}")
+    _require()
     lead, n_in = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, n_in)
     weight_args: tuple[jax.Array, ...]
@@ -195,9 +202,7 @@ def decode_attention_parts(qg: jax.Array, keys: jax.Array, values: jax.Array,
     Returns (max [N, M], sum [N, M], weighted values [N, M, D]), float32, as
     `attention._segment_parts`, but (kMaskValue, 0, 0) for a query that sees nothing.
     Raises RuntimeError if the kernels are unavailable (`unavailable_reason`)."""
-    reason = _load()
-    if reason is not None:
-        raise RuntimeError(f"rc_jax CPU kernels unavailable: {reason}")
+    _require()
     n, m, d = qg.shape
     f32 = jnp.float32
     out = (jax.ShapeDtypeStruct((n, m), f32), jax.ShapeDtypeStruct((n, m), f32),

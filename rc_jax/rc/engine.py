@@ -411,10 +411,8 @@ class RCEngine:
         """The jitted loop, shared by every engine with the same static description (the
         host half is found through the traced `host_id`, the schedule is traced too), so
         a continuous and a lockstep engine, or the engines RL rebuilds, compile once.
-        Called under `sharding_context(self.mesh)` (the default layout follows its
-        platform)."""
-        unroll = (core.default_unroll_layers() if self.unroll_layers is None
-                  else self.unroll_layers)
+        """
+        unroll = core.resolve_unroll_layers(self.unroll_layers, self.mesh)
         key = (tuple((p.config, p.sampling.static_key()) for p in self.pools), self.pad_ids,
                shapes, self.mesh, self.data_axes, tuple(id(x) for x in self.shardings), unroll)
         if key not in _PROGRAMS:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from rc_jax.models import qwen3
 from rc_jax.models.attention import target_platform
 from rc_jax.models.config import ModelConfig
-from rc_jax.parallel.context import constrain_kv_cache
+from rc_jax.parallel.context import constrain_kv_cache, sharding_context
 
 _NEG_INF = -jnp.inf
 
@@ -196,6 +196,15 @@ def default_unroll_layers() -> bool:
     return target_platform() == "cpu"
 
 
+def resolve_unroll_layers(unroll_layers: bool | None, mesh: Any = None) -> bool:
+    """`unroll_layers` as given, or when None `default_unroll_layers()` for the platform
+    of `mesh` (None: the mesh in context, else JAX's default backend)."""
+    if unroll_layers is not None:
+        return unroll_layers
+    with sharding_context(mesh):
+        return default_unroll_layers()
+
+
 def decode(params: Any, config: ModelConfig, cache: qwen3.KVCache, last_logits: jax.Array,
            next_positions: jax.Array, row_keys: jax.Array, max_new_tokens: jax.Array,
            stop_ids: jax.Array, values: dict[str, jax.Array], *, buffer_length: int,
@@ -215,9 +224,7 @@ def decode(params: Any, config: ModelConfig, cache: qwen3.KVCache, last_logits: 
         the weights and a per-layer cache (`qwen3.pack_for_decode`, `qwen3.unstack_cache`,
         made once before the loop); None: `default_unroll_layers()`.
     """
-    if unroll_layers is None:
-        unroll_layers = default_unroll_layers()
-    if unroll_layers:
+    if resolve_unroll_layers(unroll_layers):
         params = qwen3.pack_for_decode(params, config)
         cache = qwen3.unstack_cache(cache)
     b = last_logits.shape[0]

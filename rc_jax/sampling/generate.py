@@ -130,14 +130,6 @@ def _program(config: ModelConfig, buffer_length: int, greedy: bool, truncates: b
         out_shardings=out)
 
 
-def _unroll(unroll_layers: bool | None, mesh: Mesh | None) -> bool:
-    """`unroll_layers` (see `core.decode`), or the default for the mesh's platform."""
-    if unroll_layers is not None:
-        return unroll_layers
-    with sharding_context(mesh):
-        return core.default_unroll_layers()
-
-
 def _input_shardings(mesh: Mesh, data_axes: tuple[str, ...], param_shardings: Any) -> tuple:
     """Shardings of (params, tokens, mask, active, row_keys, max_new, stops, values)."""
     rows = NamedSharding(mesh, P(data_axes))
@@ -201,7 +193,7 @@ def generate(params: Any, config: ModelConfig, prompts: Sequence[Sequence[int]],
     program = _program(config, buckets.new_tokens(max_new_tokens), sampling.greedy,
                        sampling.truncates, num_samples, pad_id, mesh, tuple(data_axes),
                        None if param_shardings is None else _Hashable(param_shardings),
-                       _unroll(unroll_layers, mesh))
+                       core.resolve_unroll_layers(unroll_layers, mesh))
     total = batch * num_samples
     keys = np.array(jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(total)))
     if row_keys is not None:
@@ -245,7 +237,7 @@ def lower_generate(params: Any, config: ModelConfig, batch: int, prompt_length: 
     program = _program(config, buckets.new_tokens(max_new_tokens), sampling.greedy,
                        sampling.truncates, num_samples, pad_id, mesh, data_axes,
                        None if param_shardings is None else _Hashable(param_shardings),
-                       _unroll(unroll_layers, mesh))
+                       core.resolve_unroll_layers(unroll_layers, mesh))
     sds = jax.ShapeDtypeStruct
     values = jax.tree.map(lambda v: sds(v.shape, v.dtype), sampling.values())
     args = (params, sds((rows, width), jnp.int32), sds((rows, width), jnp.bool_),
