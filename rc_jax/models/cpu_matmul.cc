@@ -60,6 +60,19 @@ inline __m256 Load8(const int8_t* w) {
 }
 #endif
 
+#if defined(__AVX512F__)
+// 16 consecutive weights as 16 floats.
+inline __m512 Load16(const float* w) { return _mm512_loadu_ps(w); }
+inline __m512 Load16(const int8_t* w) {
+  return _mm512_cvtepi32_ps(
+      _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w))));
+}
+// 3-4 rows x 4 channels = 16 accumulators: fits AVX-512's 32 registers, not AVX2's 16.
+constexpr int64_t kChannelsWide = 4;
+#else
+constexpr int64_t kChannelsWide = 2;
+#endif
+
 // A register block: y[r, o] = x[r, :] . w[o, :] (times scale[o] when given) for R
 // activation rows and O consecutive output channels (template parameters, so the R x O
 // accumulators stay in registers). Each 8 weights are loaded once and used by R rows;
@@ -71,6 +84,31 @@ inline void Block(const float* x, const W* w, const float* scale, int64_t in, fl
                   int64_t ldy) {
   float acc_s[R][O] = {};
   int64_t i = 0;
+#if defined(__AVX512F__)
+  // Three or more rows: 16 columns per step where the CPU has AVX-512 (half the loads and
+  // FMAs per weight; SmolLM2's matmuls at 8 rows 7% faster in f32, 16% in int8, on the
+  // 2-core Xeon). Rows 1-2 stay on the 8-wide loop below, which streams as fast (they
+  // wait on memory, not on arithmetic). The 8-wide loop takes any remainder.
+  if constexpr (R >= 3) {
+    __m512 acc16[R][O];
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t o = 0; o < O; ++o) acc16[r][o] = _mm512_setzero_ps();
+    const char* ahead = reinterpret_cast<const char*>(w + kPrefetchBlocks * 4 * in);
+    constexpr int64_t span = 4 * 16 * static_cast<int64_t>(sizeof(W));
+    for (; i + 16 <= in; i += 16) {
+      const char* at = ahead + 4 * i * static_cast<int64_t>(sizeof(W));
+      for (int64_t p = 0; p < span + 64; p += 64) _mm_prefetch(at + p, _MM_HINT_T0);
+      __m512 wf[O];
+      for (int64_t o = 0; o < O; ++o) wf[o] = Load16(w + o * in + i);
+      for (int64_t r = 0; r < R; ++r) {
+        const __m512 xv = _mm512_loadu_ps(x + r * in + i);
+        for (int64_t o = 0; o < O; ++o) acc16[r][o] = _mm512_fmadd_ps(xv, wf[o], acc16[r][o]);
+      }
+    }
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t o = 0; o < O; ++o) acc_s[r][o] = _mm512_reduce_add_ps(acc16[r][o]);
+  }
+#endif
 #if defined(__AVX2__) && defined(__FMA__)
   __m256 acc[R][O];
   for (int64_t r = 0; r < R; ++r)
@@ -90,7 +128,7 @@ inline void Block(const float* x, const W* w, const float* scale, int64_t in, fl
     }
   }
   for (int64_t r = 0; r < R; ++r)
-    for (int64_t o = 0; o < O; ++o) acc_s[r][o] = HorizontalSum(acc[r][o]);
+    for (int64_t o = 0; o < O; ++o) acc_s[r][o] += HorizontalSum(acc[r][o]);
 #endif
   for (; i < in; ++i)
     for (int64_t r = 0; r < R; ++r)
@@ -102,11 +140,12 @@ inline void Block(const float* x, const W* w, const float* scale, int64_t in, fl
 }
 
 // Rows [0, R) of x against the `oc` <= 4 output channels from o: one register block of
-// 4 channels (1-2 rows) or two of 2 (3-4 rows), or channel by channel at the end.
+// 4 channels (1-2 rows; 3-4 rows with AVX-512) or two of 2 (3-4 rows with AVX2), or
+// channel by channel at the end.
 template <int64_t R, typename W>
 inline void Tile(const float* x, const W* w, const float* scale, int64_t in, int64_t out,
                  int64_t o, int64_t oc, float* y) {
-  constexpr int64_t O = R <= 2 ? 4 : 2;
+  constexpr int64_t O = R <= 2 ? 4 : kChannelsWide;
   int64_t c = 0;
   if (oc == 4)
     for (; c < 4; c += O)
@@ -149,8 +188,9 @@ struct Job {
   }
 };
 
-template <typename W>
-void Run(ffi::ThreadPool& pool, const float* x, const W* w, const float* scale, float* y,
+// Pool: anything with num_threads() and Schedule(task) (XLA's ffi::ThreadPool here).
+template <typename W, typename Pool>
+void Run(Pool& pool, const float* x, const W* w, const float* scale, float* y,
          int64_t n, int64_t in, int64_t out) {
   if (n == 0 || out == 0) return;  // nothing to write (and no blocks to split)
   auto job = std::make_shared<Job<W>>();
