@@ -113,10 +113,13 @@ def test_same_logits_with_and_without_the_kernels(packed, monkeypatch):
     (2, 1, 7, 40, 37, 1),   # 7 queries per row (3 + 3 + 1), 40 dims (32 + a tail of 8)
     (3, 2, 4, 32, 16, 2),   # 2 queries per row (a chunk), G = 2
     (1, 1, 1, 8, 5, 1)])    # smaller than every block
-def test_decode_attention_kernel_equals_xla(b, k, m, d, c, s, monkeypatch):
+@pytest.mark.parametrize("write", [False, True])
+def test_decode_attention_kernel_equals_xla(b, k, m, d, c, s, write, monkeypatch):
     """The kernel's softmax parts against XLA's (`attention._segment_parts`): the same
     attention output (o / l) for every query that sees something; (MASK, 0, 0) for a
-    query that sees nothing (a fully padded row, a slot before any valid one)."""
+    query that sees nothing (a fully padded row, a slot before any valid one). With
+    `write`, the step's keys / values are written first, in place: the cache equals
+    XLA's scatter exactly (a slot outside the segment dropped), and the parts see them."""
     r = np.random.default_rng(b * 100 + m)
     qg = jnp.asarray(r.normal(size=(b * k, m, d)), jnp.float32)
     keys = jnp.asarray(r.normal(size=(b * k, d, c)), jnp.float32)
@@ -129,10 +132,21 @@ def test_decode_attention_kernel_equals_xla(b, k, m, d, c, s, monkeypatch):
     firsts = np.linspace(-1, c + 3, b).astype(int) if b > 1 else [c - 2]
     slots = np.stack([np.arange(s) + x for x in firsts])
     mask = attn.Mask(jnp.asarray(valid), jnp.asarray(slots, jnp.int32))
-    got = [np.asarray(x) for x in jax.jit(cpu_kernels.decode_attention_parts)(
-        qg, keys, values, mask.valid, mask.query_slots)]
+    new = None
+    if write:  # each row's query slots, and one more per row: c (outside: dropped)
+        at = np.concatenate([np.clip(slots, 0, c - 1), np.full((b, 1), c)], 1)
+        at = jnp.asarray(np.repeat(at, k, 0), jnp.int32)  # [B*K, S + 1]
+        new = (at, jnp.asarray(r.normal(size=(*at.shape, d)), jnp.float32),
+               jnp.asarray(r.normal(size=(*at.shape, d)), jnp.float32))
+    got_k, got_v, got = jax.jit(cpu_kernels.decode_attention_parts)(
+        qg, keys, values, mask.valid, mask.query_slots, new)
+    got = [np.asarray(x) for x in got]
     monkeypatch.setattr(cpu_kernels, "attention_usable", lambda *a: False)
-    want = [np.asarray(x) for x in attn._segment_parts(qg, keys, values, mask, k)]
+    want_k, want_v, want = attn._write_and_attend(qg, keys, values, mask, k, new)
+    want = [np.asarray(x) for x in want]
+    np.testing.assert_array_equal(np.asarray(got_k), np.asarray(want_k))
+    np.testing.assert_array_equal(np.asarray(got_v), np.asarray(want_v))
+    assert write == (not np.array_equal(np.asarray(got_k), np.asarray(keys)))
     sees = np.asarray(mask.dense().any(-1))  # [B, S]
     sees = np.repeat(sees[:, None, None, :], k, 1).repeat(m // s, 2).reshape(b * k, m)
     assert sees.any()
@@ -144,20 +158,25 @@ def test_decode_attention_kernel_equals_xla(b, k, m, d, c, s, monkeypatch):
     assert np.all(got[1][~sees] == 0) and np.all(got[2][~sees] == 0)
 
 
-def test_decode_step_runs_attention_on_the_kernel(packed, monkeypatch):
+@pytest.mark.parametrize("per_row", [True, False])
+def test_decode_step_runs_attention_on_the_kernel(packed, per_row, monkeypatch):
     """A decode step on the decode form of the cache calls the attention kernel once per
-    layer and gives the logits XLA's attention gives."""
+    layer and gives the logits XLA's attention gives, with a write index per row
+    (continuous batching) or one shared by aligned rows (XLA would write in place)."""
     config, _, decode_params = packed
     cache = qwen3.init_cache(config, 2, 24)
-    cache = cache.replace(valid=jnp.arange(24)[None].repeat(2, 0) < jnp.array([[5], [9]]),
-                          index=jnp.array([5, 9], jnp.int32))
+    lengths = jnp.array([[5], [9]]) if per_row else jnp.array([[9], [9]])
+    cache = cache.replace(valid=jnp.arange(24)[None].repeat(2, 0) < lengths,
+                          index=lengths[:, 0].astype(jnp.int32) if per_row else jnp.int32(9))
     cache = qwen3.unstack_cache(cache)
     tokens = jnp.array([[3], [4]], jnp.int32)
 
     def step(p, cache):
-        return forward(p, config, tokens, cache.index[:, None], cache)[0]
+        positions = jnp.broadcast_to(jnp.reshape(cache.index, (-1, 1)), (2, 1))
+        return forward(p, config, tokens, positions, cache)[0]
+    # One call per layer, which also writes the step's key and value (no scatter).
     assert jax.jit(step).lower(decode_params, cache).as_text().count(
-        "rc_jax_decode_attention") == config.num_layers
+        "rc_jax_decode_attention_write") == config.num_layers
     with_kernel = np.asarray(step(decode_params, cache))
     monkeypatch.setattr(cpu_kernels, "attention_usable", lambda *a: False)
     np.testing.assert_allclose(with_kernel, np.asarray(step(decode_params, cache)),

@@ -432,14 +432,30 @@ def _segment_scores(qg, keys, mask: Mask, kv_heads: int):
     return jnp.where(mask.dense()[:, None, None], scores, _MASK_VALUE)
 
 
-def _segment_parts(qg, keys, values, mask, kv_heads: int):
-    """One segment's softmax parts: max m [N, M], sum l [N, M] of exp(score - m), and
-    sum_c exp(score - m) v [N, M, D] (N = B*K, M = G*S). On CPU (float32), rc_jax's
-    kernel (`cpu_kernels.decode_attention_parts`: each cache row read once, up to its last
-    visible slot); else XLA's ops over the whole segment."""
+def decode_kernel_writes(q, keys, values) -> bool:
+    """Whether `decode_attention` writes the step's keys / values inside rc_jax's CPU
+    kernel (q and the segment's keys / values as `decode_attention` gets them)."""
+    return cpu_kernels.attention_usable(q, keys, values, target_platform())
+
+
+def _write_and_attend(qg, keys, values, mask, kv_heads: int, new=None):
+    """One segment (keys [N, D, Cj], values [N, Cj, D]) with this chunk's keys and values
+    written first (new: None or (slots [N, S] local to the segment, out-of-range slots
+    dropped; new_k, new_v [N, S, D])), and its softmax parts: max m [N, M], sum l [N, M]
+    of exp(score - m), and sum_c exp(score - m) v [N, M, D] (N = B*K, M = G*S).
+    Returns (keys, values, (m, l, o)). On CPU (float32), rc_jax's kernel
+    (`cpu_kernels.decode_attention_parts`: writes in place, then reads each cache row
+    once, up to its last visible slot); else a scatter and XLA's ops over the segment."""
     if cpu_kernels.attention_usable(qg, keys, values, target_platform()):
         return cpu_kernels.decode_attention_parts(qg, keys, values, mask.valid,
-                                                  mask.query_slots)
+                                                  mask.query_slots, new)
+    if new is not None:
+        keys, values = _write_segment(keys, values, *new)
+    return keys, values, _segment_parts(qg, keys, values, mask, kv_heads)
+
+
+def _segment_parts(qg, keys, values, mask, kv_heads: int):
+    """One segment's softmax parts (as `_write_and_attend`'s) by XLA's ops."""
     n, mm, _ = qg.shape
     scores = _segment_scores(qg, keys, mask, kv_heads)
     m = jnp.max(scores, axis=-1, keepdims=True)
@@ -488,8 +504,9 @@ def decode_attention(q, keys, values, mask, kv_heads: int, new=None):
     slots of the chunk's tokens), new_k [B*K, S, D], new_v [B*K, S, D]) to write first.
     Returns (out [B, S, H*D], keys, values).
 
-    One segment: its softmax parts (`_segment_parts`: on CPU rc_jax's kernel, which reads
-    each row only up to its last visible slot), normalized. Several: each segment
+    One segment: its softmax parts (`_write_and_attend`: on CPU rc_jax's kernel, which
+    writes the new entries in place and reads each row only up to its last visible slot),
+    normalized. Several: each segment
     past the first is written and read under one `lax.cond` on whether any query may see
     it (a real token always sees its own slot), so the cost of a step follows the longest
     row's length, not the bucket; the segments' softmax parts are merged with one shared
@@ -502,12 +519,12 @@ def decode_attention(q, keys, values, mask, kv_heads: int, new=None):
     n, mm, d = qg.shape
     if len(keys) == 1:
         kj, vj = keys[0], values[0]
-        if new is not None:
-            kj, vj = _write_segment(kj, vj, *new)
         if cpu_kernels.attention_usable(qg, kj, vj, target_platform()):
-            _, l, o = _segment_parts(qg, kj, vj, mask, kv_heads)
+            kj, vj, (_, l, o) = _write_and_attend(qg, kj, vj, mask, kv_heads, new)
             out = _normalized(o, l, q.dtype)
         else:  # XLA: the plain softmax (short caches keep its numerics)
+            if new is not None:
+                kj, vj = _write_segment(kj, vj, *new)
             scores = _segment_scores(qg, kj, mask, kv_heads)
             probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype).reshape(n, mm, -1)
             out = jnp.einsum("nmc,ncd->nmd", probs, vj.astype(q.dtype))
@@ -519,11 +536,12 @@ def decode_attention(q, keys, values, mask, kv_heads: int, new=None):
         hi = lo + kj.shape[-1]
 
         def run(qg, kj, vj, mj, lo=lo, hi=hi):
+            local = None
             if new is not None:
-                local = new[0] - lo
-                local = jnp.where((local >= 0) & (local < hi - lo), local, hi - lo)  # dropped
-                kj, vj = _write_segment(kj, vj, local, new[1], new[2])
-            return kj, vj, _segment_parts(qg, kj, vj, mj, kv_heads)
+                slots = new[0] - lo
+                slots = jnp.where((slots >= 0) & (slots < hi - lo), slots, hi - lo)  # dropped
+                local = (slots, new[1], new[2])
+            return _write_and_attend(qg, kj, vj, mj, kv_heads, local)
 
         def skipped(qg, kj, vj, mj):
             return kj, vj, (jnp.full((n, mm), _MASK_VALUE, jnp.float32),

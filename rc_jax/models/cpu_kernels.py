@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 SOURCES = tuple(Path(__file__).with_name(f) for f in ("cpu_matmul.cc", "cpu_attention.cc"))
 # FFI target name -> the handler's symbol in the library.
 TARGETS = {"rc_jax_f32_matmul": "RcJaxF32Matmul", "rc_jax_int8_matmul": "RcJaxInt8Matmul",
-           "rc_jax_decode_attention": "RcJaxDecodeAttention"}
+           "rc_jax_decode_attention": "RcJaxDecodeAttention",
+           "rc_jax_decode_attention_write": "RcJaxDecodeAttentionWrite"}
 DISABLE_ENV = "RC_JAX_CPU_KERNELS"
 # Above this many activation rows XLA's GEMM can be faster (2-core Xeon, weights streamed,
 # f32 kernel vs XLA's dot: SmolLM2's gate|up 1.22x / 1.68x / 1.11x at 1 / 8 / 16 rows,
@@ -193,20 +194,33 @@ def attention_usable(q: jax.Array, keys: jax.Array, values: jax.Array,
 
 
 def decode_attention_parts(qg: jax.Array, keys: jax.Array, values: jax.Array,
-                           valid: jax.Array, query_slots: jax.Array
-                           ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Softmax parts of grouped queries over one decode-form cache segment.
+                           valid: jax.Array, query_slots: jax.Array,
+                           new: tuple[jax.Array, jax.Array, jax.Array] | None = None
+                           ) -> tuple[jax.Array, jax.Array,
+                                      tuple[jax.Array, jax.Array, jax.Array]]:
+    """Softmax parts of grouped queries over one decode-form cache segment, after writing
+    this step's keys and values into it.
 
     qg [N, M, D] (N = B*K cache rows, query m = g*S + s), keys [N, D, C], values
-    [N, C, D], valid [B, C] bool, query_slots [B, S] int32 (slots local to the segment).
-    Returns (max [N, M], sum [N, M], weighted values [N, M, D]), float32, as
-    `attention._segment_parts`, but (kMaskValue, 0, 0) for a query that sees nothing.
-    Raises RuntimeError if the kernels are unavailable (`unavailable_reason`)."""
+    [N, C, D], valid [B, C] bool, query_slots [B, S] int32 (slots local to the segment);
+    new: None or (slots [N, W] int32 local to the segment, a slot outside [0, C) dropped;
+    new_k [N, W, D]; new_v [N, W, D]), written in place by the kernel
+    (`rc_jax_decode_attention_write`, its keys / values outputs aliased to the inputs).
+    Returns (keys, values, (max [N, M], sum [N, M], weighted values [N, M, D])), float32,
+    the parts as `attention._segment_parts`' but (kMaskValue, 0, 0) for a query that
+    sees nothing. Raises RuntimeError if the kernels are unavailable
+    (`unavailable_reason`)."""
     _require()
     n, m, d = qg.shape
     f32 = jnp.float32
-    out = (jax.ShapeDtypeStruct((n, m), f32), jax.ShapeDtypeStruct((n, m), f32),
-           jax.ShapeDtypeStruct((n, m, d), f32))
-    top, total, weighted = jax.ffi.ffi_call("rc_jax_decode_attention", out)(
-        qg, keys, values, valid.astype(bool), query_slots.astype(jnp.int32))
-    return top, total, weighted
+    parts = (jax.ShapeDtypeStruct((n, m), f32), jax.ShapeDtypeStruct((n, m), f32),
+             jax.ShapeDtypeStruct((n, m, d), f32))
+    args = (qg, keys, values, valid.astype(bool), query_slots.astype(jnp.int32))
+    if new is None:
+        return keys, values, tuple(jax.ffi.ffi_call("rc_jax_decode_attention", parts)(*args))
+    slots, new_k, new_v = new
+    out = parts + (jax.ShapeDtypeStruct(keys.shape, f32), jax.ShapeDtypeStruct(values.shape, f32))
+    top, total, weighted, keys, values = jax.ffi.ffi_call(
+        "rc_jax_decode_attention_write", out, input_output_aliases={1: 3, 2: 4})(
+        *args, slots.astype(jnp.int32), new_k.astype(f32), new_v.astype(f32))
+    return keys, values, (top, total, weighted)

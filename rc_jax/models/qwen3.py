@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from rc_jax.models import cpu_kernels
 from rc_jax.models.attention import (Mask, attend, cached_attention, decode_attention,
-                                     decode_segments, target_platform)
+                                     decode_kernel_writes, decode_segments, target_platform)
 from rc_jax.models.config import ModelConfig
 from rc_jax.models.quant import (concat_out, operand, quantize_params, quantized_logical_axes,
                                  scale_output, tie, to_out_in)
@@ -267,7 +267,10 @@ class Attention(nn.Module):
             new_k = jnp.transpose(kk, (0, 2, 3, 1)).reshape(b * k, d, s)
             new_v = jnp.transpose(vv, (0, 2, 1, 3)).reshape(b * k, s, d)
             new = None
-            if len(layer_k) == 1 and not per_row:  # rows aligned: XLA's in-place slice write
+            # Rows aligned: XLA's in-place slice write, unless the CPU attention kernel
+            # writes (cheaper than XLA's strided write of a key column, `decode_attention`).
+            if (len(layer_k) == 1 and not per_row
+                    and not decode_kernel_writes(q, layer_k[0], layer_v[0])):
                 layer_k = (jax.lax.dynamic_update_slice(
                     layer_k[0], new_k.astype(layer_k[0].dtype), (0, 0, index)),)
                 layer_v = (jax.lax.dynamic_update_slice(
