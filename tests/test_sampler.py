@@ -216,3 +216,17 @@ def test_long_prompts_use_linear_buckets():
     b = Buckets()
     assert b.prompt(300) == 512 and b.prompt(2048) == 2048
     assert b.prompt(19_000) == 19_456 and b.prompt(19_000) % 512 == 0
+
+
+def test_first_argmax_is_argmax():
+    """Greedy's argmax: the first maximum on ties, the first NaN when there is one, as
+    jnp.argmax (the same token ids, not just the same value)."""
+    from rc_jax.sampling.core import first_argmax
+    x = np.random.default_rng(0).standard_normal((5, 301)).astype(np.float32)
+    x[1, [7, 250]] = 9.0          # a tie: the first wins
+    x[2, [3, 100]] = np.nan       # NaNs: the first NaN
+    x[3, :] = -np.inf             # all -inf: index 0
+    x[4, [0, 300]] = [0.0, 5.0]   # the last column
+    got = np.asarray(jax.jit(first_argmax)(jnp.asarray(x)))
+    np.testing.assert_array_equal(got, np.asarray(jnp.argmax(jnp.asarray(x), -1)))
+    assert got.tolist()[1:] == [7, 3, 0, 300] and got.dtype == np.int32

@@ -97,7 +97,7 @@ def choose_tokens(logits: jax.Array, keys: jax.Array, values: dict[str, jax.Arra
     """
     model_logprobs = jax.nn.log_softmax(logits, axis=-1)
     if greedy:
-        token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        token = first_argmax(logits)
         logprob = jnp.zeros(token.shape, jnp.float32)  # the greedy distribution is one-hot
     else:
         scaled = logits / values["temperature"]
@@ -106,6 +106,17 @@ def choose_tokens(logits: jax.Array, keys: jax.Array, values: dict[str, jax.Arra
         token = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
         logprob = _take(jax.nn.log_softmax(scaled, axis=-1), token)
     return TokenChoice(token, logprob, _take(model_logprobs, token))
+
+
+def first_argmax(logits: jax.Array) -> jax.Array:
+    """jnp.argmax over the last axis ([..., V] -> [...] int32: the first maximum; the
+    first NaN if any), as two plain reductions: XLA:CPU runs argmax's (value, index)
+    reduction element by element (0.15 ms for one row of 49152 logits on the 2-core Xeon,
+    4x these two)."""
+    top = jnp.max(logits, axis=-1, keepdims=True)  # NaN if any logit is NaN
+    hit = (logits == top) | jnp.isnan(logits)
+    index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    return jnp.min(jnp.where(hit, index, logits.shape[-1]), axis=-1)
 
 
 def _take(table: jax.Array, index: jax.Array) -> jax.Array:
