@@ -217,7 +217,8 @@ def decode_attention_parts(qg: jax.Array, keys: jax.Array, values: jax.Array,
              jax.ShapeDtypeStruct((n, m, d), f32))
     args = (qg, keys, values, valid.astype(bool), query_slots.astype(jnp.int32))
     if new is None:
-        return keys, values, tuple(jax.ffi.ffi_call("rc_jax_decode_attention", parts)(*args))
+        top, total, weighted = jax.ffi.ffi_call("rc_jax_decode_attention", parts)(*args)
+        return keys, values, (top, total, weighted)
     slots, new_k, new_v = new
     out = parts + (jax.ShapeDtypeStruct(keys.shape, f32), jax.ShapeDtypeStruct(values.shape, f32))
     top, total, weighted, keys, values = jax.ffi.ffi_call(
