@@ -158,3 +158,21 @@ def test_peers_quick_with_transformers(tmp_path):
         m = row["greedy_match_vs_rc_jax"]["transformers"]   # same weights, same greedy tokens
         assert m["rows_identical"] == m["rows"] == row["batch"]
         assert row["rc_jax_over"]["transformers"]["median_of_rounds"] > 0
+
+
+@pytest.mark.slow
+def test_int8_accuracy_smoke(tmp_path):
+    """The int8-vs-fp32 accuracy benchmark runs end to end at the toy's smoke sizes: SFT,
+    RC decoding with both weight formats on the same problems and keys, paired grading."""
+    out = tmp_path / "int8_accuracy.json"
+    _run([str(ROOT / "benchmarks" / "int8_accuracy.py"), "--smoke", "--work_dir",
+          str(tmp_path / "work"), "--out", str(out)], tmp_path)
+    res = json.loads(out.read_text())
+    rollouts = res["problems"] * res["samples"]
+    t_eval = res["settings"]["t_eval"]
+    assert set(res["accuracy"]) == {"fp32", "int8"}
+    assert all(list(acc) == [str(t) for t in range(1, t_eval + 1)]
+               for acc in res["accuracy"].values())
+    assert all(d["pairs"] == rollouts for d in res["int8_minus_fp32"].values())
+    assert res["identical_step_texts"]["pairs"] == rollouts * t_eval
+    assert (tmp_path / "work" / "sft" / "model.safetensors").is_file()

@@ -252,6 +252,48 @@ def write_replay_warm_start(engine, params, problems: list, s: Settings, path: s
     return sum(len(v["summaries"]) for v in out.values())
 
 
+def train_or_load_sft(s: Settings, work_dir: Path, tokenizer, tok_dir: Path, *,
+                      reuse_sft: bool = False, log: Callable[[str], None] = print
+                      ) -> tuple[Any, Any, list]:
+    """The SFT phase: (model config, SFT params, loss history). Trains on single-step
+    traces and writes the model to work_dir/sft, or, with `reuse_sft`, loads it from
+    there when its settings hash matches."""
+    sft_dir = work_dir / "sft"
+    marker = sft_dir / "toy_sft.json"
+    model_cfg = sft.toy_model_config(s.vocab_size, hidden=s.hidden, layers=s.layers,
+                                     heads=s.heads, kv_heads=s.kv_heads, mlp=s.mlp,
+                                     eos_ids=tokenizer.eos_ids)
+    log(f"model: Qwen3-shaped, {model_cfg.num_params:,} parameters "
+        f"(hidden {s.hidden}, {s.layers} layers, {s.heads} heads / {s.kv_heads} kv, mlp {s.mlp})")
+    if reuse_sft and marker.is_file() and json.loads(marker.read_text()).get("sft_hash") == s.sft_hash():
+        _, sft_params = load_hf_checkpoint(sft_dir)
+        sft_history = json.loads(marker.read_text())["history"]
+        log(f"SFT: reusing {sft_dir}")
+    else:
+        r_plan = make_plan(tokenizer, load_template(str(REASONING_TEMPLATE), "reasoning"))
+        s_plan = make_plan(tokenizer, load_template(str(SUMMARY_TEMPLATE), "summary"))
+        data_rng = np.random.default_rng([s.seed, 2])
+        # Length bucketing drops a few examples per bucket: generate a little extra.
+        examples = sft.build_examples(data_rng, s.sft_steps * s.sft_batch + 4 * s.sft_batch,
+                                      tokenizer=tokenizer, reasoning_plan=r_plan,
+                                      summary_plan=s_plan, ops_per_step=s.ops_per_step,
+                                      min_ops=s.sft_min_ops, max_ops=s.sft_max_ops,
+                                      summary_fraction=s.sft_summary_fraction,
+                                      restart_fraction=s.sft_restart_fraction,
+                                      slip_prob=s.sft_slip_prob)
+        batches = sft.make_batches(examples, s.sft_batch, tokenizer.pad_id, data_rng)[:s.sft_steps]
+        log(f"SFT: {len(batches)} steps x {s.sft_batch} single-step traces "
+            f"({s.sft_min_ops}-{s.sft_max_ops} operations, <= {s.ops_per_step} per trace)"
+            + (f", stopped after step {s.sft_stop_step}" if s.sft_stop_step else ""))
+        sft_params, sft_history = sft.train_sft(model_cfg, batches, seed=s.seed, lr=s.sft_lr,
+                                                warmup=s.sft_warmup, tokenizer=tokenizer,
+                                                stop_step=s.sft_stop_step,
+                                                log_every=max(1, len(batches) // 10), log=log)
+        save_hf_checkpoint(sft_dir, model_cfg, sft_params, tokenizer_dir=tok_dir)
+        marker.write_text(json.dumps({"sft_hash": s.sft_hash(), "history": sft_history}))
+    return model_cfg, sft_params, sft_history
+
+
 def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = False,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Runs the experiment; writes toy_curve.png, table.md, metrics.json to results_dir."""
@@ -286,39 +328,8 @@ def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = Fal
                                  summary_template=str(SUMMARY_TEMPLATE))
     sampling = SamplingParams(temperature=s.temperature)
     buckets = Buckets(min_prompt=16, min_new_tokens=8, max_cache_length=4096)
-    sft_dir = work_dir / "sft"
-    marker = sft_dir / "toy_sft.json"
-    model_cfg = sft.toy_model_config(s.vocab_size, hidden=s.hidden, layers=s.layers,
-                                     heads=s.heads, kv_heads=s.kv_heads, mlp=s.mlp,
-                                     eos_ids=tokenizer.eos_ids)
-    log(f"model: Qwen3-shaped, {model_cfg.num_params:,} parameters "
-        f"(hidden {s.hidden}, {s.layers} layers, {s.heads} heads / {s.kv_heads} kv, mlp {s.mlp})")
-    if reuse_sft and marker.is_file() and json.loads(marker.read_text()).get("sft_hash") == s.sft_hash():
-        _, sft_params = load_hf_checkpoint(sft_dir)
-        sft_history = json.loads(marker.read_text())["history"]
-        log(f"SFT: reusing {sft_dir}")
-    else:
-        r_plan = make_plan(tokenizer, load_template(str(REASONING_TEMPLATE), "reasoning"))
-        s_plan = make_plan(tokenizer, load_template(str(SUMMARY_TEMPLATE), "summary"))
-        data_rng = np.random.default_rng([s.seed, 2])
-        # Length bucketing drops a few examples per bucket: generate a little extra.
-        examples = sft.build_examples(data_rng, s.sft_steps * s.sft_batch + 4 * s.sft_batch,
-                                      tokenizer=tokenizer, reasoning_plan=r_plan,
-                                      summary_plan=s_plan, ops_per_step=s.ops_per_step,
-                                      min_ops=s.sft_min_ops, max_ops=s.sft_max_ops,
-                                      summary_fraction=s.sft_summary_fraction,
-                                      restart_fraction=s.sft_restart_fraction,
-                                      slip_prob=s.sft_slip_prob)
-        batches = sft.make_batches(examples, s.sft_batch, tokenizer.pad_id, data_rng)[:s.sft_steps]
-        log(f"SFT: {len(batches)} steps x {s.sft_batch} single-step traces "
-            f"({s.sft_min_ops}-{s.sft_max_ops} operations, <= {s.ops_per_step} per trace)"
-            + (f", stopped after step {s.sft_stop_step}" if s.sft_stop_step else ""))
-        sft_params, sft_history = sft.train_sft(model_cfg, batches, seed=s.seed, lr=s.sft_lr,
-                                                warmup=s.sft_warmup, tokenizer=tokenizer,
-                                                stop_step=s.sft_stop_step,
-                                                log_every=max(1, len(batches) // 10), log=log)
-        save_hf_checkpoint(sft_dir, model_cfg, sft_params, tokenizer_dir=tok_dir)
-        marker.write_text(json.dumps({"sft_hash": s.sft_hash(), "history": sft_history}))
+    model_cfg, sft_params, sft_history = train_or_load_sft(s, work_dir, tokenizer, tok_dir,
+                                                           reuse_sft=reuse_sft, log=log)
     t = clock.lap("sft", t)
 
     # ------------------------------------------------------------------ RL
@@ -336,7 +347,7 @@ def run(s: Settings, *, work_dir: Path, results_dir: Path, reuse_sft: bool = Fal
             f"{len(rl_problems)} RL problems (up to the first finished state"
             + (f"; the last {s.rl_replay_last_steps} steps before it)"
                if s.rl_replay_last_steps else ")"))
-    cfg = rl.rl_config(model_dir=str(sft_dir), data_path=rl_data, output_dir=str(rl_out),
+    cfg = rl.rl_config(model_dir=str(work_dir / "sft"), data_path=rl_data, output_dir=str(rl_out),
                        reasoning_template=str(REASONING_TEMPLATE),
                        summary_template=str(SUMMARY_TEMPLATE), num_steps=s.t_train,
                        max_reasoning_tokens=s.max_reasoning_tokens,
