@@ -446,7 +446,7 @@ def _write_and_attend(qg, keys, values, mask, kv_heads: int, new=None):
     Returns (keys, values, (m, l, o)). On CPU (float32), rc_jax's kernel
     (`cpu_kernels.decode_attention_parts`: writes in place, then reads each cache row
     once, up to its last visible slot); else a scatter and XLA's ops over the segment."""
-    if cpu_kernels.attention_usable(qg, keys, values, target_platform()):
+    if decode_kernel_writes(qg, keys, values):
         return cpu_kernels.decode_attention_parts(qg, keys, values, mask.valid,
                                                   mask.query_slots, new)
     if new is not None:
@@ -519,8 +519,9 @@ def decode_attention(q, keys, values, mask, kv_heads: int, new=None):
     n, mm, d = qg.shape
     if len(keys) == 1:
         kj, vj = keys[0], values[0]
-        if cpu_kernels.attention_usable(qg, kj, vj, target_platform()):
-            kj, vj, (_, l, o) = _write_and_attend(qg, kj, vj, mask, kv_heads, new)
+        if decode_kernel_writes(qg, kj, vj):
+            kj, vj, (_, l, o) = cpu_kernels.decode_attention_parts(
+                qg, kj, vj, mask.valid, mask.query_slots, new)
             out = _normalized(o, l, q.dtype)
         else:  # XLA: the plain softmax (short caches keep its numerics)
             if new is not None:

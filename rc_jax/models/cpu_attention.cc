@@ -1,17 +1,15 @@
 // Decode attention over one segment of rc_jax's CPU decode-form cache (XLA FFI call).
 //
-//   rc_jax_decode_attention(q [N, M, D], keys [N, D, C], values [N, C, D],
-//                           valid [B, C] (pred), query_slots [B, S] (s32))
-//     -> max m [N, M], sum l [N, M], weighted values o [N, M, D]   (all f32)
-//
-//   rc_jax_decode_attention_write(q, keys, values, valid, query_slots,
+//   rc_jax_decode_attention_write(q [N, M, D], keys [N, D, C], values [N, C, D],
+//                                 valid [B, C] (pred), query_slots [B, S] (s32),
 //                                 write_slots [N, W] (s32), new_k [N, W, D], new_v [N, W, D])
-//     -> m, l, o, keys, values   (keys and values aliased to the inputs: updated in place)
-//   first writes row n's new keys / values at its slots write_slots[n, :] (a slot outside
-//   [0, C) is dropped), then attends as above. XLA:CPU writes a new key as a strided
-//   column of [N, D, C] in a separate op per layer and cache (1.5 ms of a 41 ms batch-8
-//   SmolLM2 step); here a row's writes are a few cache lines touched just before the row
-//   is read.
+//     -> max m [N, M], sum l [N, M], weighted values o [N, M, D], keys, values  (all f32)
+//
+// first writes row n's W new keys / values at its slots write_slots[n, :] (a slot outside
+// [0, C) is dropped; W may be 0), in place (the keys / values outputs alias the inputs),
+// then attends. XLA:CPU writes a new key as a strided column of [N, D, C] in a separate
+// op per layer and cache (1.5 ms of a 41 ms batch-8 SmolLM2 step); here a row's writes
+// are a few cache lines touched just before the row is read.
 //
 // N = B * K cache rows (row n = b * K + kv head), M = G * S queries per row (query
 // m = g * S + s, the layout of attention._group_queries). Query m of row n sees slot c iff
@@ -130,17 +128,16 @@ inline void ValuesBlocks(const float* p, int64_t ld, const float* values, int64_
 #endif
 
 struct Job {
-  const float *q, *keys, *values;
+  const float* q;
+  float *keys, *values;  // the cache outputs (aliasing the inputs): written, then read
   const bool* valid;
   const int32_t* slots;
   float *m_out, *l_out, *o_out;
   int64_t n, m, d, c, kv_heads, s;
-  // The write variant: keys_w / values_w are keys / values (the aliased outputs), and
-  // row n's w new entries go to write_slots[n, :] before the row is read.
-  float *keys_w = nullptr, *values_w = nullptr;
-  const int32_t* write_slots = nullptr;
-  const float *new_k = nullptr, *new_v = nullptr;
-  int64_t w = 0;
+  // Row n's w new entries go to write_slots[n, :] before the row is read.
+  const int32_t* write_slots;
+  const float *new_k, *new_v;
+  int64_t w;
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
 
@@ -149,16 +146,16 @@ struct Job {
       const int64_t slot = write_slots[row * w + j];
       if (slot < 0 || slot >= c) continue;  // dropped (another segment's slot)
       const float* nk = new_k + (row * w + j) * d;
-      float* kcol = keys_w + row * d * c + slot;
+      float* kcol = keys + row * d * c + slot;
       for (int64_t k = 0; k < d; ++k) kcol[k * c] = nk[k];
       std::copy(new_v + (row * w + j) * d, new_v + (row * w + j + 1) * d,
-                values_w + (row * c + slot) * d);
+                values + (row * c + slot) * d);
     }
   }
 
   // One cache row n: every query of the row against its visible slots.
   void Row(int64_t row, std::vector<float>& scores) const {
-    if (w > 0) Write(row);
+    Write(row);
     const int64_t b = row / kv_heads;
     const bool* ok = valid + b * c;
     // Slots [0, end) hold everything some query of this row sees.
@@ -267,81 +264,27 @@ struct Job {
   }
 };
 
-// Checks the shapes and fills `job` (everything but the write variant's fields); an
-// error names the expected shapes.
-ffi::Error Setup(Job& job, ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& keys,
-                 ffi::Buffer<ffi::F32>& values, ffi::Buffer<ffi::PRED>& valid,
-                 ffi::Buffer<ffi::S32>& slots, ffi::ResultBuffer<ffi::F32>& m_out,
-                 ffi::ResultBuffer<ffi::F32>& l_out, ffi::ResultBuffer<ffi::F32>& o_out) {
-  auto qd = q.dimensions(), kd = keys.dimensions(), vd = values.dimensions();
-  auto md = valid.dimensions(), sd = slots.dimensions();
-  if (qd.size() != 3 || kd.size() != 3 || vd.size() != 3 || md.size() != 2 ||
-      sd.size() != 2 || kd[0] != qd[0] || kd[1] != qd[2] || vd[0] != qd[0] ||
-      vd[1] != kd[2] || vd[2] != qd[2] || md[1] != kd[2] || sd[0] != md[0] ||
-      md[0] == 0 || qd[0] % md[0] != 0 || sd[1] == 0 || qd[1] % sd[1] != 0)
-    return ffi::Error::InvalidArgument(
-        "rc_jax_decode_attention: need q [B*K, G*S, D], keys [B*K, D, C], "
-        "values [B*K, C, D], valid [B, C], query_slots [B, S]");
-  job.q = q.typed_data();
-  job.keys = keys.typed_data();
-  job.values = values.typed_data();
-  job.valid = valid.typed_data();
-  job.slots = slots.typed_data();
-  job.m_out = m_out->typed_data();
-  job.l_out = l_out->typed_data();
-  job.o_out = o_out->typed_data();
-  job.n = qd[0];
-  job.m = qd[1];
-  job.d = qd[2];
-  job.c = kd[2];
-  job.kv_heads = qd[0] / md[0];
-  job.s = sd[1];
-  return ffi::Error::Success();
-}
-
-// Rows are the units of work, taken from a shared counter by the calling thread and by
-// tasks on XLA's pool; the caller never waits for a task to start (see cpu_matmul.cc).
-void RunRows(ffi::ThreadPool& pool, const std::shared_ptr<Job>& job) {
-  if (job->n == 0) return;
-  const int64_t helpers = std::min<int64_t>(std::max<int64_t>(pool.num_threads(), 1) - 1,
-                                            job->n - 1);
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { job->Work(); });
-  job->Work();
-  while (job->done.load(std::memory_order_acquire) < job->n) std::this_thread::yield();
-}
-
-ffi::Error DecodeAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
-                               ffi::Buffer<ffi::F32> keys, ffi::Buffer<ffi::F32> values,
-                               ffi::Buffer<ffi::PRED> valid, ffi::Buffer<ffi::S32> slots,
-                               ffi::ResultBuffer<ffi::F32> m_out,
-                               ffi::ResultBuffer<ffi::F32> l_out,
-                               ffi::ResultBuffer<ffi::F32> o_out) {
-  auto job = std::make_shared<Job>();
-  if (auto error = Setup(*job, q, keys, values, valid, slots, m_out, l_out, o_out);
-      error.failure())
-    return error;
-  RunRows(pool, job);
-  return ffi::Error::Success();
-}
-
-ffi::Error DecodeAttentionWriteImpl(
+ffi::Error DecodeAttentionImpl(
     ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> keys,
     ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::PRED> valid, ffi::Buffer<ffi::S32> slots,
     ffi::Buffer<ffi::S32> write_slots, ffi::Buffer<ffi::F32> new_k,
     ffi::Buffer<ffi::F32> new_v, ffi::ResultBuffer<ffi::F32> m_out,
     ffi::ResultBuffer<ffi::F32> l_out, ffi::ResultBuffer<ffi::F32> o_out,
     ffi::ResultBuffer<ffi::F32> keys_out, ffi::ResultBuffer<ffi::F32> values_out) {
-  auto job = std::make_shared<Job>();
-  if (auto error = Setup(*job, q, keys, values, valid, slots, m_out, l_out, o_out);
-      error.failure())
-    return error;
+  auto qd = q.dimensions(), kd = keys.dimensions(), vd = values.dimensions();
+  auto md = valid.dimensions(), sd = slots.dimensions();
   auto wd = write_slots.dimensions(), nkd = new_k.dimensions(), nvd = new_v.dimensions();
-  if (wd.size() != 2 || nkd.size() != 3 || nvd.size() != 3 || wd[0] != job->n ||
-      nkd[0] != job->n || nkd[1] != wd[1] || nkd[2] != job->d ||
-      nvd[0] != nkd[0] || nvd[1] != nkd[1] || nvd[2] != nkd[2])
+  if (qd.size() != 3 || kd.size() != 3 || vd.size() != 3 || md.size() != 2 ||
+      sd.size() != 2 || kd[0] != qd[0] || kd[1] != qd[2] || vd[0] != qd[0] ||
+      vd[1] != kd[2] || vd[2] != qd[2] || md[1] != kd[2] || sd[0] != md[0] ||
+      md[0] == 0 || qd[0] % md[0] != 0 || sd[1] == 0 || qd[1] % sd[1] != 0 ||
+      wd.size() != 2 || nkd.size() != 3 || nvd.size() != 3 || wd[0] != qd[0] ||
+      nkd[0] != qd[0] || nkd[1] != wd[1] || nkd[2] != qd[2] || nvd[0] != nkd[0] ||
+      nvd[1] != nkd[1] || nvd[2] != nkd[2])
     return ffi::Error::InvalidArgument(
-        "rc_jax_decode_attention_write: need write_slots [B*K, W], new_k and new_v "
-        "[B*K, W, D]");
+        "rc_jax_decode_attention_write: need q [B*K, G*S, D], keys [B*K, D, C], "
+        "values [B*K, C, D], valid [B, C], query_slots [B, S], write_slots [B*K, W], "
+        "new_k and new_v [B*K, W, D]");
   // The outputs alias the inputs (input_output_aliases), so this copy never runs under
   // rc_jax; it keeps the call correct if a caller does not alias them.
   float* k_out = keys_out->typed_data();
@@ -349,31 +292,39 @@ ffi::Error DecodeAttentionWriteImpl(
   if (k_out != keys.typed_data()) std::copy_n(keys.typed_data(), keys.element_count(), k_out);
   if (v_out != values.typed_data())
     std::copy_n(values.typed_data(), values.element_count(), v_out);
-  job->keys = job->keys_w = k_out;
-  job->values = job->values_w = v_out;
+  auto job = std::make_shared<Job>();
+  job->q = q.typed_data();
+  job->keys = k_out;
+  job->values = v_out;
+  job->valid = valid.typed_data();
+  job->slots = slots.typed_data();
+  job->m_out = m_out->typed_data();
+  job->l_out = l_out->typed_data();
+  job->o_out = o_out->typed_data();
+  job->n = qd[0];
+  job->m = qd[1];
+  job->d = qd[2];
+  job->c = kd[2];
+  job->kv_heads = qd[0] / md[0];
+  job->s = sd[1];
   job->write_slots = write_slots.typed_data();
   job->new_k = new_k.typed_data();
   job->new_v = new_v.typed_data();
   job->w = wd[1];
-  RunRows(pool, job);
+  if (job->n == 0) return ffi::Error::Success();
+  // Rows are the units of work, taken from a shared counter by the calling thread and by
+  // tasks on XLA's pool; the caller never waits for a task to start (see cpu_matmul.cc).
+  const int64_t helpers = std::min<int64_t>(std::max<int64_t>(pool.num_threads(), 1) - 1,
+                                            job->n - 1);
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { job->Work(); });
+  job->Work();
+  while (job->done.load(std::memory_order_acquire) < job->n) std::this_thread::yield();
   return ffi::Error::Success();
 }
 
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RcJaxDecodeAttention, DecodeAttentionImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::PRED>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(RcJaxDecodeAttentionWrite, DecodeAttentionWriteImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

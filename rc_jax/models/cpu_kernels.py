@@ -15,9 +15,10 @@ better than XLA:CPU's own ops:
 
 and one in `cpu_attention.cc` reads the cache:
 
-* `rc_jax_decode_attention`: one segment of the decode-form cache, each cache row read
-  once and only up to its last visible slot, returning the softmax parts that
-  `attention.decode_attention` merges (XLA:CPU's ~10 ops per layer for this cost 3x a
+* `rc_jax_decode_attention_write`: one segment of the decode-form cache, the step's new
+  keys and values written in place first, then each cache row read once and only up to
+  its last visible slot, returning the softmax parts that `attention.decode_attention`
+  merges (XLA:CPU's ~10 ops per layer for this cost 3x a
   read of the cache at batch 8 on SmolLM2, benchmarks/README.md).
 
 `qwen3.project_t` calls the matmul kernels for the decode layout's matmuls of at most
@@ -56,8 +57,7 @@ log = logging.getLogger(__name__)
 SOURCES = tuple(Path(__file__).with_name(f) for f in ("cpu_matmul.cc", "cpu_attention.cc"))
 # FFI target name -> the handler's symbol in the library.
 TARGETS = {"rc_jax_f32_matmul": "RcJaxF32Matmul", "rc_jax_int8_matmul": "RcJaxInt8Matmul",
-           "rc_jax_decode_attention": "RcJaxDecodeAttention",
-           "rc_jax_decode_attention_write": "RcJaxDecodeAttentionWrite"}
+           "rc_jax_decode_attention_write": "RcJaxDecodeAttention"}
 DISABLE_ENV = "RC_JAX_CPU_KERNELS"
 # Above this many activation rows XLA's GEMM can be faster (2-core Xeon, weights streamed,
 # f32 kernel vs XLA's dot: SmolLM2's gate|up 1.22x / 1.68x / 1.11x at 1 / 8 / 16 rows,
@@ -204,8 +204,8 @@ def decode_attention_parts(qg: jax.Array, keys: jax.Array, values: jax.Array,
     qg [N, M, D] (N = B*K cache rows, query m = g*S + s), keys [N, D, C], values
     [N, C, D], valid [B, C] bool, query_slots [B, S] int32 (slots local to the segment);
     new: None or (slots [N, W] int32 local to the segment, a slot outside [0, C) dropped;
-    new_k [N, W, D]; new_v [N, W, D]), written in place by the kernel
-    (`rc_jax_decode_attention_write`, its keys / values outputs aliased to the inputs).
+    new_k [N, W, D]; new_v [N, W, D]), written in place by the kernel (its keys / values
+    outputs aliased to the inputs; None writes nothing, W = 0).
     Returns (keys, values, (max [N, M], sum [N, M], weighted values [N, M, D])), float32,
     the parts as `attention._segment_parts`' but (kMaskValue, 0, 0) for a query that
     sees nothing. Raises RuntimeError if the kernels are unavailable
@@ -213,15 +213,15 @@ def decode_attention_parts(qg: jax.Array, keys: jax.Array, values: jax.Array,
     _require()
     n, m, d = qg.shape
     f32 = jnp.float32
-    parts = (jax.ShapeDtypeStruct((n, m), f32), jax.ShapeDtypeStruct((n, m), f32),
-             jax.ShapeDtypeStruct((n, m, d), f32))
-    args = (qg, keys, values, valid.astype(bool), query_slots.astype(jnp.int32))
     if new is None:
-        top, total, weighted = jax.ffi.ffi_call("rc_jax_decode_attention", parts)(*args)
-        return keys, values, (top, total, weighted)
+        new = (jnp.zeros((n, 0), jnp.int32), jnp.zeros((n, 0, d), f32),
+               jnp.zeros((n, 0, d), f32))
     slots, new_k, new_v = new
-    out = parts + (jax.ShapeDtypeStruct(keys.shape, f32), jax.ShapeDtypeStruct(values.shape, f32))
+    out = (jax.ShapeDtypeStruct((n, m), f32), jax.ShapeDtypeStruct((n, m), f32),
+           jax.ShapeDtypeStruct((n, m, d), f32), jax.ShapeDtypeStruct(keys.shape, f32),
+           jax.ShapeDtypeStruct(values.shape, f32))
     top, total, weighted, keys, values = jax.ffi.ffi_call(
         "rc_jax_decode_attention_write", out, input_output_aliases={1: 3, 2: 4})(
-        *args, slots.astype(jnp.int32), new_k.astype(f32), new_v.astype(f32))
+        qg, keys, values, valid.astype(bool), query_slots.astype(jnp.int32),
+        slots.astype(jnp.int32), new_k.astype(f32), new_v.astype(f32))
     return keys, values, (top, total, weighted)
